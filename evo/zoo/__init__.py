@@ -1,0 +1,30 @@
+"""The model zoo: `evo.zoo.load(name, pretrained=..., input_size=...)` → ArchGraph."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from evo.graph.archgraph import ArchGraph
+from evo.zoo import small_cnn, torchvision_models  # noqa: F401  registers models
+from evo.zoo.registry import MODELS, register_model
+
+try:  # the pretrained Lite0 lives in its own module
+    from evo.zoo import efficientnet_lite  # noqa: F401
+except ImportError:  # pragma: no cover - only while it is being written
+    pass
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
+
+
+def load(name: str, pretrained: bool = False, input_size: int | None = None, **kwargs: Any) -> ArchGraph:
+    """Build zoo model `name` as an ArchGraph; unset options fall through to the model's defaults."""
+    entry = MODELS.get(name)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    graph = entry.factory(pretrained=pretrained, input_size=input_size or entry.default_input, **kwargs)
+    graph.meta.setdefault("zoo", name)
+    return graph
+
+
+__all__ = ["MODELS", "list_models", "load", "register_model"]

@@ -1,0 +1,123 @@
+"""Save and load an ArchGraph as `graph.json` + `weights.safetensors` (no pickle anywhere).
+
+Writes go to a temporary sibling folder that is renamed into place, so a reader never sees half a model.
+Loading checks the JSON's structure, the DAG, every tensor's presence, shape, dtype and finiteness.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from evo.errors import EvoError, GraphError, WeightsError
+from evo.graph.archgraph import ArchGraph
+
+FORMAT = "evo.archgraph"
+VERSION = 1
+GRAPH_FILE = "graph.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def graph_to_json(graph: ArchGraph) -> dict[str, Any]:
+    nodes = [{"name": n, "op": graph.op(n), "attrs": graph.attrs(n), "source": graph.node(n)["source"],
+              "params": sorted(graph.params(n))} for n in graph.nodes()]
+    edges = [{"src": u, "dst": v, "index": d["index"]} for u, v, d in graph.g.edges(data=True)]
+    return {"format": FORMAT, "version": VERSION, "meta": graph.meta, "nodes": nodes, "edges": edges}
+
+
+def graph_from_json(doc: Any, tensors: dict[str, torch.Tensor], where: str = "graph.json") -> ArchGraph:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise GraphError(f"{where} is not an evo graph (expected \"format\": \"{FORMAT}\")")
+    if doc.get("version") != VERSION:
+        raise GraphError(f"{where} has format version {doc.get('version')!r}; this evo reads version {VERSION}")
+    for key, kind in (("nodes", list), ("edges", list), ("meta", dict)):
+        if not isinstance(doc.get(key), kind):
+            raise GraphError(f"{where}: key {key!r} must be a {kind.__name__}")
+    graph = ArchGraph(meta=doc["meta"])
+    used: set[str] = set()
+    for i, nd in enumerate(doc["nodes"]):
+        if not isinstance(nd, dict) or not isinstance(nd.get("name"), str) or not isinstance(nd.get("op"), str):
+            raise GraphError(f"{where}: node #{i} needs string 'name' and 'op'")
+        name = nd["name"]
+        params = {}
+        for p in nd.get("params", []):
+            key = f"{name}.{p}"
+            if key not in tensors:
+                raise WeightsError(f"weights file lacks tensor {key!r} that {where} declares; the files do not match")
+            params[p] = tensors[key]
+            used.add(key)
+        try:
+            graph.add_node(name, nd["op"], nd.get("attrs") or {}, params, source=nd.get("source"))
+        except EvoError as e:
+            raise GraphError(f"{where}: node #{i}: {e}") from None
+    for i, ed in enumerate(doc["edges"]):
+        if not isinstance(ed, dict) or not {"src", "dst"} <= set(ed):
+            raise GraphError(f"{where}: edge #{i} needs 'src' and 'dst'")
+        if ed["src"] not in graph or ed["dst"] not in graph:
+            missing = ed["src"] if ed["src"] not in graph else ed["dst"]
+            raise GraphError(f"{where}: edge #{i} {ed['src']!r} -> {ed['dst']!r} is dangling: no node {missing!r}")
+        graph.add_edge(ed["src"], ed["dst"], int(ed.get("index", 0)))
+    extra = sorted(set(tensors) - used)
+    if extra:
+        raise WeightsError(f"weights file has tensors {extra[:5]} that {where} does not declare; the files do not match")
+    return graph.validate()
+
+
+def save(graph: ArchGraph, directory: str | os.PathLike, extra_files: dict[str, Any] | None = None) -> Path:
+    """Write graph.json + weights.safetensors (+ JSON `extra_files`) atomically into `directory`."""
+    graph.validate()
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in graph.state_dict().items()}
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        (tmp / GRAPH_FILE).write_text(json.dumps(graph_to_json(graph), indent=1))
+        for fname, doc in (extra_files or {}).items():
+            (tmp / fname).write_text(json.dumps(doc, indent=1))
+        _replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Swap `new` into `target`'s place; an old `target` is moved aside first, then removed."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
+
+
+def load(directory: str | os.PathLike) -> ArchGraph:
+    """Read a graph saved by `save`; every inconsistency raises GraphError or WeightsError naming the file."""
+    d = Path(directory)
+    gpath, wpath = d / GRAPH_FILE, d / WEIGHTS_FILE
+    for p in (gpath, wpath):
+        if not p.is_file():
+            raise GraphError(f"{p} not found; a saved evo model folder holds {GRAPH_FILE} and {WEIGHTS_FILE}")
+    try:
+        doc = json.loads(gpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GraphError(f"{gpath} is not valid JSON ({e}); restore it from a good copy") from None
+    try:
+        tensors = load_file(str(wpath))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{wpath} is not a readable safetensors file ({e}); the file is corrupt") from None
+    for k, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise WeightsError(f"{wpath}: tensor {k!r} holds NaN or infinite values; this model is unusable")
+    return graph_from_json(doc, tensors, where=str(gpath))

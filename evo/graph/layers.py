@@ -1,0 +1,139 @@
+"""Layer kinds an ArchGraph node can be: how to build each as an nn.Module, and its arity and attributes.
+
+A node stores its kind (`op`), JSON-safe `attrs`, and its `params` (the built module's state dict).
+Building every kind as a module keeps compile, shape inference and FLOP counting one code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from evo.errors import GraphError
+from evo.registry import Registry
+
+
+class Add(nn.Module):
+    """Sum of all inputs (residual joins)."""
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        out = xs[0] + xs[1]
+        for x in xs[2:]:
+            out = out + x
+        return out
+
+
+class Mul(nn.Module):
+    """Elementwise product with broadcasting (squeeze-excitation gates)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a * b
+
+
+class Cat(nn.Module):
+    def __init__(self, dim: int = 1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, dim=self.dim)
+
+
+class Mean(nn.Module):
+    def __init__(self, dims: list[int], keepdim: bool = False) -> None:
+        super().__init__()
+        self.dims = tuple(dims)
+        self.keepdim = keepdim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(self.dims, keepdim=self.keepdim)
+
+
+class Pad(nn.Module):
+    """Fixed (left, right, top, bottom) padding: TF 'same' padding made static once the input size is known."""
+
+    def __init__(self, pad: list[int], value: float = 0.0) -> None:
+        super().__init__()
+        self.pad = tuple(pad)
+        self.value = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, self.pad, value=self.value)
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    """One node kind: its builder, how many inputs it takes, and its required attributes."""
+
+    name: str
+    build: Callable[..., nn.Module] | None
+    arity: tuple[int, int] = (1, 1)  # (min, max) number of inputs; max -1 = unbounded
+    required: tuple[str, ...] = ()
+    defaults: dict[str, Any] = field(default_factory=dict)
+    activation: bool = False  # elementwise nonlinearity
+    idempotent: bool = False  # f(f(x)) == f(x): deepen may repeat it after an identity layer
+
+    def make(self, attrs: dict[str, Any]) -> nn.Module:
+        if self.build is None:
+            raise GraphError(f"node kind {self.name!r} has no module")
+        kwargs = {**self.defaults, **{k: v for k, v in attrs.items() if k in self.accepted}}
+        return self.build(**kwargs)
+
+    @property
+    def accepted(self) -> set[str]:
+        return set(self.required) | set(self.defaults)
+
+
+KINDS: Registry[LayerKind] = Registry("layer kind")
+
+
+def _kind(name: str, build: Callable[..., nn.Module] | None, **kw: Any) -> None:
+    KINDS.add(name, LayerKind(name, build, **kw))
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
+
+
+def _conv(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True):
+    return nn.Conv2d(in_channels, out_channels, _pair(kernel_size), _pair(stride), _pair(padding),
+                     _pair(dilation), groups, bias)
+
+
+_kind("input", None, arity=(0, 0), required=("shape",))
+_kind("output", None)
+_kind("conv2d", _conv, required=("in_channels", "out_channels", "kernel_size"),
+      defaults={"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "bias": True})
+_kind("linear", nn.Linear, required=("in_features", "out_features"), defaults={"bias": True})
+_kind("batchnorm2d", nn.BatchNorm2d, required=("num_features",), defaults={"eps": 1e-5, "momentum": 0.1})
+_kind("batchnorm1d", nn.BatchNorm1d, required=("num_features",), defaults={"eps": 1e-5, "momentum": 0.1})
+_kind("relu", nn.ReLU, defaults={"inplace": False}, activation=True, idempotent=True)
+_kind("relu6", nn.ReLU6, defaults={"inplace": False}, activation=True, idempotent=True)
+_kind("silu", nn.SiLU, defaults={"inplace": False}, activation=True)
+_kind("hardswish", nn.Hardswish, defaults={"inplace": False}, activation=True)
+_kind("hardsigmoid", nn.Hardsigmoid, defaults={"inplace": False}, activation=True)
+_kind("sigmoid", nn.Sigmoid, activation=True)
+_kind("maxpool2d", nn.MaxPool2d, required=("kernel_size",),
+      defaults={"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False})
+_kind("avgpool2d", nn.AvgPool2d, required=("kernel_size",),
+      defaults={"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True})
+_kind("adaptiveavgpool2d", nn.AdaptiveAvgPool2d, required=("output_size",))
+_kind("flatten", nn.Flatten, defaults={"start_dim": 1, "end_dim": -1})
+_kind("dropout", nn.Dropout, defaults={"p": 0.5})
+_kind("identity", nn.Identity)
+_kind("pad", Pad, required=("pad",), defaults={"value": 0.0})
+_kind("mean", Mean, required=("dims",), defaults={"keepdim": False})
+_kind("add", Add, arity=(2, -1))
+_kind("mul", Mul, arity=(2, 2))
+_kind("cat", Cat, arity=(2, -1), defaults={"dim": 1})
+
+
+def is_depthwise(attrs: dict[str, Any]) -> bool:
+    """A conv whose groups equal its input and output channels: one filter per channel."""
+    g = attrs.get("groups", 1)
+    return g > 1 and g == attrs["in_channels"] == attrs["out_channels"]
