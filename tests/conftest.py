@@ -1,0 +1,28 @@
+"""Shared test helpers: seeded BN randomisation (default 0/1 statistics would hide growth bugs)."""
+
+from __future__ import annotations
+
+import torch
+
+from evo.graph.archgraph import ArchGraph
+
+
+def randomize_bn(graph: ArchGraph, seed: int = 0) -> ArchGraph:
+    """A copy whose batch-norm affine params and running statistics are random but well-conditioned."""
+    gen = torch.Generator().manual_seed(seed)
+    out = graph.copy()
+    for n in out.nodes():
+        if out.op(n) in ("batchnorm2d", "batchnorm1d"):
+            c = out.attrs(n)["num_features"]
+            out.set_params(
+                n,
+                weight=0.5 + torch.rand(c, generator=gen),
+                bias=0.2 * torch.randn(c, generator=gen),
+                running_mean=0.2 * torch.randn(c, generator=gen),
+                running_var=0.5 + torch.rand(c, generator=gen),
+            )
+    return out
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
