@@ -1,0 +1,382 @@
+"""Closed-form classifier head: ridge regression on features, accumulated increment by increment.
+
+This is the fast path. The head keeps only the sufficient statistics G = ΦᵀΦ and B = ΦᵀY (float64),
+so absorbing an increment costs one pass over its features. Sums commute, so the order in which
+increments or classes arrive does not change the solution: incremental equals joint, exactly up
+to rounding. An optional fixed random projection (RanPAC, McDonnell et al. 2023) lifts the features
+into a wider space where the classes are closer to linearly separable.
+
+Targets are one-hot rows of Y. The bias is a constant-1 feature whose weight is *not* regularised,
+which is the same as centring features and targets first (scikit-learn's Ridge with
+fit_intercept=True gives the same weights and bias).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from evo.errors import ConfigError, DataError
+
+ArrayLike = Tensor | np.ndarray
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"identity": lambda x: x, "relu": torch.relu}
+_ACTIVATION_CODES = sorted(ACTIVATIONS)  # stable integer codes for state dicts
+DEFAULT_RIDGE_GRID = tuple(10.0**k for k in range(-4, 7))
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok or value < low or (high is not None and value >= high):
+        upper = f" and < {high}" if high is not None else ""
+        raise ConfigError(f"{name} must be an integer >= {low}{upper}; got {value!r}")
+    return int(value)
+
+
+def as_features(features: ArrayLike, name: str = "features") -> Tensor:
+    """Return `features` as a finite float64 CPU tensor of shape (n, d), or raise DataError."""
+    if not isinstance(features, (Tensor, np.ndarray)):
+        raise DataError(f"{name} must be a torch tensor or numpy array; got {type(features).__name__}")
+    x = torch.as_tensor(features).detach().cpu()
+    if x.ndim != 2:
+        raise DataError(f"{name} must be 2-D (n_samples, n_features); got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise DataError(f"{name} is an empty batch (0 samples); pass at least one sample")
+    if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64, torch.uint8)):
+        raise DataError(f"{name} must hold real numbers; got dtype {x.dtype}")
+    x = x.to(torch.float64)
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).any(dim=1).nonzero()[0, 0])
+        raise DataError(f"{name} holds NaN or inf (first at sample {bad}); clean or drop those samples")
+    return x
+
+
+def as_labels(labels: ArrayLike, n: int, n_classes: int | None = None) -> Tensor:
+    """Return `labels` as an int64 tensor of length n with values in [0, n_classes), or raise DataError."""
+    if not isinstance(labels, (Tensor, np.ndarray)):
+        raise DataError(f"labels must be a torch tensor or numpy array; got {type(labels).__name__}")
+    y = torch.as_tensor(labels).detach().cpu()
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        raise DataError(f"labels must be integers (class indices); got dtype {y.dtype}")
+    if y.ndim != 1 or y.shape[0] != n:
+        raise DataError(f"labels must be 1-D with one entry per sample ({n}); got shape {tuple(y.shape)}")
+    y = y.to(torch.int64)
+    if n and int(y.min()) < 0:
+        raise DataError(f"label {int(y.min())} is negative; labels are class indices 0..n_classes-1")
+    if n_classes is not None and n and int(y.max()) >= n_classes:
+        raise DataError(
+            f"label {int(y.max())} is out of range for n_classes={n_classes}; "
+            f"raise n_classes or fix the label"
+        )
+    return y
+
+
+def _solve_psd(a: Tensor, rhs: Tensor) -> Tensor:
+    """Solve a X = rhs by Cholesky; a singular `a` (λ = 0) gets the minimum-norm least-squares X."""
+    chol, info = torch.linalg.cholesky_ex(a)
+    if int(info) == 0:
+        return torch.cholesky_solve(rhs, chol)
+    return torch.linalg.lstsq(a, rhs, driver="gelsd").solution
+
+
+@dataclass(frozen=True)
+class RandomProjection:
+    """Fixed feature map h = act(x W / sqrt(in_dim)), W ~ N(0, 1) drawn from `seed`.
+
+    Only the dims and the seed are stored: W is regenerated deterministically (torch.Generator on
+    CPU, float64), so a saved head carries no matrix. The 1/sqrt(in_dim) scale keeps the projected
+    features' magnitude, and so the useful ridge range, independent of the input width.
+    """
+
+    in_dim: int
+    out_dim: int
+    seed: int = 0
+    activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        _check_int("RandomProjection in_dim", self.in_dim, 1)
+        _check_int("RandomProjection out_dim", self.out_dim, 1)
+        _check_int("RandomProjection seed", self.seed, 0, 2**63)
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"RandomProjection activation must be one of {_ACTIVATION_CODES}; got {self.activation!r}"
+            )
+
+    @cached_property
+    def weight(self) -> Tensor:
+        """The (in_dim, out_dim) float64 matrix, regenerated from the seed on first use."""
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        w = torch.randn(self.in_dim, self.out_dim, generator=gen, dtype=torch.float64)
+        return w / math.sqrt(self.in_dim)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.in_dim:
+            raise ConfigError(f"RandomProjection expects {self.in_dim} input features; got {x.shape[-1]}")
+        return ACTIVATIONS[self.activation](x.to(torch.float64) @ self.weight)
+
+    def code(self) -> Tensor:
+        """The projection as an int64 tensor [in_dim, out_dim, seed, activation code] for state dicts."""
+        act = _ACTIVATION_CODES.index(self.activation)
+        return torch.tensor([self.in_dim, self.out_dim, self.seed, act], dtype=torch.int64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "in_dim": self.in_dim,
+            "out_dim": self.out_dim,
+            "seed": self.seed,
+            "activation": self.activation,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RandomProjection:
+        return cls(**d)
+
+
+class RidgeHead:
+    """Ridge-regression head on (optionally projected) features, fitted from running statistics.
+
+    sklearn-style: construction stores, `fit`/`partial_fit` return self, learned state ends in `_`.
+    Deliberate break from scikit-learn: the class count may GROW between `partial_fit` calls
+    (scikit-learn fixes `classes` on the first call). New classes add zero columns to B, which is
+    exactly what the earlier samples' one-hot targets would have had in those columns.
+
+    `ridge` (λ) is not divided by the sample count, as in scikit-learn's Ridge(alpha=λ).
+    """
+
+    def __init__(self, ridge: float = 1.0, projection: RandomProjection | None = None) -> None:
+        if (
+            not isinstance(ridge, (int, float))
+            or isinstance(ridge, bool)
+            or not ridge >= 0
+            or ridge == math.inf
+        ):
+            raise ConfigError(f"RidgeHead ridge must be a finite number >= 0; got {ridge!r}")
+        if projection is not None and not isinstance(projection, RandomProjection):
+            raise ConfigError(f"RidgeHead projection must be a RandomProjection or None; got {projection!r}")
+        self.ridge = float(ridge)
+        self.projection = projection
+        self.reset()
+
+    # -- fitting -------------------------------------------------------------------------------
+
+    def reset(self) -> RidgeHead:
+        """Forget all statistics (the configuration stays)."""
+        self.gram_: Tensor | None = None
+        self.xty_: Tensor | None = None
+        self.n_samples_ = 0
+        self.n_features_in_: int | None = None
+        self.coef_: Tensor | None = None
+        self.intercept_: Tensor | None = None
+        return self
+
+    @property
+    def n_classes_(self) -> int:
+        return 0 if self.xty_ is None else int(self.xty_.shape[1])
+
+    @property
+    def dim_(self) -> int | None:
+        """Width d of the features the weights apply to (the projection's out_dim when projecting)."""
+        if self.n_features_in_ is None:
+            return None
+        return self.projection.out_dim if self.projection else self.n_features_in_
+
+    def partial_fit(self, features: ArrayLike, labels: ArrayLike, n_classes: int | None = None) -> RidgeHead:
+        """Add a batch to G and B. `n_classes` defaults to max(label)+1 and may grow, never shrink."""
+        x = as_features(features)
+        if n_classes is not None:
+            n_classes = _check_int("n_classes", n_classes, 1)
+            if n_classes < self.n_classes_:
+                raise ConfigError(
+                    f"n_classes={n_classes} is below the {self.n_classes_} classes already fitted; "
+                    f"the class set can only grow (call fit to start over)"
+                )
+        y = as_labels(labels, x.shape[0], n_classes)
+        phi = self._project(x)
+        c = max(n_classes or 0, int(y.max()) + 1, self.n_classes_)
+        phi = torch.cat([phi, torch.ones(phi.shape[0], 1, dtype=torch.float64)], dim=1)
+        onehot = torch.zeros(phi.shape[0], c, dtype=torch.float64)
+        onehot[torch.arange(phi.shape[0]), y] = 1.0
+        if self.gram_ is None:
+            self.gram_ = torch.zeros(phi.shape[1], phi.shape[1], dtype=torch.float64)
+            self.xty_ = torch.zeros(phi.shape[1], 0, dtype=torch.float64)
+        self._grow_classes(c)
+        self.gram_ += phi.T @ phi
+        self.xty_ += phi.T @ onehot
+        self.n_samples_ += phi.shape[0]
+        self.n_features_in_ = x.shape[1]
+        self.coef_ = self.intercept_ = None  # stale
+        return self
+
+    def fit(self, features: ArrayLike, labels: ArrayLike, n_classes: int | None = None) -> RidgeHead:
+        """Reset, then `partial_fit` on this data alone."""
+        return self.reset().partial_fit(features, labels, n_classes)
+
+    def add_classes(self, n_classes: int) -> RidgeHead:
+        """Grow the class count without data (matches the graph's `add_classes` op)."""
+        self._require_fitted()
+        n_classes = _check_int("n_classes", n_classes, self.n_classes_)
+        self._grow_classes(n_classes)
+        self.coef_ = self.intercept_ = None
+        return self
+
+    def _grow_classes(self, c: int) -> None:
+        if c > self.xty_.shape[1]:
+            extra = torch.zeros(self.xty_.shape[0], c - self.xty_.shape[1], dtype=torch.float64)
+            self.xty_ = torch.cat([self.xty_, extra], dim=1)
+
+    def transform(self, features: ArrayLike) -> Tensor:
+        """Validate features and apply the projection (if any): the Φ the weights act on, float64."""
+        return self._project(as_features(features))
+
+    def _project(self, x: Tensor) -> Tensor:
+        expected = self.n_features_in_ or (self.projection.in_dim if self.projection else None)
+        if expected is not None and x.shape[1] != expected:
+            raise ConfigError(f"RidgeHead expects {expected} features per sample; got {x.shape[1]}")
+        return self.projection(x) if self.projection else x
+
+    # -- solving -------------------------------------------------------------------------------
+
+    def solve(self, ridge: float | None = None) -> tuple[Tensor, Tensor]:
+        """Solve (G + λ D) W = B; return weight (n_classes, d) and bias (n_classes,) in float64.
+
+        D is the identity except a 0 for the bias, so the bias is unregularised; G + λD is then
+        positive definite for any λ > 0 and at least one sample. With λ = 0 a singular system
+        falls back to the minimum-norm least-squares solution.
+        """
+        w = self._solve_aug(self.ridge if ridge is None else ridge)
+        weight, bias = w[:-1].T.contiguous(), w[-1].clone()
+        if ridge is None:
+            self.coef_, self.intercept_ = weight, bias
+        return weight, bias
+
+    def _system(self, ridge: float) -> Tensor:
+        self._require_fitted()
+        reg = torch.full((self.gram_.shape[0],), float(ridge), dtype=torch.float64)
+        reg[-1] = 0.0
+        return self.gram_ + torch.diag(reg)
+
+    def _solve_aug(self, ridge: float) -> Tensor:
+        return _solve_psd(self._system(ridge), self.xty_)
+
+    def _require_fitted(self) -> None:
+        if self.gram_ is None:
+            raise ConfigError("RidgeHead is not fitted yet; call fit or partial_fit first")
+
+    def decision_function(self, features: ArrayLike) -> Tensor:
+        """Logits (n, n_classes), float64."""
+        self._require_fitted()
+        if self.coef_ is None:
+            self.solve()
+        return self.transform(features) @ self.coef_.T + self.intercept_
+
+    def predict(self, features: ArrayLike) -> Tensor:
+        """Predicted class indices (n,), int64."""
+        return self.decision_function(features).argmax(dim=1)
+
+    def write_to(self, linear: nn.Linear) -> nn.Linear:
+        """Copy the solution into `linear` (in place, in its dtype and device) and return it.
+
+        With a projection, `linear` must be the layer that follows the projection (in_features =
+        out_dim); without one it is the graph's final Linear.
+        """
+        self._require_fitted()
+        weight, bias = self.solve()
+        if tuple(linear.weight.shape) != tuple(weight.shape) or linear.bias is None:
+            raise ConfigError(
+                f"head Linear must have bias and weight shape {tuple(weight.shape)} (out, in); "
+                f"got {tuple(linear.weight.shape)} with bias={linear.bias is not None}"
+            )
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            linear.bias.copy_(bias)
+        return linear
+
+    # -- choosing λ ----------------------------------------------------------------------------
+
+    def gcv_score(self, ridge: float) -> float:
+        """Generalised cross-validation error (Golub et al. 1979) of λ, from G and B alone.
+
+        GCV = n·RSS / (n − df)², RSS = tr(YᵀY) − 2 tr(WᵀB) + tr(WᵀGW) with tr(YᵀY) = n for
+        one-hot targets, and df = tr((G + λD)⁻¹ G). No sample needs to be revisited.
+        """
+        a = self._system(ridge)
+        w = self._solve_aug(ridge)
+        n = float(self.n_samples_)
+        rss = n - 2.0 * float((w * self.xty_).sum()) + float((w * (self.gram_ @ w)).sum())
+        df = float(torch.trace(_solve_psd(a, self.gram_)))
+        if n - df <= 1e-9 * n:
+            return math.inf
+        return n * max(rss, 0.0) / (n - df) ** 2
+
+    def select_ridge(self, grid: Iterable[float] = DEFAULT_RIDGE_GRID) -> float:
+        """Set `ridge` to the grid value with the lowest GCV score and return it (ties → the larger λ)."""
+        grid = sorted({float(r) for r in grid}, reverse=True)
+        if not grid or any(not (r > 0 and math.isfinite(r)) for r in grid):
+            raise ConfigError(f"ridge grid must be non-empty, finite and > 0; got {grid!r}")
+        scores = [self.gcv_score(r) for r in grid]
+        self.ridge = grid[int(np.argmin(scores))]
+        self.coef_ = self.intercept_ = None
+        return self.ridge
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly configuration (goes in meta.json; the statistics go in `state_dict`)."""
+        proj = self.projection.to_dict() if self.projection else None
+        return {"ridge": self.ridge, "projection": proj}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RidgeHead:
+        proj = d.get("projection")
+        return cls(ridge=d["ridge"], projection=RandomProjection.from_dict(proj) if proj else None)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Statistics as plain CPU tensors (safetensors-friendly); empty when unfitted."""
+        if self.gram_ is None:
+            return {}
+        sd = {
+            "gram": self.gram_.clone(),
+            "xty": self.xty_.clone(),
+            "n_samples": torch.tensor([self.n_samples_], dtype=torch.int64),
+            "n_features_in": torch.tensor([self.n_features_in_], dtype=torch.int64),
+        }
+        if self.projection:
+            sd["projection"] = self.projection.code()
+        return sd
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> RidgeHead:
+        """Restore statistics saved by `state_dict`; checks they fit this head's projection."""
+        if not state:
+            return self.reset()
+        missing = {"gram", "xty", "n_samples", "n_features_in"} - set(state)
+        if missing:
+            raise ConfigError(
+                f"RidgeHead state dict lacks {sorted(missing)}; was it saved by RidgeHead.state_dict?"
+            )
+        want = self.projection.code().tolist() if self.projection else None
+        got = state["projection"].tolist() if "projection" in state else None
+        if want != got:
+            raise ConfigError(
+                f"RidgeHead state was saved with projection {got} [in, out, seed, act]; "
+                f"this head has {want}; build the head from the saved config (RidgeHead.from_dict)"
+            )
+        gram, xty = state["gram"].to(torch.float64), state["xty"].to(torch.float64)
+        n_in = int(state["n_features_in"][0])
+        d = self.projection.out_dim if self.projection else n_in
+        if gram.shape != (d + 1, d + 1) or xty.ndim != 2 or xty.shape[0] != d + 1:
+            raise ConfigError(
+                f"RidgeHead state shapes gram {tuple(gram.shape)}, xty {tuple(xty.shape)} "
+                f"do not match feature width {d} (expected ({d + 1}, {d + 1}) and ({d + 1}, C))"
+            )
+        self.reset()
+        self.gram_, self.xty_ = gram.clone(), xty.clone()
+        self.n_samples_ = int(state["n_samples"][0])
+        self.n_features_in_ = n_in
+        return self

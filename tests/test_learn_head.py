@@ -1,0 +1,155 @@
+"""RidgeHead: incremental == joint in any order, matches a batch reference, refuses bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.linear_model import Ridge
+from torch import nn
+
+from evo.errors import ConfigError, DataError
+from evo.learn.head import RandomProjection, RidgeHead
+
+N, D, C = 60, 6, 5
+
+
+def _data(seed: int = 0, n: int = N, d: int = D, c: int = C) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % c
+    x = rng.normal(size=(n, d)) + np.eye(c, d)[y] * 3.0
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("projection", [None, RandomProjection(D, 32, seed=3)])
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_incremental_equals_joint_in_any_class_order_and_split(projection, data) -> None:
+    x, y = _data()
+    class_order = data.draw(st.permutations(range(C)), label="class order")
+    cuts = sorted(data.draw(st.lists(st.integers(1, N - 1), max_size=4, unique=True), label="cuts"))
+    # class-incremental stream: samples sorted by the drawn class order, then split at the cuts
+    rank = np.argsort(class_order)
+    idx = np.argsort(rank[y], kind="stable")
+    inc = RidgeHead(ridge=0.5, projection=projection)
+    for part in np.split(idx, cuts):
+        inc.partial_fit(x[part], y[part])  # the class count grows as labels arrive
+    joint = RidgeHead(ridge=0.5, projection=projection).fit(x, y)
+    (wi, bi), (wj, bj) = inc.solve(), joint.solve()
+    assert inc.n_classes_ == joint.n_classes_ == C
+    assert _rel(wi, wj) < 1e-6 and _rel(bi, bj) < 1e-6
+    assert _rel(inc.decision_function(x), joint.decision_function(x)) < 1e-6
+
+
+def test_matches_sklearn_ridge_with_unregularised_intercept() -> None:
+    x, y = _data(1)
+    head = RidgeHead(ridge=3.0).fit(x, y)
+    ref = Ridge(alpha=3.0, fit_intercept=True).fit(x.astype(np.float64), np.eye(C)[y])
+    w, b = head.solve()
+    np.testing.assert_allclose(w.numpy(), ref.coef_, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(b.numpy(), ref.intercept_, rtol=1e-8, atol=1e-10)
+
+
+def test_learns_and_writes_into_a_linear_head() -> None:
+    x, y = _data(2, n=200)
+    head = RidgeHead(ridge=1.0).fit(torch.from_numpy(x), torch.from_numpy(y))
+    assert (head.predict(x).numpy() == y).mean() > 0.8
+    linear = head.write_to(nn.Linear(D, C))
+    with torch.no_grad():
+        logits = linear(torch.from_numpy(x))
+    torch.testing.assert_close(logits.double(), head.decision_function(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match=r"\(5, 6\)"):
+        head.write_to(nn.Linear(D, C + 1))
+
+
+def test_classes_can_grow_with_zero_columns() -> None:
+    x, y = _data()
+    head = RidgeHead().partial_fit(x[y < 2], y[y < 2], n_classes=2)
+    assert head.n_classes_ == 2
+    head.add_classes(4)
+    w, b = head.solve()
+    assert w.shape == (4, D) and torch.all(w[2:] == 0) and torch.all(b[2:] == 0)
+    head.partial_fit(x[y >= 2], y[y >= 2])
+    assert head.n_classes_ == C
+    with pytest.raises(ConfigError, match="only grow"):
+        head.partial_fit(x, y, n_classes=3)
+
+
+def test_projection_is_seeded_and_round_trips() -> None:
+    p = RandomProjection(4, 8, seed=7, activation="relu")
+    q = RandomProjection.from_dict(json.loads(json.dumps(p.to_dict())))
+    assert torch.equal(p.weight, q.weight)
+    assert not torch.equal(p.weight, RandomProjection(4, 8, seed=8).weight)
+    assert torch.all(p(torch.randn(3, 4)) >= 0)
+    with pytest.raises(ConfigError, match="activation"):
+        RandomProjection(4, 8, activation="gelu")
+
+
+def test_state_dict_round_trip_gives_same_solution() -> None:
+    x, y = _data()
+    head = RidgeHead(ridge=0.1, projection=RandomProjection(D, 16, seed=1)).fit(x, y)
+    state = head.state_dict()
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    clone = RidgeHead.from_dict(json.loads(json.dumps(head.to_dict()))).load_state_dict(state)
+    torch.testing.assert_close(clone.decision_function(x), head.decision_function(x), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="projection"):
+        RidgeHead(projection=RandomProjection(D, 16, seed=2)).load_state_dict(state)
+
+
+def test_select_ridge_picks_from_grid_by_gcv() -> None:
+    x, y = _data(3, n=120)
+    head = RidgeHead().fit(x, y)
+    grid = [1e-3, 1e-1, 10.0, 1e5]
+    best = head.select_ridge(grid)
+    scores = [head.gcv_score(r) for r in grid]
+    assert best == grid[int(np.argmin(scores))] and head.ridge == best
+    assert scores[-1] > min(scores)  # a huge λ underfits
+
+
+def test_gcv_matches_brute_force_residuals() -> None:
+    x, y = _data(4)
+    head = RidgeHead(ridge=2.0).fit(x, y)
+    logits = head.decision_function(x).numpy()
+    rss = ((np.eye(C)[y] - logits) ** 2).sum()
+    phi = np.hstack([x.astype(np.float64), np.ones((N, 1))])
+    reg = np.diag([2.0] * D + [0.0])
+    df = np.trace(phi @ np.linalg.solve(phi.T @ phi + reg, phi.T))
+    assert head.gcv_score(2.0) == pytest.approx(N * rss / (N - df) ** 2, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("features", "labels", "error", "match"),
+    [
+        (np.full((3, D), np.nan), np.zeros(3, dtype=int), DataError, "NaN"),
+        (np.full((3, D), np.inf), np.zeros(3, dtype=int), DataError, "inf"),
+        (np.zeros((3, D)), np.array([0, -2, 1]), DataError, "label -2"),
+        (np.zeros((3, D)), np.array([0, 9, 1]), DataError, "label 9"),
+        (np.zeros((0, D)), np.zeros(0, dtype=int), DataError, "empty"),
+        (np.zeros((3, D)), np.array([0.0, 1.0, 1.0]), DataError, "integers"),
+        (np.zeros((3, D)), np.zeros(2, dtype=int), DataError, "one entry per sample"),
+        (np.zeros((3, D + 1)), np.zeros(3, dtype=int), ConfigError, f"expects {D} .* got {D + 1}"),
+    ],
+)
+def test_bad_input_is_refused_with_a_named_reason(features, labels, error, match) -> None:
+    x, y = _data()
+    head = RidgeHead().fit(x, y)
+    with pytest.raises(error, match=match):
+        head.partial_fit(features, labels, n_classes=C)
+    assert head.n_samples_ == N  # nothing half-written
+
+
+def test_bad_config_and_unfitted_use() -> None:
+    with pytest.raises(ConfigError, match="ridge"):
+        RidgeHead(ridge=-1.0)
+    with pytest.raises(ConfigError, match="not fitted"):
+        RidgeHead().solve()
+    with pytest.raises(ConfigError, match="expects 4"):
+        RidgeHead(projection=RandomProjection(4, 8)).fit(np.zeros((2, 5)), np.zeros(2, dtype=int))
