@@ -1,0 +1,88 @@
+"""The `evo` command: parses arguments, calls the library, prints. Errors are one readable line, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from evo.errors import EvoError
+
+Command = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str) -> Callable[[Command], Command]:
+    def deco(fn: Command) -> Command:
+        _COMMANDS[name] = fn
+        return fn
+
+    return deco
+
+
+def load_model(spec: str, input_size: int | None = None, pretrained: bool = True):
+    """A saved model folder, or a zoo name (pretrained where the zoo ships weights)."""
+    import evo.graph as eg
+    import evo.zoo as zoo
+
+    path = Path(spec)
+    if path.is_dir():
+        return eg.load(path)
+    if spec in zoo.MODELS:
+        entry = zoo.MODELS.get(spec)
+        return zoo.load(spec, pretrained=pretrained and entry.has_pretrained, input_size=input_size)
+    raise EvoError(f"{spec!r} is neither a saved model folder nor a zoo model; zoo models: "
+                   f"{', '.join(zoo.list_models())}")
+
+
+@command("inspect")
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import evo.ops as ops
+
+    graph = load_model(args.model, args.input_size, pretrained=not args.random_init)
+    print(graph.summary() if args.layers else graph.summary().split("\n")[0])
+    if graph.classes:
+        shown = ", ".join(graph.classes[:8]) + (" ..." if len(graph.classes) > 8 else "")
+        print(f"classes ({len(graph.classes)}): {shown}")
+    print("growth sites:")
+    for name in ops.list_ops():
+        found = ops.sites(graph, name)
+        preview = "; ".join(_site_text(s) for s in found[: args.max_sites])
+        more = f" ... (+{len(found) - args.max_sites})" if len(found) > args.max_sites else ""
+        print(f"  {name:<12} {len(found):>4}  {preview}{more}")
+    return 0
+
+
+def _site_text(site: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in site.items())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evo", description="Keep a trained CNN learning.")
+    p.add_argument("--version", action="version", version=f"evo {__import__('evo').__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    ins = sub.add_parser("inspect", help="print a model's layers, parameters, FLOPs and growth sites")
+    ins.add_argument("model", help="a saved model folder, or a zoo name such as efficientnet_lite0")
+    ins.add_argument("--input-size", type=int, default=None, help="input side in pixels (zoo models)")
+    ins.add_argument("--random-init", action="store_true", help="zoo models: skip pretrained weights")
+    ins.add_argument("--layers", action=argparse.BooleanOptionalAction, default=True,
+                     help="print the per-layer table (default: yes)")
+    ins.add_argument("--max-sites", type=int, default=4, help="sites to list per operator")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except EvoError as e:
+        print(f"evo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"evo {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
