@@ -1,0 +1,182 @@
+"""ImageSet: the one in-memory container every source returns and every scenario slices.
+
+Images stay at their native size (resizing belongs to the model version's `Preprocess`), always
+uint8 RGB (N, H, W, 3). Arrays are read-only views, so a loaded set can be cached and shared
+between increments without anyone changing it under another's feet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from evo.errors import ConfigError, DataError
+
+
+def to_rgb(images: np.ndarray) -> np.ndarray:
+    """Return uint8 (N, H, W, 3): grayscale (N, H, W) or (N, H, W, 1) is repeated, RGBA drops alpha."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise DataError(f"images must be uint8 (0..255); got dtype {images.dtype}. Scale and cast first.")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise DataError(f"images must be (N, H, W) or (N, H, W, 1|3|4); got shape {images.shape}")
+    if images.shape[-1] == 1:
+        return np.repeat(images, 3, axis=-1)
+    return images[..., :3] if images.shape[-1] == 4 else images
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
+@dataclass(frozen=True, eq=False)
+class ImageSet:
+    """Images with integer labels; label i means `classes[i]`.
+
+    `skipped` lists files the source could not read (corrupt, missing); they are not in the set.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    skipped: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        images, labels = np.asarray(self.images), np.asarray(self.labels)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise DataError(
+                f"ImageSet.images must be uint8 (N, H, W, 3); got {images.dtype} {images.shape}. "
+                "Use ImageSet.from_arrays to convert grayscale or RGBA."
+            )
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise DataError(f"ImageSet.labels must be ({len(images)},); got shape {labels.shape}")
+        if labels.size and not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(f"ImageSet.labels must be integers; got dtype {labels.dtype}")
+        classes = [str(c) for c in self.classes]
+        if len(set(classes)) != len(classes):
+            dup = sorted({c for c in classes if classes.count(c) > 1})
+            raise DataError(f"ImageSet.classes has duplicate names {dup}; class names must be unique")
+        if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
+            raise DataError(
+                f"ImageSet.labels must lie in [0, {len(classes)}) for {len(classes)} classes; "
+                f"got range [{labels.min()}, {labels.max()}]"
+            )
+        object.__setattr__(self, "images", _readonly(images))
+        object.__setattr__(self, "labels", _readonly(labels.astype(np.int64, copy=False)))
+        object.__setattr__(self, "classes", classes)
+        object.__setattr__(self, "skipped", list(self.skipped))
+
+    @classmethod
+    def from_arrays(
+        cls, images: np.ndarray, labels: Sequence[int] | np.ndarray, classes: Sequence[str]
+    ) -> ImageSet:
+        """Build a set from grayscale, RGB or RGBA uint8 arrays (converted to RGB)."""
+        return cls(to_rgb(images), np.asarray(labels, dtype=np.int64), list(classes))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        size = "x".join(map(str, self.image_size))
+        return (
+            f"ImageSet({len(self)} images {size}, {len(self.classes)} classes, {len(self.skipped)} skipped)"
+        )
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) shared by every image."""
+        return int(self.images.shape[1]), int(self.images.shape[2])
+
+    def class_counts(self) -> dict[str, int]:
+        """Samples per class, every class listed (zero included)."""
+        counts = np.bincount(self.labels, minlength=len(self.classes))
+        return {c: int(n) for c, n in zip(self.classes, counts, strict=True)}
+
+    def present_classes(self) -> list[str]:
+        """Classes with at least one sample, in class-list order."""
+        return [c for c, n in self.class_counts().items() if n]
+
+    def subset(self, indices: Sequence[int] | np.ndarray, classes: Sequence[str] | None = None) -> ImageSet:
+        """The samples at `indices` (copied); `classes` may shorten the class list to a prefix."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise DataError(f"subset indices must lie in [0, {len(self)}); got [{idx.min()}, {idx.max()}]")
+        return ImageSet(self.images[idx], self.labels[idx], list(classes or self.classes), self.skipped)
+
+    def select_classes(self, names: Sequence[str]) -> ImageSet:
+        """Only the samples of `names`, relabelled so that label i means `names[i]`."""
+        names = list(names)
+        self._check_known(names)
+        if set(names) >= set(self.present_classes()):
+            return self.relabel(names)  # nothing dropped: share the image array instead of copying it
+        mapping = np.full(len(self.classes), -1, dtype=np.int64)
+        for new, name in enumerate(names):
+            mapping[self.classes.index(name)] = new
+        new_labels = mapping[self.labels]
+        keep = np.flatnonzero(new_labels >= 0)
+        return ImageSet(self.images[keep], new_labels[keep], names, self.skipped)
+
+    def relabel(self, classes: Sequence[str]) -> ImageSet:
+        """Same samples, labels re-expressed in a class list that contains every present class."""
+        classes = list(classes)
+        missing = [c for c in self.present_classes() if c not in classes]
+        if missing:
+            raise DataError(f"relabel: classes {missing} have samples but are not in the new class list")
+        index = {c: i for i, c in enumerate(classes)}
+        mapping = np.array([index.get(c, -1) for c in self.classes], dtype=np.int64)
+        return ImageSet(self.images, mapping[self.labels], classes, self.skipped)
+
+    def resized(self, size: tuple[int, int]) -> ImageSet:
+        """Every image resized to (height, width) with antialiased bilinear; same labels."""
+        from evo.data.transforms import resize_uint8
+
+        return ImageSet(resize_uint8(self.images, size), self.labels, self.classes, self.skipped)
+
+    def _check_known(self, names: Sequence[str]) -> None:
+        unknown = [n for n in names if n not in self.classes]
+        if unknown:
+            raise DataError(f"unknown classes {unknown}; this set has {self.classes}")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"class names must not repeat; got {list(names)}")
+
+
+def concat(sets: Sequence[ImageSet]) -> ImageSet:
+    """Stack sets that share one class list and one image size."""
+    if not sets:
+        raise DataError("concat needs at least one ImageSet")
+    first = sets[0]
+    for s in sets[1:]:
+        if s.classes != first.classes or s.image_size != first.image_size:
+            raise DataError(
+                f"concat needs one class list and one image size; got {first.image_size} vs {s.image_size} "
+                "(relabel() and resized() them first)"
+            )
+    skipped = [p for s in sets for p in s.skipped]
+    images = np.concatenate([s.images for s in sets])
+    return ImageSet(images, np.concatenate([s.labels for s in sets]), first.classes, skipped)
+
+
+def holdout_split(data: ImageSet, test_fraction: float, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+    """Seeded per-class split: round(fraction * n) of each class to test, keeping >= 1 on each side.
+
+    A class with a single sample stays in train. `test_fraction=0` gives an empty test set.
+    """
+    if not 0.0 <= float(test_fraction) < 1.0:
+        raise ConfigError(f"test_fraction must be in [0, 1); got {test_fraction!r}")
+    rng = np.random.default_rng(seed)
+    test_idx: list[np.ndarray] = []
+    for label in range(len(data.classes)):
+        idx = rng.permutation(np.flatnonzero(data.labels == label))
+        n_test = 0
+        if test_fraction > 0 and len(idx) >= 2:
+            n_test = min(max(round(test_fraction * len(idx)), 1), len(idx) - 1)
+        test_idx.append(idx[:n_test])
+    test = np.sort(np.concatenate(test_idx)) if test_idx else np.zeros(0, np.int64)
+    train = np.setdiff1d(np.arange(len(data)), test)
+    return data.subset(train), data.subset(test)

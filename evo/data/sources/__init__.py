@@ -1,0 +1,47 @@
+"""Data sources, registered by name in SOURCES; `load_source` also accepts a folder or a .csv path."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+from evo.data.sources import digits, fashion_mnist, folder, manifest  # noqa: F401  (registers the sources)
+from evo.data.sources.base import SOURCES, Split
+from evo.errors import ConfigError, DataError
+
+
+def _resolve(source: str | os.PathLike) -> tuple[str, dict[str, Any]]:
+    """A registered name as is; a directory → `folder`, a .csv file → `csv`."""
+    if isinstance(source, str) and source in SOURCES:
+        return source, {}
+    path = Path(source)
+    if path.is_dir():
+        return "folder", {"path": path}
+    if path.suffix.lower() == ".csv":
+        if not path.is_file():
+            raise DataError(f"manifest {path} does not exist")
+        return "csv", {"path": path}
+    if isinstance(source, os.PathLike) or os.sep in str(source):
+        raise DataError(f"{source} is neither an image folder nor a .csv manifest")
+    return str(source), {}  # SOURCES.get raises, listing the valid names
+
+
+def load_source(source: str | os.PathLike, **options: Any) -> Split:
+    """(train, test) ImageSets from a registered source name, an image folder or a CSV manifest.
+
+    Options go to the source function; an option it does not take is a ConfigError listing valid ones.
+    """
+    name, implied = _resolve(source)
+    fn = SOURCES.get(name)
+    kwargs = {**implied, **options}
+    try:
+        inspect.signature(fn).bind(**kwargs)
+    except TypeError as e:
+        valid = [p for p in inspect.signature(fn).parameters if p not in implied]
+        raise ConfigError(f"data source {name!r}: {e}; valid options: {valid}") from None
+    return fn(**kwargs)
+
+
+__all__ = ["SOURCES", "Split", "load_source"]

@@ -1,0 +1,108 @@
+"""Shared by the `folder` and `csv` sources: safe path resolution and tolerant image decoding."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from evo.data.dataset import ImageSet
+from evo.errors import ConfigError, DataError
+
+log = logging.getLogger("evo.data")
+
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+)
+_UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def natural_key(name: str) -> list[int | str]:
+    """Sort "2" before "10" and "img2" before "img10"."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def inside(root: Path, path: str | Path) -> Path:
+    """`path` (relative to `root`, or absolute) resolved; refused if it escapes `root` (.., symlinks)."""
+    full = Path(path) if Path(path).is_absolute() else root / path
+    resolved = full.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise DataError(
+            f"{path} resolves to {resolved}, outside the declared root {root}; move the file under the root or declare a wider root"
+        )
+    return resolved
+
+
+def parse_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    """None, an int (square) or (height, width)."""
+    if size is None:
+        return None
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if len(hw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw):
+        raise ConfigError(f"size must be a positive int or (height, width); got {size!r}")
+    return hw  # type: ignore[return-value]
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode → RGB; transparency is composited over white, 16-bit gray is scaled down."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I;16"):
+        img = Image.fromarray((np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
+    return img.convert("RGB")
+
+
+def decode(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    """uint8 (H, W, 3); resized to `size` (height, width) when given. Raises on an unreadable file."""
+    with Image.open(path) as img:
+        img.load()
+        rgb = _to_rgb(img)
+    if size is not None and (rgb.height, rgb.width) != size:
+        rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def load_images(
+    entries: Sequence[tuple[Path, str]], classes: Sequence[str], size: tuple[int, int] | None, origin: str
+) -> ImageSet:
+    """Decode (path, class) pairs; unreadable files are logged and listed in `skipped`.
+
+    Without `size`, images are resized to the most common (height, width) (ties: the larger).
+    Classes left with no readable image are dropped, with a warning.
+    """
+    if not entries:
+        raise DataError(f"{origin} lists no image files; add images (extensions: {sorted(IMAGE_EXTENSIONS)})")
+    arrays, names, skipped = [], [], []
+    for path, label in entries:
+        try:
+            arrays.append(decode(path, size))
+            names.append(label)
+        except _UNREADABLE as e:
+            log.warning("skipping unreadable image %s: %s", path, e)
+            skipped.append(str(path))
+    if not arrays:
+        raise DataError(
+            f"{origin}: none of its {len(entries)} image files could be read (first: {skipped[0]})"
+        )
+    if size is None:
+        counts = Counter(a.shape[:2] for a in arrays)
+        size = max(counts, key=lambda hw: (counts[hw], hw[0] * hw[1], hw))
+        arrays = [a if a.shape[:2] == size else _resize(a, size) for a in arrays]
+    kept = [c for c in classes if c in set(names)]
+    for c in classes:
+        if c not in kept:
+            log.warning("%s: class %r has no readable image and is dropped", origin, c)
+    index = {c: i for i, c in enumerate(kept)}
+    labels = np.array([index[n] for n in names], dtype=np.int64)
+    return ImageSet(np.stack(arrays), labels, kept, skipped)
+
+
+def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.fromarray(a).resize((size[1], size[0]), Image.Resampling.BILINEAR))
