@@ -214,7 +214,7 @@ class ArchGraph:
                                      f"{got}: {e}") from None
                 shapes[n] = tuple(out.shape[1:])
             d["shape"] = shapes[n]
-        for u, v, e in self.g.edges(data=True):
+        for u, _v, e in self.g.edges(data=True):
             e["shape"] = shapes[u]
         return self
 
