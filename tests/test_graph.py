@@ -229,3 +229,21 @@ def test_validate_names_shape_mismatch_node():
     g.set_params("left", weight=torch.zeros(8, 32, 1, 1), bias=torch.zeros(8))
     with pytest.raises(GraphError, match="mix_bn"):
         g.validate()
+
+
+def test_functional_pooling_imports_exactly():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            x = nn.functional.max_pool2d(self.conv(x), 2, ceil_mode=True)
+            return nn.functional.avg_pool2d(x, kernel_size=2, stride=1)
+
+    net = Net().eval()
+    g = eg.from_module(net, (3, 11, 11))
+    x = torch.randn(2, 3, 11, 11)
+    with torch.no_grad():
+        assert torch.equal(g.to_module().eval()(x), net(x))
+    assert [g.op(n) for n in g.nodes()][2:4] == ["maxpool2d", "avgpool2d"]

@@ -8,6 +8,7 @@ parent graph stays exactly as it was.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -164,8 +165,6 @@ class ArchGraph:
     # ---- checks and derived facts -------------------------------------------------------------
     def validate(self) -> ArchGraph:
         """Check structure, attributes, parameter shapes and tensor shapes; errors name the node."""
-        from evo.graph.compile import build_module
-
         if not nx.is_directed_acyclic_graph(self.g):
             self.nodes()  # raises with the cycle
         self.input, self.output  # noqa: B018 - exactly one of each
@@ -185,7 +184,7 @@ class ArchGraph:
             if missing:
                 raise GraphError(f"node {n!r} ({d['op']}) lacks attributes {missing}")
             if kind.build is not None:
-                _check_params(n, build_module(d["op"], d["attrs"], device="meta"), d["params"])
+                _check_params(n, _expected_params(d["op"], d["attrs"]), d["params"])
             elif d["params"]:
                 raise GraphError(f"node {n!r} ({d['op']}) takes no parameters, has {sorted(d['params'])}")
         if self.g.out_degree(self.output):
@@ -195,8 +194,6 @@ class ArchGraph:
 
     def infer_shapes(self) -> ArchGraph:
         """Propagate tensor shapes from the input by running every node on the meta device."""
-        from evo.graph.compile import build_module
-
         shapes: dict[str, Shape] = {}
         for n in self.nodes():
             d = self.g.nodes[n]
@@ -205,14 +202,12 @@ class ArchGraph:
             elif d["op"] == "output":
                 shapes[n] = shapes[self.inputs_of(n)[0]]
             else:
-                args = [torch.empty((2, *shapes[p]), device="meta") for p in self.inputs_of(n)]
+                got = tuple(shapes[p] for p in self.inputs_of(n))
                 try:
-                    out = build_module(d["op"], d["attrs"], device="meta").eval()(*args)
+                    shapes[n] = _output_shape(d["op"], _freeze(d["attrs"]), got)
                 except Exception as e:  # noqa: BLE001 - any failure is a shape mismatch at this node
-                    got = [tuple(a.shape[1:]) for a in args]
                     raise GraphError(f"node {n!r} ({d['op']}, from {d['source']!r}) cannot take inputs of shape "
-                                     f"{got}: {e}") from None
-                shapes[n] = tuple(out.shape[1:])
+                                     f"{list(got)}: {e}") from None
             d["shape"] = shapes[n]
         for u, _v, e in self.g.edges(data=True):
             e["shape"] = shapes[u]
@@ -256,8 +251,40 @@ class ArchGraph:
         return f"ArchGraph({self.meta.get('name', '?')!r}, nodes={len(self)}, params={self.num_params():,})"
 
 
-def _check_params(name: str, module: torch.nn.Module, params: dict[str, torch.Tensor]) -> None:
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+def _freeze(x: Any) -> Any:
+    """A hashable form of JSON-like attributes, for the caches below."""
+    if isinstance(x, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in x.items()))
+    if isinstance(x, list):
+        return tuple(_freeze(v) for v in x)
+    return x
+
+
+def _thaw(x: Any) -> Any:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in x}
+
+
+@functools.lru_cache(maxsize=8192)
+def _output_shape(op: str, attrs: tuple, in_shapes: tuple[Shape, ...]) -> Shape:
+    """Run one node on the meta device (cached: growth re-validates graphs whose nodes rarely change)."""
+    from evo.graph.compile import build_module
+
+    args = [torch.empty((2, *s), device="meta") for s in in_shapes]
+    return tuple(build_module(op, _thaw(attrs), device="meta").eval()(*args).shape[1:])
+
+
+@functools.lru_cache(maxsize=8192)
+def _expected_params_cached(op: str, attrs: tuple) -> tuple[tuple[str, Shape], ...]:
+    from evo.graph.compile import build_module
+
+    return tuple((k, tuple(v.shape)) for k, v in build_module(op, _thaw(attrs), device="meta").state_dict().items())
+
+
+def _expected_params(op: str, attrs: dict[str, Any]) -> dict[str, Shape]:
+    return dict(_expected_params_cached(op, _freeze(attrs)))
+
+
+def _check_params(name: str, expected: dict[str, Shape], params: dict[str, torch.Tensor]) -> None:
     got = {k: tuple(v.shape) for k, v in params.items()}
     if set(expected) != set(got):
         raise GraphError(f"node {name!r} has tensors {sorted(got)}; its kind needs {sorted(expected)}")

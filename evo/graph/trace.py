@@ -197,6 +197,14 @@ class _Importer:
         elif t in (F.adaptive_avg_pool2d,):
             size = n.kwargs.get("output_size", n.args[1] if len(n.args) > 1 else None)
             self._add(n, "adaptiveavgpool2d", {"output_size": _jsonable(size)}, args)
+        elif t in (F.max_pool2d, F.avg_pool2d):
+            names = ["kernel_size", "stride", "padding"] + (["dilation", "ceil_mode"] if t is F.max_pool2d
+                                                            else ["ceil_mode", "count_include_pad"])
+            given = dict(zip(names, n.args[1:], strict=False)) | dict(n.kwargs)
+            if given.get("return_indices") or given.get("divisor_override"):
+                raise TraceError("pooling with return_indices or divisor_override is not supported")
+            given.pop("return_indices", None), given.pop("divisor_override", None)
+            self._add(n, "maxpool2d" if t is F.max_pool2d else "avgpool2d", given, args)
         elif t in (torch.mean, "mean"):
             dims = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else None)
             keep = n.kwargs.get("keepdim", n.args[2] if len(n.args) > 2 else False)
