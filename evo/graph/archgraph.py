@@ -49,6 +49,15 @@ class ArchGraph:
             raise GraphError(f"edge {src!r} -> {dst!r} already exists; route a repeated input through an identity node")
         self.g.add_edge(src, dst, index=index, shape=self.g.nodes[src]["shape"])
 
+    def redirect_consumers(self, old: str, new: str, keep: tuple[str, ...] = ()) -> None:
+        """Make every consumer of `old` (except those in `keep`) read `new` instead, at the same argument index."""
+        for c in self.consumers(old):
+            if c in keep:
+                continue
+            index = self.g.edges[old, c]["index"]
+            self.g.remove_edge(old, c)
+            self.add_edge(new, c, index=index)
+
     def remove_node(self, name: str) -> None:
         self.g.remove_node(name)
 

@@ -1,20 +1,43 @@
-"""FLOP and parameter accounting for an ArchGraph, priced on the meta device (no memory, no compute)."""
+"""FLOP and parameter accounting for an ArchGraph, priced on the meta device (no memory, no compute).
+
+FLOPs come from torch's FlopCounterMode (matmuls and convolutions, forward and backward; a
+multiply-add is 2; elementwise ops and norms are not counted), with one correction: torch's
+convolution-backward formula ignores `groups` in the weight gradient, overcounting grouped convs by
+the group count (a depthwise conv by its channel count), so evo prices that op itself.
+"""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                         _out_pad, _groups, output_mask, **_kwargs) -> int:
+    """Each forward multiply-add has one partner in grad-input and one in grad-weight: one forward each.
+
+    Signature of aten.convolution_backward, tensors replaced by their shapes.
+    """
+    spatial = (x_shape if transposed else grad_out_shape)[2:]
+    forward = 2 * x_shape[0] * math.prod(spatial) * math.prod(w_shape)  # w: (c_out, c_in/groups, *k)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+def flop_counter() -> FlopCounterMode:
+    """A FlopCounterMode with evo's grouped-convolution backward correction."""
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops})
+
+
 def count_flops(graph, batch: int = 1, backward: bool = False, per_node: bool = False):
     """FLOPs of one forward (or forward+backward) pass at `batch`; with per_node, also a node → FLOPs dict."""
     from evo.graph.compile import EvoNet
 
-    net = EvoNet(graph, device="meta")
-    x = torch.empty((batch, *graph.input_shape), device="meta", requires_grad=backward)
-    with FlopCounterMode(display=False) as counter:
+    net = EvoNet(graph, device="meta").eval()  # eval: BN on a 1x1 map at batch 1 is fine; FLOPs are the same
+    x = torch.empty((batch, *graph.input_shape), device="meta")
+    with flop_counter() as counter:
         out = net(x)
         if backward:
             out.sum().backward()

@@ -12,7 +12,6 @@ and the caller's module is never touched.
 from __future__ import annotations
 
 import copy
-import math
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -22,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from evo.errors import ConfigError
+from evo.graph.cost import flop_counter
 
 try:  # Unix only; elsewhere the CPU peak is reported as 0
     import resource
@@ -32,35 +31,6 @@ except ImportError:  # pragma: no cover
     resource = None
 
 META = torch.device("meta")
-
-
-def _conv_backward_flops(
-    grad_out_shape,
-    x_shape,
-    w_shape,
-    _bias,
-    _stride,
-    _padding,
-    _dilation,
-    transposed,
-    _out_pad,
-    _groups,
-    output_mask,
-    **_kwargs,
-) -> int:
-    """Each forward multiply-add has one partner in grad-input and one in grad-weight: one forward each.
-
-    Signature of aten.convolution_backward, tensors replaced by their shapes.
-    """
-    spatial = (x_shape if transposed else grad_out_shape)[2:]
-    forward = 2 * x_shape[0] * math.prod(spatial) * math.prod(w_shape)  # w: (c_out, c_in/groups, *k)
-    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
-
-
-def _counter() -> FlopCounterMode:
-    return FlopCounterMode(
-        display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops}
-    )
 
 
 def meta_copy(module: nn.Module) -> nn.Module:
@@ -105,7 +75,7 @@ def _sum_outputs(out: Any) -> Tensor:
 def forward_flops(module: nn.Module, example_input: Any) -> int:
     """FLOPs of one forward pass on a batch shaped like `example_input` (a tensor or tuple of them)."""
     model = meta_copy(module)
-    with torch.no_grad(), _counter() as counter:
+    with torch.no_grad(), flop_counter() as counter:
         _call(model, _to_meta(example_input))
     return int(counter.get_total_flops())
 
@@ -118,7 +88,7 @@ def train_flops(module: nn.Module, example_input: Any, loss_fn: Callable[[Any], 
     first layer skips its input-gradient matmul: a step costs a little under 3× the forward.
     """
     model = meta_copy(module).train()
-    with _counter() as counter:
+    with flop_counter() as counter:
         out = _call(model, _to_meta(example_input))
         loss = loss_fn(out) if loss_fn is not None else _sum_outputs(out)
         if not isinstance(loss, Tensor) or loss.numel() != 1:

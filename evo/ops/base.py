@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
+
 from evo.errors import ConfigError, InvalidSiteError
 from evo.graph.archgraph import ArchGraph
 from evo.registry import Registry
@@ -62,7 +64,8 @@ class GrowthOp:
         child = graph.copy()
         self.grow(child, site, **params)
         child.validate()
-        child.meta.setdefault("history", []).append({"op": self.name, "site": site, "params": params})
+        recorded = {k: v for k, v in params.items() if not isinstance(v, torch.Tensor)}  # data is not a setting
+        child.meta.setdefault("history", []).append({"op": self.name, "site": site, "params": recorded})
         return child
 
     def delta(self, graph: ArchGraph, site: Site, **params: Any) -> Delta:
