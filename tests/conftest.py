@@ -6,6 +6,10 @@ import torch
 
 from evo.graph.archgraph import ArchGraph
 
+# Tests run small tensors; one intra-op thread avoids OpenMP spin-waiting when Ray workers or other
+# processes share the 2 cores (a forward was seen 30x slower with 2 threads under load).
+torch.set_num_threads(1)
+
 
 def randomize_bn(graph: ArchGraph, seed: int = 0) -> ArchGraph:
     """A copy whose batch-norm affine params and running statistics are random but well-conditioned."""

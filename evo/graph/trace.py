@@ -215,7 +215,7 @@ class _Importer:
                 raise TraceError("mean over the batch dimension is not supported")
             self._add(n, "mean", {"dims": dims, "keepdim": bool(keep)}, args)
         elif t in (F.dropout, "dropout"):
-            self._add(n, "dropout", {"p": float(n.kwargs.get("p", 0.5))}, args)
+            self._add(n, "dropout", {"p": float(n.kwargs.get("p", nonten[0] if nonten else 0.5))}, args)
         elif t in (F.pad,):
             pad = n.kwargs.get("pad", n.args[1] if len(n.args) > 1 else None)
             self._add(n, "pad", {"pad": list(pad), "value": float(n.kwargs.get("value", 0.0))}, args)

@@ -5,13 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from evo.graph.archgraph import ArchGraph
-from evo.zoo import small_cnn, torchvision_models  # noqa: F401  registers models
+from evo.zoo import efficientnet_lite, small_cnn, torchvision_models  # noqa: F401  registers models
 from evo.zoo.registry import MODELS, register_model
-
-try:  # the pretrained Lite0 lives in its own module
-    from evo.zoo import efficientnet_lite  # noqa: F401
-except ImportError:  # pragma: no cover - only while it is being written
-    pass
 
 
 def list_models() -> list[str]:
@@ -22,7 +17,7 @@ def load(name: str, pretrained: bool = False, input_size: int | None = None, **k
     """Build zoo model `name` as an ArchGraph; unset options fall through to the model's defaults."""
     entry = MODELS.get(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    graph = entry.factory(pretrained=pretrained, input_size=input_size or entry.default_input, **kwargs)
+    graph = entry.factory(pretrained=pretrained, input_size=entry.default_input if input_size is None else input_size, **kwargs)
     graph.meta.setdefault("zoo", name)
     return graph
 

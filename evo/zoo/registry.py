@@ -64,4 +64,7 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], source: s
     if missing or unexpected or wrong:
         raise WeightsError(f"weights {source} do not match {type(module).__name__}: missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}")
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        raise WeightsError(f"weights {source} hold NaN or infinite values in {bad[:3]}; the file is unusable")
     module.load_state_dict(state)

@@ -1,0 +1,124 @@
+"""The contract every growth operator keeps on every zoo model: the child computes what the parent computed.
+
+One test runs every registered operator at every site it lists, on every zoo model (the imported
+pretrained EfficientNet-Lite0 included), on random inputs and on real photographs, in fp32 eval mode.
+A property test does the same over random small graphs. Save → load must reproduce a child exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import randomize_bn
+from graphgen import BLOCKS, RandomNet
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sklearn.datasets import load_sample_images
+from torch.nn import functional as F
+
+import evo
+import evo.graph as eg
+import evo.ops as ops
+
+TOL = 1e-5  # relative to the logit scale: fp32 sums in a different order differ by ~1e-7 per unit of magnitude
+# Every op gets non-trivial parameters: growth that does nothing would pass trivially.
+OP_PARAMS = {
+    "widen": {"factor": 1.5},
+    "deepen": {"kernel_size": 3},
+    "add_branch": {"kind": "parallel"},
+    "add_classes": {"k": 2},
+}
+INPUT_SIZE = {"small_cnn": 32}
+
+
+def _real_images(size: int, mean, std) -> torch.Tensor:
+    imgs = np.stack(load_sample_images().images).astype(np.float32) / 255.0  # china.jpg, flower.jpg
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+_PARENTS: dict[str, tuple] = {}
+
+
+def _parent(model: str):
+    """Parent graph (BN statistics randomised unless pretrained) and its inputs, built once per model."""
+    if model not in _PARENTS:
+        entry = evo.zoo.MODELS.get(model)
+        size = INPUT_SIZE.get(model, 64)
+        g = evo.zoo.load(model, pretrained=entry.has_pretrained, input_size=size)
+        if not entry.has_pretrained:
+            g = randomize_bn(g)
+        pre = g.meta.get("preprocess", {"mean": [0.5] * 3, "std": [0.5] * 3})
+        x = torch.cat([torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)),
+                       _real_images(size, pre["mean"], pre["std"])])
+        with torch.no_grad():
+            ref = g.to_module().eval()(x)
+        _PARENTS[model] = (g, x, ref)
+    return _PARENTS[model]
+
+
+def _check_child(parent, child, x, ref) -> float:
+    with torch.no_grad():
+        out = child.to_module().eval()(x)
+    n_old = ref.shape[1]
+    if out.shape[1] > n_old:  # add_classes: new logits must sit below the old ones
+        assert torch.equal(out.argmax(1), ref.argmax(1))
+        out = out[:, :n_old]
+    return (out - ref).abs().max().item()
+
+
+@pytest.mark.parametrize("op_name", ops.list_ops())
+@pytest.mark.parametrize("model", evo.zoo.list_models())
+def test_every_op_preserves_every_zoo_model(model, op_name):
+    parent, x, ref = _parent(model)
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    sites = ops.sites(parent, op_name)
+    assert sites, f"{op_name} lists no site on {model}"
+    worst = {}
+    for site in sites:
+        child = ops.apply(parent, op_name, site=site, **OP_PARAMS[op_name])
+        assert child.num_params() > parent.num_params()
+        worst[str(site)] = _check_child(parent, child, x, ref)
+    tol = TOL * max(1.0, ref.abs().max().item())
+    bad = {s: e for s, e in worst.items() if not e <= tol}
+    assert not bad, f"{op_name} on {model} changed outputs at {len(bad)}/{len(sites)} sites: {dict(list(bad.items())[:5])}"
+    after = parent.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before), \
+        "the parent graph was modified"
+
+
+@pytest.mark.parametrize("model", ["small_cnn", "efficientnet_lite0"])
+def test_grown_child_round_trips_through_save_and_load(model, tmp_path):
+    parent, x, _ = _parent(model)
+    child = parent
+    for op_name in ops.list_ops():
+        child = ops.apply(child, op_name, site=ops.sites(child, op_name)[-1], **OP_PARAMS[op_name])
+    eg.save(child, tmp_path / "child")
+    loaded = eg.load(tmp_path / "child")
+    with torch.no_grad():
+        assert torch.equal(loaded.to_module().eval()(x), child.to_module().eval()(x))
+    assert loaded.meta["history"] == child.meta["history"]
+
+
+recipes = st.lists(st.tuples(st.sampled_from(BLOCKS), st.integers(3, 9),
+                             st.sampled_from(["relu", "relu6", "silu", "hardswish"])), min_size=1, max_size=5)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(recipe=recipes, mlp=st.booleans(), op_name=st.sampled_from(sorted(OP_PARAMS)), pick=st.integers(0, 10**6),
+       seed=st.integers(0, 1000))
+def test_property_random_graphs_are_preserved(recipe, mlp, op_name, pick, seed):
+    torch.manual_seed(seed)
+    parent = randomize_bn(eg.from_module(RandomNet(recipe, mlp).eval(), (3, 9, 9)), seed)
+    sites = ops.sites(parent, op_name)
+    if not sites:
+        return
+    site = sites[pick % len(sites)]
+    params = {**OP_PARAMS[op_name], **({"seed": seed} if "seed" in ops.get_op(op_name).defaults else {})}
+    child = ops.apply(parent, op_name, site=site, **params)
+    x = torch.randn(3, 3, 9, 9)
+    with torch.no_grad():
+        ref = parent.to_module().eval()(x)
+    assert _check_child(parent, child, x, ref) <= TOL * max(1.0, ref.abs().max().item())
