@@ -54,6 +54,32 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("launch")
+def cmd_launch(args: argparse.Namespace) -> int:
+    from evo.search.launch import launch
+
+    launch(args.space, run_dir=args.run_dir, ray_address=args.ray_address, storage=args.storage,
+           dashboard=args.dashboard, num_cpus=args.num_cpus)
+    return 0
+
+
+@command("resume")
+def cmd_resume(args: argparse.Namespace) -> int:
+    from evo.search.launch import resume
+
+    resume(args.run_dir, ray_address=args.ray_address, storage=args.storage, dashboard=args.dashboard,
+           num_cpus=args.num_cpus)
+    return 0
+
+
+@command("status")
+def cmd_status(args: argparse.Namespace) -> int:
+    from evo.search.launch import status
+
+    print(status(args.run_dir))
+    return 0
+
+
 def _site_text(site: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in site.items())
 
@@ -69,6 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--layers", action=argparse.BooleanOptionalAction, default=True,
                      help="print the per-layer table (default: yes)")
     ins.add_argument("--max-sites", type=int, default=4, help="sites to list per operator")
+    for name, help_text in (("launch", "start a growth search from a search-space YAML"),
+                            ("resume", "continue a run after a crash or kill")):
+        sp = sub.add_parser(name, help=help_text)
+        if name == "launch":
+            sp.add_argument("space", help="search space YAML, e.g. search_spaces/fashion_quick.yaml")
+            sp.add_argument("--run-dir", default=None, help="run folder (default runs/<space name>)")
+        else:
+            sp.add_argument("run_dir", help="the run folder to continue, e.g. runs/fashion_quick")
+        sp.add_argument("--ray-address", default=None, help="join a running Ray cluster (HOST:PORT)")
+        sp.add_argument("--storage", default=None,
+                        help="Optuna storage URL, e.g. postgresql://user:pw@host/db (default: journal file in the run)")
+        sp.add_argument("--dashboard", action="store_true", help="start the Ray dashboard on 127.0.0.1")
+        sp.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray cluster (default: all)")
+    st = sub.add_parser("status", help="print a run's lineage and latest metrics")
+    st.add_argument("run_dir")
     return p
 
 

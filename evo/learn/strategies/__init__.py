@@ -1,0 +1,29 @@
+"""Incremental-learning strategies, registered by name (`STRATEGIES`); one file each.
+
+- `evo`: frozen multi-layer features + exact closed-form ridge head (the fast path);
+- `evo_tune`: the fast path, then fine-tune (grown capacity) with replay, then refit the head;
+- `joint`: retrain on all data so far (upper bound, cost reference);
+- `naive`: fine-tune on the increment only (lower bound);
+- `replay`: increment + exemplar memory;
+- `ewc`: elastic weight consolidation;
+- `lwf`: distillation from the parent's logits (`replay=True` adds the memory: iCaRL-style).
+"""
+
+from evo.learn.strategies.base import (
+    STRATEGIES,
+    Context,
+    Result,
+    Strategy,
+    make_strategy,
+    register_strategy,
+)
+
+# Importing each strategy module registers it.
+from evo.learn.strategies import evo, evo_tune, ewc, joint, lwf, naive, replay  # noqa: E402,F401  isort: skip
+
+
+def list_strategies() -> list[str]:
+    return STRATEGIES.names()
+
+
+__all__ = ["STRATEGIES", "Context", "Result", "Strategy", "list_strategies", "make_strategy", "register_strategy"]

@@ -1,0 +1,151 @@
+"""The strategy contract: the Learner owns the loop, a strategy fills one hook, `learn(ctx)`.
+
+The Learner validates the increment, maps its labels onto the model's class list, grows the head
+through the `add_classes` operator, meters the cost, updates the exemplar memory and evaluates.
+A strategy only decides how the prepared graph is trained on the increment and returns the trained
+graph (plus, when it already computed them, the new graph's features of the increment's images,
+which the memory's herding selector reuses instead of paying for another pass).
+
+Options are declared as a dataclass (`Options`) so that unknown names and bad values fail at
+construction with the parameter named, and unset (None) options fall through to the defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from evo.errors import ConfigError
+from evo.graph.archgraph import ArchGraph
+from evo.learn.cost import CostMeter
+from evo.learn.memory import ExemplarMemory
+from evo.registry import Registry
+
+
+@dataclass
+class Context:
+    """Everything a strategy may read while learning one increment.
+
+    `graph` already has a head unit for every class in `classes` (new rows are placeholders:
+    re-initialise them); `parent` is the model before this increment (None on the first one).
+    `images`/`labels` are the increment's training data, labels indexing `classes`.
+    `memory` holds exemplars of earlier increments (not yet updated with this one).
+    `backbone_changed` is True when the graph's feature extractor is not the one the strategy's
+    saved state was computed with (a grown candidate from the search, or a new model).
+    """
+
+    graph: ArchGraph
+    parent: ArchGraph | None
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    new_classes: list[int]
+    memory: ExemplarMemory | None
+    preprocess: Any
+    meter: CostMeter
+    progress: bool = True
+    backbone_changed: bool = False
+    index: int = 0
+
+
+@dataclass
+class Result:
+    """What `learn` returns: the trained graph, and optionally its features of `ctx.images`."""
+
+    graph: ArchGraph
+    features: Tensor | None = None
+    info: dict[str, Any] | None = None
+
+
+class Strategy:
+    """Base of every strategy. Subclasses set `name`, an `Options` dataclass, and `learn`.
+
+    `uses_memory`: whether the Learner keeps an exemplar memory for this strategy (naive, EWC and
+    LwF do not replay, so none is kept or charged). Extra learned state (ridge statistics, Fisher
+    information, stored data) goes through `state_dict`/`load_state_dict` as plain tensors.
+    """
+
+    name: ClassVar[str] = ""
+    uses_memory: ClassVar[bool] = True
+
+    @dataclass
+    class Options:
+        pass
+
+    def __init__(self, **options: Any) -> None:
+        self.options = build_options(self.Options, self.name, options)
+
+    def learn(self, ctx: Context) -> Result:
+        raise NotImplementedError
+
+    def prepare(self, graph: ArchGraph) -> ArchGraph:
+        """Called once with the first graph, before its head is fitted; may rewrite it (default: as is)."""
+        return graph
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> Strategy:
+        return self
+
+    def clone(self) -> Strategy:
+        """An independent copy: same options, copied learned state (callables in options are shared)."""
+        return copy.deepcopy(self)
+
+    def options_dict(self) -> dict[str, Any]:
+        return asdict(self.options)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.options_dict().items())})"
+
+
+def build_options(cls: type, owner: str, options: Mapping[str, Any]) -> Any:
+    """Instantiate an options dataclass, refusing unknown names (listing the valid ones)."""
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"strategy {owner!r} has no option(s) {unknown}; valid options: {known}")
+    return cls(**{k: v for k, v in options.items() if v is not None})
+
+
+STRATEGIES: Registry[type[Strategy]] = Registry("learning strategy")
+
+
+def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
+    """Class decorator: register a Strategy subclass under `name` (a duplicate name raises)."""
+
+    def deco(cls: type[Strategy]) -> type[Strategy]:
+        cls.name = name
+        STRATEGIES.add(name, cls)
+        return cls
+
+    return deco
+
+
+def make_strategy(name: str | Strategy, **options: Any) -> Strategy:
+    """A strategy instance from its registered name (unknown names list the valid ones)."""
+    if isinstance(name, Strategy):
+        if options:
+            raise ConfigError("pass options to the strategy's constructor, not alongside an instance")
+        return name
+    if not isinstance(name, str):
+        raise ConfigError(f"strategy must be a registered name or a Strategy; got {type(name).__name__}")
+    return STRATEGIES.get(name)(**options)
+
+
+def tensor_state(prefix: str, state: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Prefix keys and turn numpy arrays into tensors (for nesting one state dict in another)."""
+    return {f"{prefix}.{k}": torch.as_tensor(np.asarray(v)) if not isinstance(v, Tensor) else v
+            for k, v in state.items()}
+
+
+def sub_state(prefix: str, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The entries of `state` under `prefix.` with the prefix removed."""
+    p = prefix + "."
+    return {k[len(p):]: v for k, v in state.items() if k.startswith(p)}

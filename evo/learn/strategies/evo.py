@@ -1,0 +1,229 @@
+"""`evo`: frozen multi-layer features + the exact closed-form ridge head (the fast path).
+
+On the first increment the graph is rewired (`evo.learn.features.tap_graph`) so its final Linear
+reads mid-level block outputs, average-pooled to small grids (by default stride 8 at 8×8 and
+stride 16 at 4×4; the layers past the deepest tap are pruned). Every increment then costs one
+forward pass over its images plus a rank-n update of the ridge statistics G = ΦᵀΦ, B = ΦᵀY;
+the solution is written into the graph's final Linear. Sums commute, so after any sequence of
+increments the head equals the joint ridge solve on the same features, whatever the class
+order. The ridge λ is chosen each increment by generalised cross-validation from G and B alone,
+walking a half-decade grid from the previous increment's λ (three Cholesky factorisations when
+it has not moved).
+
+When the backbone changed under the statistics (a grown candidate passed through
+`Learner.with_graph`), they are rebuilt from the exemplar memory plus the increment: the old
+data is gone, so this is then no longer equal to the joint solve.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
+
+from evo.errors import ConfigError
+from evo.graph.archgraph import ArchGraph
+from evo.learn.features import is_tapped, parse_taps, tap_graph
+from evo.learn.head import RidgeHead
+from evo.learn.strategies.base import Context, Result, Strategy, register_strategy, sub_state, tensor_state
+from evo.learn.train import forward_flops_per_image, run_batches
+
+
+@register_strategy("evo")
+class Evo(Strategy):
+    """Closed-form head on frozen multi-layer features; incremental == joint on the same features."""
+
+    @dataclass
+    class Options:
+        """`taps`: 'auto', 'features' (the head's current input only) or [(node, grid), ...].
+        `ridge`: 'gcv' (choose λ by generalised cross-validation each increment) or a fixed λ >= 0.
+        `batch_size`: images per forward batch during feature extraction."""
+
+        taps: Any = "auto"
+        ridge: float | str = "gcv"
+        batch_size: int = 256
+
+        def __post_init__(self) -> None:
+            r = self.ridge
+            if r != "gcv" and (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < math.inf):
+                raise ConfigError(f"evo option ridge must be 'gcv' or a finite number >= 0; got {r!r}")
+            if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+                raise ConfigError(f"evo option batch_size must be an int >= 1; got {self.batch_size!r}")
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.head_ = RidgeHead(1.0)
+        self.lambda_: float | None = None  # the last λ chosen by GCV (the next search starts there)
+
+    # -- the hook -----------------------------------------------------------------------------
+
+    def prepare(self, graph: ArchGraph) -> ArchGraph:
+        if is_tapped(graph):
+            return graph
+        return tap_graph(graph, parse_taps(graph, self.options.taps))
+
+    def learn(self, ctx: Context) -> Result:
+        graph = ctx.graph
+        known = self.head_.n_classes_
+        if known < len(ctx.classes) - len(ctx.new_classes) and not ctx.backbone_changed:
+            raise ConfigError(
+                f"the evo strategy fits the head from the data it has seen, but the model already has "
+                f"{len(ctx.classes) - len(ctx.new_classes)} classes without statistics; start from a "
+                "fresh head (Learner(head='reset')) or use a gradient strategy such as 'replay'"
+            )
+        net = graph.to_module().eval()
+        fpi = forward_flops_per_image(net, tuple(graph.input_shape), features_only=True)
+        info: dict[str, Any] = {"feature_dim": None, "rebuilt_from_memory": False}
+        if ctx.backbone_changed or self.head_.n_features_in_ not in (None, _width(graph)):
+            self.head_.reset()
+            if ctx.memory is not None and len(ctx.memory):
+                mem = run_batches(net, ctx.memory.images, ctx.preprocess, _features, ctx.meter,
+                                  self.options.batch_size, fpi, ctx.progress, "features (memory)")
+                self._absorb(mem, ctx.memory.labels, len(ctx.classes), ctx)
+            info["rebuilt_from_memory"] = True
+        feats = run_batches(net, ctx.images, ctx.preprocess, _features, ctx.meter,
+                            self.options.batch_size, fpi, ctx.progress, f"features (increment {ctx.index})")
+        self._absorb(feats, ctx.labels, len(ctx.classes), ctx)
+        lam = self._choose_ridge(ctx)
+        weight, bias = self.head_.solve(lam)
+        c, d = weight.shape
+        ctx.meter.add_flops(int((d + 1) ** 3 // 3 + 4 * (d + 1) ** 2 * c))  # Cholesky + two triangular solves
+        scale = self._calibrate(weight, bias, feats, ctx)
+        out = graph.copy()
+        dtype = out.params(out.head)["weight"].dtype
+        out.set_params(out.head, weight=(scale * weight).to(dtype), bias=(scale * bias).to(dtype))
+        out.meta["head_scale"] = scale
+        info.update(feature_dim=d, ridge=lam, n_samples=self.head_.n_samples_, head_scale=scale)
+        return Result(out, feats, info)
+
+    def _calibrate(self, weight: Tensor, bias: Tensor, feats: Tensor, ctx: Context) -> float:
+        """Softmax temperature for the ridge outputs (which live on a 0..1 one-hot scale).
+
+        The Linear holds `scale` × the ridge solution (same argmax): `scale` minimises the
+        negative log-likelihood on the increment plus the memory's stored features, so that
+        `predict` returns usable probabilities. Recorded in `graph.meta["head_scale"]`.
+        """
+        x, y = feats, torch.as_tensor(np.asarray(ctx.labels), dtype=torch.int64)
+        mem = ctx.memory
+        if mem is not None and len(mem) and mem.features is not None and mem.features.shape[1] == x.shape[1] \
+                and not ctx.backbone_changed:
+            x = torch.cat([x, torch.from_numpy(mem.features).to(x.dtype)])
+            y = torch.cat([y, torch.as_tensor(mem.labels, dtype=torch.int64)])
+        z = x.double() @ weight.T + bias
+        ctx.meter.add_flops(2 * z.numel() * x.shape[1])
+        return calibrate_scale(z, y)
+
+    # -- pieces -------------------------------------------------------------------------------
+
+    def _absorb(self, feats: Tensor, labels: Any, n_classes: int, ctx: Context) -> None:
+        """Add a batch to the ridge statistics; the matmuls are counted with torch's FLOP counter."""
+        labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+        with FlopCounterMode(display=False) as counter:
+            self.head_.partial_fit(feats, labels, n_classes)
+        ctx.meter.add_flops(int(counter.get_total_flops()))
+
+    def _choose_ridge(self, ctx: Context) -> float:
+        if self.options.ridge != "gcv":
+            self.head_.ridge = float(self.options.ridge)
+            return self.head_.ridge
+        start = self.lambda_ if self.lambda_ is not None and not ctx.backbone_changed else None
+        lam, flops = gcv_ridge(self.head_, start)
+        ctx.meter.add_flops(flops)
+        self.lambda_ = lam
+        self.head_.ridge = lam
+        return lam
+
+    # -- state --------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Tensor]:
+        sd = tensor_state("head", self.head_.state_dict())
+        sd["ridge"] = torch.tensor([self.head_.ridge], dtype=torch.float64)
+        return sd
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> Evo:
+        self.head_ = RidgeHead(float(state["ridge"][0]) if "ridge" in state else 1.0)
+        self.head_.load_state_dict(sub_state("head", state))
+        self.lambda_ = float(state["ridge"][0]) if "ridge" in state and self.options.ridge == "gcv" else None
+        return self
+
+
+def _features(net: torch.nn.Module, x: Tensor) -> Tensor:
+    return net.forward_features(x)
+
+
+def _width(graph: ArchGraph) -> int:
+    return int(graph.attrs(graph.head)["in_features"])
+
+
+def calibrate_scale(logits: Tensor, labels: Tensor, grid: Sequence[float] | None = None) -> float:
+    """The factor s (from a log grid, 0.1..1000) minimising the mean NLL of softmax(s·logits)."""
+    grid = np.logspace(-1, 3, 49) if grid is None else grid
+    nll = [float(torch.nn.functional.cross_entropy(s * logits, labels)) for s in grid]
+    return float(grid[int(np.argmin(nll))])
+
+
+def gcv_score(head: RidgeHead, lam: float) -> tuple[float, int]:
+    """Generalised cross-validation score of λ from the head's statistics, and the FLOPs it took.
+
+    The same quantity as `RidgeHead.gcv_score`, computed with one Cholesky factorisation and one
+    triangular inverse instead of a dense solve: with A = G + λD = LLᵀ (D the identity without
+    the bias), W = A⁻¹B, RSS = n − 2 tr(WᵀB) + tr(WᵀGW) and
+    df = tr(A⁻¹G) = (d+1) − λ (tr(A⁻¹) − (A⁻¹)_bias), where tr(A⁻¹) = ‖L⁻¹‖²_F.
+    FLOPs: Cholesky d³/3, triangular inverse d³/3, solves and products 8 d² C.
+    """
+    head._require_fitted()
+    g, b = head.gram_, head.xty_
+    a = head._system(lam)
+    chol = torch.linalg.cholesky(a)
+    w = torch.cholesky_solve(b, chol)
+    n = float(head.n_samples_)
+    rss = n - 2.0 * float((w * b).sum()) + float((w * (g @ w)).sum())
+    inv = torch.linalg.solve_triangular(chol, torch.eye(a.shape[0], dtype=a.dtype), upper=False)
+    diag = inv.pow(2).sum(dim=0)  # (A⁻¹)_jj = Σ_i (L⁻¹)_ij²
+    df = a.shape[0] - lam * float(diag[:-1].sum())
+    d, c = a.shape[0], b.shape[1]
+    flops = int(2 * d**3 // 3 + 8 * d * d * c)
+    score = math.inf if n - df <= 1e-9 * n else n * max(rss, 0.0) / (n - df) ** 2
+    return score, flops
+
+
+def gcv_ridge(head: RidgeHead, start: float | None = None, step: float = 10**0.5,
+              bounds: tuple[float, float] = (1e-8, 1e12), max_evals: int = 16) -> tuple[float, int]:
+    """λ minimising GCV on the log grid start·step^k, by a walk from `start`; returns (λ, FLOPs).
+
+    `start` defaults to the mean feature variance × n (tr of the centred Gram / d), the scale at
+    which λ begins to matter. Three evaluations suffice when the minimum is near the start (the
+    previous increment's λ), each costing about (2/3) d³.
+    """
+    head._require_fitted()
+    if start is None:
+        g = head.gram_
+        n = float(g[-1, -1])
+        s = g[:-1, -1]
+        start = float((torch.diagonal(g)[:-1] - s * s / n).sum()) / max(g.shape[0] - 1, 1)
+        start = min(max(start, bounds[0]), bounds[1])
+    scores: dict[int, float] = {}
+    flops = 0
+
+    def at(k: int) -> float:
+        nonlocal flops
+        if k not in scores:
+            lam = start * step**k
+            scores[k], f = (gcv_score(head, lam) if bounds[0] <= lam <= bounds[1] else (math.inf, 0))
+            flops += f
+        return scores[k]
+
+    k = 0
+    while len(scores) < max_evals:
+        left, mid, right = at(k - 1), at(k), at(k + 1)
+        if mid <= left and mid <= right:
+            break
+        k = k - 1 if left < right else k + 1
+    best = min(scores, key=lambda j: (scores[j], -j))
+    return start * step**best, flops

@@ -1,0 +1,59 @@
+"""`evo_tune`: the fast path, then fine-tune the backbone on increment + replay, then refit the exact head.
+
+This is how grown capacity gets trained: a growth candidate's new units start as exact copies (or
+zero branches) and only become useful once gradients reach them. After fine-tuning, the ridge
+statistics no longer match the features, so the head is refit from the exemplar memory plus the
+increment (the old data is gone); that is a loss where memory is small next to the data seen, and
+why the search keeps the plain `evo` fast path as a candidate in every round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from evo.learn.strategies.base import Context, Result, register_strategy
+from evo.learn.strategies.evo import Evo
+from evo.learn.strategies.replay import with_memory
+from evo.learn.train import TrainConfig, fit
+
+
+@register_strategy("evo_tune")
+class EvoTune(Evo):
+    """Closed-form head → SGD on increment ∪ memory (trainable part configurable) → closed-form refit."""
+
+    @dataclass
+    class Options(Evo.Options):
+        """Evo's options plus training: see `evo.learn.train.TrainConfig` (`trainable` defaults to the
+        head plus the last 2 blocks; `max_flops` caps the fine-tuning compute)."""
+
+        epochs: int = 1
+        lr: float = 0.01
+        optimizer: str = "sgd"
+        momentum: float = 0.9
+        weight_decay: float = 1e-4
+        trainable: str | int = 2
+        train_batch_size: int = 64
+        max_flops: int | None = None
+        seed: int = 0
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            self.train_config()
+
+        def train_config(self) -> TrainConfig:
+            names = {f.name for f in fields(TrainConfig)}
+            opts = {k: v for k, v in vars(self).items() if k in names and k != "batch_size"}
+            return TrainConfig.build(**opts, batch_size=self.train_batch_size)
+
+    def learn(self, ctx: Context) -> Result:
+        first = super().learn(ctx)  # a good head for every class before any gradient step
+        graph = first.graph
+        net = graph.to_module()
+        images, labels = with_memory(ctx)
+        stats = fit(net, graph, images, labels, ctx.preprocess, self.options.train_config(), ctx.meter,
+                    progress=ctx.progress, desc=f"evo_tune (increment {ctx.index})")
+        tuned = graph.with_weights(net)
+        refit = super().learn(replace(ctx, graph=tuned, backbone_changed=True))
+        refit.info = {**(refit.info or {}), "train_steps": stats["steps"], "train_flops": stats["flops"],
+                      "stopped_by_cap": stats["stopped_by_cap"]}
+        return refit

@@ -1,0 +1,99 @@
+"""Shared base of the gradient-trained strategies (joint, naive, replay, EWC, LwF).
+
+A subclass says what it trains on (`training_set`) and, optionally, what it adds to the loss
+(`loss_fn`) and to each step's cost (`extra_step_flops`); `SGDStrategy.learn` does the rest:
+new head rows, the training loop of `evo.learn.train.fit`, and the trained graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from evo.graph.archgraph import ArchGraph
+from evo.learn.strategies.base import Context, Result, Strategy
+from evo.learn.train import LossFn, TrainConfig, fit
+
+
+@dataclass
+class SGDOptions:
+    """Training options (see `evo.learn.train.TrainConfig`), plus `on_epoch_end(epoch, net, stats)`,
+    an optional callback (e.g. to measure accuracy per epoch; it costs nothing here)."""
+
+    epochs: int = 2
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    trainable: str | int = "all"
+    channels_last: bool = True
+    max_flops: int | None = None
+    seed: int = 0
+    on_epoch_end: Callable[..., Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.config()  # validate now, at construction
+
+    def config(self) -> TrainConfig:
+        names = {f.name for f in fields(TrainConfig)}
+        return TrainConfig.build(**{k: v for k, v in vars(self).items() if k in names})
+
+
+class SGDStrategy(Strategy):
+    """Base of the SGD strategies: one hook each for the data, the loss and the per-step extra cost."""
+
+    Options = SGDOptions
+
+    def training_set(self, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+        return ctx.images, ctx.labels
+
+    def start_graph(self, ctx: Context) -> ArchGraph:
+        """The graph training starts from (default: the current model with its new head rows)."""
+        return ctx.graph
+
+    def loss_fn(self, ctx: Context, net: nn.Module) -> LossFn | None:
+        return None  # cross-entropy
+
+    def extra_step_flops(self, ctx: Context) -> Callable[[int], int] | None:
+        return None
+
+    def after_training(self, ctx: Context, graph: ArchGraph, net: nn.Module) -> None:
+        """Called with the trained model (EWC estimates its Fisher information here)."""
+
+    def learn(self, ctx: Context) -> Result:
+        graph = init_new_rows(self.start_graph(ctx), ctx.new_classes, self.options.seed + ctx.index)
+        net = graph.to_module()
+        images, labels = self.training_set(ctx)
+        stats = fit(net, graph, images, labels, ctx.preprocess, self.options.config(), ctx.meter,
+                    loss_fn=self.loss_fn(ctx, net), extra_step_flops=self.extra_step_flops(ctx),
+                    progress=ctx.progress, desc=f"{self.name} (increment {ctx.index})",
+                    on_epoch_end=self.options.on_epoch_end)
+        trained = graph.with_weights(net)
+        self.after_training(ctx, trained, net)
+        return Result(trained, None, {"steps": stats["steps"], "train_flops": stats["flops"],
+                                      "stopped_by_cap": stats["stopped_by_cap"], "loss": stats["loss"]})
+
+
+def init_new_rows(graph: ArchGraph, rows: list[int], seed: int) -> ArchGraph:
+    """Re-initialise head rows `rows` as a fresh nn.Linear would (uniform ±1/sqrt(in), bias 0).
+
+    `add_classes` leaves them at weight 0 and bias −1e4, which SGD would take many steps to undo.
+    """
+    if not rows:
+        return graph
+    out = graph.copy()
+    ps = out.params(out.head)
+    w, b = ps["weight"].clone(), ps["bias"].clone()
+    gen = torch.Generator().manual_seed(seed)
+    bound = 1.0 / w.shape[1] ** 0.5
+    idx = torch.as_tensor(rows, dtype=torch.int64)
+    w[idx] = (torch.rand(len(rows), w.shape[1], generator=gen, dtype=w.dtype) * 2 - 1) * bound
+    b[idx] = 0.0
+    out.set_params(out.head, weight=w, bias=b)
+    return out

@@ -1,0 +1,308 @@
+"""The SGD training loop shared by every gradient-based strategy, with measured compute.
+
+`fit(net, data, ...)` trains the compiled graph (an `EvoNet`) for a few epochs on uint8 images
+preprocessed per batch. A strategy changes *what* is minimised through `loss_fn(net, x, y, idx)`
+and, optionally, what else each step costs (`extra_step_flops`, e.g. a teacher's forward for
+distillation); the loop owns batching, the optimiser, the trainable-layer choice, progress bars
+and cost accounting. FLOPs are priced once per batch size on the meta device
+(`evo.learn.cost.train_flops`, with the real trainable set, so frozen layers skip their weight
+gradients) and multiplied by the steps taken.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from evo.errors import ConfigError, DataError
+from evo.learn.cost import CostMeter, forward_flops, train_flops
+
+LossFn = Callable[[nn.Module, Tensor, Tensor, np.ndarray], Tensor]
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass
+class TrainConfig:
+    """How a gradient-based strategy trains. Unset (None) options fall through to these defaults.
+
+    - `trainable`: "all", "head" (the final Linear only) or an int N: the head plus the last N
+      blocks of the backbone (see `blocks`). Frozen layers keep BN in eval mode.
+    - `max_flops`: stop once the training FLOPs of this call reach this cap (the growth search's
+      per-candidate compute cap); None trains the full schedule.
+    """
+
+    epochs: int = 2
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    trainable: str | int = "all"
+    channels_last: bool = True
+    max_flops: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive_int("epochs", self.epochs, low=0)
+        _positive_int("batch_size", self.batch_size)
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {list(OPTIMIZERS)}; got {self.optimizer!r}")
+        for name in ("lr", "momentum", "weight_decay"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0; got {v!r}")
+        t = self.trainable
+        if not (t in ("all", "head") or (isinstance(t, int) and not isinstance(t, bool) and t >= 0)):
+            raise ConfigError(f"trainable must be 'all', 'head' or an int N >= 0 (last N blocks); got {t!r}")
+        if self.max_flops is not None:
+            _positive_int("max_flops", self.max_flops)
+        _positive_int("seed", self.seed, low=0)
+
+    @classmethod
+    def build(cls, **options: Any) -> TrainConfig:
+        """Build from keyword options, dropping None (timm-style: unset falls through to defaults)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"unknown training option(s) {unknown}; valid: {sorted(known)}")
+        return cls(**{k: v for k, v in options.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _positive_int(name: str, value: Any, low: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}; got {value!r}")
+
+
+# -- which layers train ---------------------------------------------------------------------------
+
+
+def _block_key(source: str) -> str:
+    """`blocks.15.expand_conv` → `blocks.15`; `stem.0`, `stem_bn` → `stem`; `head_conv` → `head`."""
+    parts = source.split(".")
+    for i, p in enumerate(parts[:-1]):
+        if re.fullmatch(r"\d+", p):
+            return ".".join(parts[: i + 1])
+    return parts[0].split("_")[0] or parts[0]
+
+
+def blocks(graph) -> list[tuple[str, list[str]]]:
+    """The backbone's parametric blocks in topological order, as (key, node names), head excluded.
+
+    A block groups the nodes whose module path shares a prefix up to its first numbered container
+    (`blocks.15.*`), else the top-level module name up to its first underscore (`stem`, `stem_bn`
+    → `stem`; `head_conv`, `head_bn` → `head`). Nodes added by growth
+    operators keep their source, so they join the block they grew in.
+    """
+    order: list[str] = []
+    members: dict[str, list[str]] = {}
+    for n in graph.nodes():
+        if n == graph.head or not graph.params(n):
+            continue
+        key = _block_key(graph.node(n)["source"])
+        if key not in members:
+            order.append(key)
+            members[key] = []
+        members[key].append(n)
+    return [(k, members[k]) for k in order]
+
+
+def trainable_nodes(graph, trainable: str | int) -> set[str]:
+    """Names of the nodes whose parameters train under `trainable` (the head always does)."""
+    head = {graph.head} if graph.head else set()
+    if trainable == "all":
+        return {n for n in graph.nodes() if graph.params(n)}
+    if trainable == "head":
+        return head
+    chosen = blocks(graph)[-trainable:] if trainable else []
+    return head | {n for _, names in chosen for n in names}
+
+
+def set_trainable(net: nn.Module, graph, trainable: str | int) -> list[nn.Parameter]:
+    """Freeze everything except `trainable`; return the parameters that train."""
+    keep = trainable_nodes(graph, trainable)
+    params = []
+    for name, module in net.named_children():
+        on = name in keep
+        for p in module.parameters():
+            p.requires_grad_(on)
+            if on:
+                params.append(p)
+    return params
+
+
+def train_mode(net: nn.Module, graph, trainable: str | int) -> None:
+    """Train mode for trainable nodes only: frozen BN keeps its running statistics."""
+    keep = trainable_nodes(graph, trainable)
+    net.eval()
+    for name, module in net.named_children():
+        if name in keep or trainable == "all":
+            module.train()
+
+
+# -- the loop -------------------------------------------------------------------------------------
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class StepPricer:
+    """FLOPs of one training step per batch size, priced once on the meta device and cached."""
+
+    def __init__(self, net: nn.Module, input_shape: tuple[int, ...], channels_last: bool,
+                 extra: Callable[[int], int] | None = None) -> None:
+        self.net, self.shape, self.channels_last, self.extra = net, input_shape, channels_last, extra
+        self._cache: dict[int, int] = {}
+
+    def __call__(self, batch: int) -> int:
+        if batch not in self._cache:
+            x = torch.empty((batch, *self.shape))
+            flops = train_flops(self.net, x)
+            self._cache[batch] = flops + (self.extra(batch) if self.extra else 0)
+        return self._cache[batch]
+
+
+def fit(
+    net: nn.Module,
+    graph,
+    images: np.ndarray,
+    labels: np.ndarray,
+    preprocess,
+    cfg: TrainConfig,
+    meter: CostMeter,
+    loss_fn: LossFn | None = None,
+    extra_step_flops: Callable[[int], int] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    on_epoch_end: Callable[..., Any] | None = None,
+) -> dict[str, Any]:
+    """Train `net` (compiled from `graph`) in place on uint8 NHWC `images` with int `labels`.
+
+    Returns {"steps", "epochs", "flops", "stopped_by_cap", "loss"}; adds its FLOPs to `meter`.
+    `loss_fn(net, x, y, idx)` defaults to cross-entropy; `idx` are the batch's rows in `images`.
+    `on_epoch_end(epoch, net, {"steps", "flops"})` runs after each full epoch with `net` in eval
+    mode (for measurements; its own compute is not charged to training).
+    """
+    n = len(labels)
+    if n == 0:
+        raise DataError("nothing to train on: the training set is empty")
+    params = set_trainable(net, graph, cfg.trainable)
+    if not params:
+        raise ConfigError(f"trainable={cfg.trainable!r} leaves no parameter to train in this graph")
+    if cfg.channels_last:
+        net.to(memory_format=torch.channels_last)
+    loss_fn = loss_fn or _cross_entropy
+    opt = make_optimizer(params, cfg)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    price = StepPricer(net, tuple(graph.input_shape), cfg.channels_last, extra_step_flops)
+    rng = np.random.default_rng(cfg.seed)
+    steps, flops, last_loss, capped = 0, 0, math.nan, False
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=desc, disable=not progress, leave=False, unit="step")
+    for _epoch in range(cfg.epochs):
+        train_mode(net, graph, cfg.trainable)
+        order = rng.permutation(n)
+        for start in range(0, n, cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            step_flops = price(len(idx))
+            if cfg.max_flops is not None and flops + step_flops > cfg.max_flops:
+                capped = True
+                break
+            x = preprocess(images[idx])
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = torch.as_tensor(labels[idx], dtype=torch.int64)
+            loss = loss_fn(net, x, y, idx)
+            if not torch.isfinite(loss):
+                raise DataError(f"training loss became {loss.item()} at step {steps}; lower lr (now {cfg.lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            steps, flops, last_loss = steps + 1, flops + step_flops, loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
+        if capped:
+            break
+        if on_epoch_end is not None:
+            net.eval()
+            on_epoch_end(_epoch + 1, net, {"steps": steps, "flops": flops})
+    bar.close()
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(True)
+    meter.add_flops(flops)
+    return {"steps": steps, "epochs": cfg.epochs, "flops": flops, "stopped_by_cap": capped, "loss": last_loss}
+
+
+def _cross_entropy(net: nn.Module, x: Tensor, y: Tensor, idx: np.ndarray) -> Tensor:
+    return nn.functional.cross_entropy(net(x), y)
+
+
+# -- inference ------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def run_batches(
+    net: nn.Module,
+    images: np.ndarray,
+    preprocess,
+    fn: Callable[[nn.Module, Tensor], Tensor],
+    meter: CostMeter | None = None,
+    batch_size: int = 256,
+    flops_per_image: int | None = None,
+    progress: bool = True,
+    desc: str = "features",
+) -> Tensor:
+    """Apply `fn(net, x)` to every batch of `images` in eval mode; concatenate the outputs (float32 CPU).
+
+    With a `meter`, adds `flops_per_image × len(images)` (priced by the caller) to it.
+    """
+    net.eval()
+    outs = []
+    bar = tqdm(total=len(images), desc=desc, disable=not progress, leave=False, unit="img")
+    for start in range(0, len(images), batch_size):
+        x = preprocess(images[start : start + batch_size])
+        x = x.contiguous(memory_format=torch.channels_last)
+        out = fn(net, x).float()
+        if not torch.isfinite(out).all():
+            raise DataError(
+                f"the model produced NaN/inf for images {start}..{start + len(x) - 1}; its weights are "
+                "broken (check the graph's tensors, or lower the learning rate that produced them)"
+            )
+        outs.append(out.cpu())
+        bar.update(len(x))
+    bar.close()
+    if meter is not None and flops_per_image:
+        meter.add_flops(flops_per_image * len(images))
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def forward_flops_per_image(net: nn.Module, input_shape: tuple[int, ...], features_only: bool = False) -> int:
+    """Forward FLOPs for one image (logits, or the head's input with `features_only`)."""
+    if not features_only:
+        return forward_flops(net, torch.empty((1, *input_shape)))
+    return forward_flops(_Features(net), torch.empty((1, *input_shape)))
+
+
+class _Features(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net.forward_features(x)

@@ -1,0 +1,55 @@
+"""A candidate: a sequence of growth ops (with sites and params) plus training settings, sampled define-by-run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import evo.ops as ops
+from evo.graph.archgraph import ArchGraph
+from evo.search.space import SearchSpace
+
+
+@dataclass(frozen=True)
+class Candidate:
+    growth: list[dict[str, Any]] = field(default_factory=list)  # [{"op", "site", "params"}]
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """A readable name for progress lines and the Ray dashboard, e.g. 'widen(layer1)+deepen(relu)'."""
+        growth = "+".join(f"{g['op']}({','.join(str(v) for v in g['site'].values())})" for g in self.growth)
+        strategy = self.training.get("strategy", "evo")
+        return (growth or "no-growth") + ("" if strategy == "evo" else f" [{strategy}]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def apply(self, graph: ArchGraph) -> ArchGraph:
+        for step in self.growth:
+            graph = ops.apply(graph, step["op"], site=step["site"], **step["params"])
+        return graph
+
+
+def suggest_candidate(trial, space: SearchSpace, parent: ArchGraph) -> tuple[Candidate, ArchGraph]:
+    """Sample a candidate with Optuna's define-by-run API; returns it with the grown (untrained) graph.
+
+    Sites are sampled as a fraction of the current site list, because the list depends on the ops
+    applied before it; the concrete site is stored as a user attribute so every trial is replayable.
+    """
+    n_ops = trial.suggest_int("n_ops", 0, space.max_ops) if space.operators and space.max_ops else 0
+    graph, growth = parent, []
+    for i in range(n_ops):
+        name = trial.suggest_categorical(f"op_{i}", sorted(space.operators))
+        sites = ops.sites(graph, name)
+        u = trial.suggest_float(f"site_{i}", 0.0, 1.0)
+        if not sites:
+            continue
+        site = sites[min(int(u * len(sites)), len(sites) - 1)]
+        params = {k: r.suggest(trial, f"{name}_{i}_{k}") for k, r in space.operators[name].items()}
+        graph = ops.apply(graph, name, site=site, **params)
+        growth.append({"op": name, "site": site, "params": params})
+    training = {k: r.suggest(trial, f"train_{k}") for k, r in space.training.items()}
+    cand = Candidate(growth, training)
+    trial.set_user_attr("candidate", cand.to_dict())
+    return cand, graph

@@ -1,0 +1,269 @@
+"""The growth-round driver: Optuna asks, Ray workers evaluate, the best feasible candidate is committed.
+
+One Optuna study per round (increment), in the run folder's storage. Each candidate is priced on the
+meta device before it starts and is never started when it cannot fit the round's remaining budget
+(counting candidates in flight at their priced cost). Failures are contained: a candidate that raises,
+runs out of memory or loses its worker is told FAIL with its reason and the round goes on. The driver
+holds no training code; workers call evo.learn through `evo.search.worker.evaluate`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from evo.errors import EvoError
+from evo.runs import Run, write_json_atomic
+from evo.search import pricing
+from evo.search.candidate import Candidate, suggest_candidate
+from evo.search.space import SearchSpace
+from evo.search.storage import open_storage
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class BudgetError(EvoError):
+    """No candidate can fit the round's budget."""
+
+
+@dataclass
+class RoundResult:
+    increment: int
+    version: int
+    chosen: str
+    accuracy: float
+    forgetting: float | None
+    flops_spent: int
+    budget_flops: float
+    seconds: float
+    joint_flops: float
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def joint_ratio(self) -> float:
+        return self.flops_spent / self.joint_flops if self.joint_flops else math.nan
+
+
+@dataclass
+class _InFlight:
+    trial: optuna.trial.Trial
+    candidate: Candidate
+    price: int
+    started: float
+
+
+class Driver:
+    """Runs growth rounds for every remaining increment of a run; safe to kill and resume."""
+
+    def __init__(self, run: Run, space: SearchSpace, storage_url: str | None = None,
+                 progress: Callable[[str], None] = print, cpus_per_candidate: float = 1.0,
+                 gpus_per_candidate: float | None = None) -> None:
+        self.run_dir = run
+        self.space = space
+        self.storage = open_storage(storage_url, run.path)
+        self.say = progress
+        self.cpus = cpus_per_candidate
+        self.gpus = gpus_per_candidate
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def run(self) -> list[RoundResult]:
+        from evo.search.scenario import stream_for
+
+        stream = stream_for(self.space)
+        results = []
+        while True:
+            latest = self.run_dir.latest()
+            if latest is None:
+                raise EvoError(f"run {self.run_dir.path} has no version 0; it was not created by `evo launch`")
+            done = self.run_dir.version_meta(latest).get("increment")
+            nxt = 0 if done is None else done + 1
+            if nxt >= len(stream):
+                break
+            results.append(self.round(nxt, stream))
+        return results
+
+    def round(self, index: int, stream) -> RoundResult:
+        import ray
+
+        from evo.search.worker import evaluate_remote
+
+        parent_version = self.run_dir.latest()
+        parent, parent_meta, _ = self.run_dir.load_version(parent_version)
+        inc = stream[index]
+        study = optuna.create_study(study_name=f"round-{index}", storage=self.storage, load_if_exists=True,
+                                    directions=["maximize"] + (["minimize"] if "params" in self.space.objective else []),
+                                    sampler=optuna.samplers.TPESampler(seed=index))
+        self._recover(study)
+        joint = pricing.joint_flops(parent, stream, index, self.space)
+        budget = pricing.budget_flops(self.space, joint, parent)
+        spent = sum(int(t.user_attrs.get("flops", 0)) for t in study.trials
+                    if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL))
+        if not study.trials:
+            study.enqueue_trial({"n_ops": 0}, user_attrs={"enqueued": "no-growth fast path"})
+        self.say(f"round {index}: increment of {len(inc.train)} images, new classes {inc.new_classes}; "
+                 f"budget {budget / 1e12:.3f} TFLOPs ({self.space.budget[0]}={self.space.budget[1]:g}; "
+                 f"joint retraining {joint / 1e12:.3f} TFLOPs); spent so far {spent / 1e12:.3f}")
+        in_flight: dict[Any, _InFlight] = {}
+        started_count = sum(1 for t in study.trials if t.state != optuna.trial.TrialState.WAITING)
+        infeasible_streak = 0
+        t0 = time.perf_counter()
+        while True:
+            room = budget - spent - sum(f.price for f in in_flight.values())
+            can_start = (started_count < self.space.trials and len(in_flight) < self.space.concurrency
+                         and infeasible_streak < 3 * self.space.trials)
+            if can_start:
+                trial = study.ask()
+                started_count += 1
+                try:
+                    cand, grown = suggest_candidate(trial, self.space, parent)
+                    price = pricing.candidate_flops(grown, inc, parent_meta, cand, self.space)
+                except EvoError as e:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    self._note(study, trial.number, {"fail_reason": f"invalid candidate: {e}"})
+                    continue
+                trial.set_user_attr("price_flops", price)
+                trial.set_constraint("budget", float(price - room))
+                if price > room:
+                    infeasible_streak += 1
+                    started_count -= 1  # a candidate that never ran does not use up a trial
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                    self._note(study, trial.number, {"fail_reason": f"over budget: needs {price:.3g} FLOPs, "
+                                                                    f"{max(room, 0):.3g} left"})
+                    if not in_flight and started_count == 0 and infeasible_streak >= 3 * self.space.trials:
+                        raise BudgetError(f"no candidate fits the round's budget of {budget:.3g} FLOPs (the cheapest "
+                                          f"priced {price:.3g}); raise budget.{self.space.budget[0]} in the space")
+                    continue
+                infeasible_streak = 0
+                task = {**self._task(parent_version, index, cand, trial.number), "max_flops": int(min(price, room))}
+                ref = evaluate_remote(task, self.cpus, self.gpus, name=f"r{index}-t{trial.number}:{cand.name}")
+                in_flight[ref] = _InFlight(trial, cand, price, time.perf_counter())
+                self.say(f"  trial {trial.number:>3} started   {cand.name:<40} priced {price / 1e9:8.1f} GFLOPs")
+                continue
+            if not in_flight:
+                break
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            flight = in_flight.pop(ready[0])
+            spent += self._finish(study, flight, ready[0])
+        return self._commit(study, index, parent_version, parent, budget, spent, joint, time.perf_counter() - t0)
+
+    # ---- pieces ------------------------------------------------------------------------------------
+    def _task(self, parent_version: int, index: int, cand: Candidate, number: int) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir.path), "parent_version": parent_version, "increment": index,
+                "space": self.space.to_dict(), "candidate": cand.to_dict(),
+                "out_dir": str(self.run_dir.path / "candidates" / f"round-{index}" / f"trial-{number}")}
+
+    def _finish(self, study: optuna.Study, flight: _InFlight, ref) -> int:
+        import ray
+
+        number = flight.trial.number
+        try:
+            result = ray.get(ref)
+        except Exception as e:  # noqa: BLE001 - task error, worker death, OOM: all contained here
+            reason = _failure_reason(e)
+            study.tell(flight.trial, state=optuna.trial.TrialState.FAIL)
+            # A failed candidate still spent what it was priced at (an upper bound of what it used).
+            self._note(study, number, {"fail_reason": reason, "flops": flight.price})
+            self.say(f"  trial {number:>3} FAILED    {flight.candidate.name:<40} {reason}")
+            return flight.price
+        values = [result["accuracy"]] + ([result["params"]] if "params" in self.space.objective else [])
+        for k, v in result.items():
+            if k != "report":
+                flight.trial.set_user_attr(k, v)
+        flight.trial.set_user_attr("report", result.get("report"))
+        study.tell(flight.trial, values)
+        self.say(f"  trial {number:>3} finished  {flight.candidate.name:<40} acc {result['accuracy']:.4f}  "
+                 f"{result['flops'] / 1e9:8.1f} GFLOPs  {result['seconds']:6.1f}s")
+        return int(result["flops"])
+
+    def _history_metrics(self, row: list[float] | None) -> dict[str, Any]:
+        """Forgetting, BWT and average incremental accuracy over the lineage, with this round's row appended."""
+        from evo.learn.metrics import AccuracyMatrix
+
+        if not row:
+            return {}
+        matrix = AccuracyMatrix()
+        for r in [*_history_rows(self.run_dir), row]:
+            if len(r) != len(matrix) + 1:  # a data-incremental stream, or a gap: no matrix
+                return {}
+            matrix.append(r)
+        d = matrix.to_dict()
+        return {k: d.get(k) for k in ("forgetting", "bwt", "average_incremental_accuracy") if k in d}
+
+    def _note(self, study: optuna.Study, number: int, attrs: dict[str, Any]) -> None:
+        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        for k, v in attrs.items():
+            study._storage.set_trial_user_attr(trial_id, k, v)
+
+    def _recover(self, study: optuna.Study) -> None:
+        """Trials left RUNNING by a killed driver are told FAIL; their cost counts at its priced value."""
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            self._note(study, t.number, {"fail_reason": "driver stopped while it ran",
+                                         "flops": int(t.user_attrs.get("price_flops", 0))})
+            self.say(f"  trial {t.number} was running when the driver stopped: recorded as FAIL")
+
+    def _commit(self, study: optuna.Study, index: int, parent_version: int, parent, budget: float, spent: int,
+                joint: float, seconds: float) -> RoundResult:
+        from evo.search.worker import load_candidate
+
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not done:
+            raise EvoError(f"round {index}: every candidate failed; see runs/.../metrics/round_{index}.json "
+                           "and `evo status` for the reasons")
+        best = max(done, key=lambda t: (t.values[0], -t.user_attrs.get("params", 0)))
+        out_dir = Path(best.user_attrs["out_dir"])
+        graph, state, report = load_candidate(out_dir)
+        cand = Candidate(**best.user_attrs["candidate"])
+        trials = [{"number": t.number, "state": t.state.name, "values": t.values, **t.user_attrs}
+                  for t in study.trials]
+        metrics = dict(report["metrics"])
+        metrics.update(self._history_metrics(metrics.get("row")))
+        version = self.run_dir.commit_version(graph, {
+            "increment": index, "parent": parent_version, "ops": cand.growth, "training": cand.training,
+            "chosen": cand.name, "trial": best.number, "classes": graph.classes, "params": graph.num_params(),
+            "metrics": metrics,
+            "cost": {"flops": spent, "seconds": seconds, "budget_flops": budget, "joint_flops": joint,
+                     "joint_ratio": spent / joint if joint else None, "chosen_flops": best.user_attrs.get("flops")},
+            "preprocess": graph.meta.get("preprocess"),
+        }, state=state)
+        self.run_dir.write_round(index, {"increment": index, "version": version, "budget_flops": budget,
+                                         "spent_flops": spent, "joint_flops": joint, "trials": trials})
+        result = RoundResult(index, version, cand.name, metrics["accuracy"], metrics.get("forgetting"), spent,
+                             budget, seconds, joint, trials)
+        self.say(f"round {index}: committed version {version} ← {cand.name} (trial {best.number}); "
+                 f"accuracy {result.accuracy:.4f}; spent {spent / 1e12:.3f} of {budget / 1e12:.3f} TFLOPs "
+                 f"({result.joint_ratio:.3f} of joint retraining)")
+        return result
+
+
+def _history_rows(run: Run) -> list[list[float]]:
+    """Accuracy-matrix rows of the committed versions, oldest first (version 0 has none)."""
+    rows = []
+    for n in run.versions():
+        row = (run.version_meta(n).get("metrics") or {}).get("row")
+        if row:
+            rows.append(row)
+    return rows
+
+
+def _failure_reason(e: BaseException) -> str:
+    import ray.exceptions as rex
+
+    if isinstance(e, rex.OutOfMemoryError):
+        return "out of memory (Ray's memory monitor killed the worker)"
+    if isinstance(e, (rex.WorkerCrashedError, rex.NodeDiedError, rex.ActorDiedError)):
+        return f"worker died: {type(e).__name__}"
+    if isinstance(e, rex.RayTaskError):
+        cause = e.cause if getattr(e, "cause", None) is not None else e
+        return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"[:500]
+    return f"{type(e).__name__}: {e}"[:500]
+
+
+def write_config(run: Run, space: SearchSpace) -> None:
+    write_json_atomic(run.path / "space.json", space.to_dict())

@@ -1,0 +1,191 @@
+"""Search spaces: a YAML file → a validated `SearchSpace`, sampled define-by-run by Optuna.
+
+A parameter range is written as a scalar (fixed), a list (categorical choices), or a mapping
+`{low, high, log}` (a numeric range; ints stay ints). Every error names the key, what it must be and
+what it got, so the file can be fixed without reading code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from evo.errors import ConfigError
+
+SCENARIOS = ("class_incremental", "data_incremental", "mixed", "domain_incremental")
+OBJECTIVES = ("accuracy", "params")
+BUDGET_KINDS = ("fraction_of_joint", "flops", "seconds")
+
+
+class SpaceError(ConfigError):
+    """A search-space file is malformed; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """One searchable value: fixed, a categorical choice, or a numeric interval."""
+
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+
+    @classmethod
+    def parse(cls, key: str, spec: Any) -> Range:
+        if isinstance(spec, dict):
+            unknown = set(spec) - {"low", "high", "log"}
+            if unknown or not {"low", "high"} <= set(spec):
+                raise SpaceError(f"{key}: a range is {{low: L, high: H, log: false}}; got keys {sorted(spec)}")
+            lo, hi = spec["low"], spec["high"]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)) or lo > hi:
+                raise SpaceError(f"{key}: low and high must be numbers with low <= high; got {lo!r}, {hi!r}")
+            log = bool(spec.get("log", False))
+            if log and lo <= 0:
+                raise SpaceError(f"{key}: a log range needs low > 0; got {lo!r}")
+            return cls(low=lo, high=hi, log=log, integer=isinstance(lo, int) and isinstance(hi, int))
+        if isinstance(spec, list):
+            if not spec:
+                raise SpaceError(f"{key}: an empty list of choices; give at least one value")
+            return cls(choices=tuple(spec))
+        return cls(choices=(spec,))
+
+    def values(self) -> tuple[Any, ...]:
+        """Every value a trial can take (the interval's ends for a numeric range)."""
+        return self.choices if self.choices is not None else (self.low, self.high)
+
+    def suggest(self, trial, name: str) -> Any:
+        if self.choices is not None:
+            return self.choices[0] if len(self.choices) == 1 else trial.suggest_categorical(name, list(self.choices))
+        if self.integer:
+            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(name, float(self.low), float(self.high), log=self.log)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    scenario: dict[str, Any]
+    model: dict[str, Any]
+    memory: int
+    operators: dict[str, dict[str, Range]]
+    max_ops: int
+    training: dict[str, Range]
+    budget: tuple[str, float]
+    trials: int
+    concurrency: int
+    objective: tuple[str, ...]
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.raw
+
+
+_TOP_KEYS = {"name", "scenario", "model", "memory", "operators", "max_ops", "training", "budget", "trials",
+             "concurrency", "objective", "description"}
+_TRAINING_KEYS = {"strategy", "trainable", "epochs", "lr", "batch_size", "optimizer", "momentum", "weight_decay",
+                  "temperature", "alpha", "taps", "ridge", "seed"}
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    p = Path(path)
+    if not p.is_file():
+        raise SpaceError(f"search space {p} not found; the shipped ones are in search_spaces/")
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where else ""
+        raise SpaceError(f"{p} is not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    return parse_space(doc, source=str(p))
+
+
+def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
+    from evo.ops import get_op, list_ops
+
+    if not isinstance(doc, dict):
+        raise SpaceError(f"{source}: the top level must be a mapping of keys ({', '.join(sorted(_TOP_KEYS))})")
+    unknown = sorted(set(doc) - _TOP_KEYS)
+    if unknown:
+        raise SpaceError(f"{source}: unknown key(s) {unknown}; allowed keys: {', '.join(sorted(_TOP_KEYS))}")
+    for key in ("scenario", "model", "budget"):
+        if not isinstance(doc.get(key), dict):
+            raise SpaceError(f"{source}: '{key}' is required and must be a mapping")
+
+    scenario = dict(doc["scenario"])
+    kind = scenario.get("kind", "class_incremental")
+    if kind not in SCENARIOS:
+        raise SpaceError(f"scenario.kind must be one of {', '.join(SCENARIOS)}; got {kind!r}")
+    scenario["kind"] = kind
+    if "source" not in scenario:
+        raise SpaceError("scenario.source is required (e.g. fashion-mnist, digits, a folder or a CSV path)")
+    model = dict(doc["model"])
+    if not isinstance(model.get("name"), str):
+        raise SpaceError("model.name is required: a zoo model (e.g. efficientnet_lite0) or a saved model folder")
+
+    ops_doc = doc.get("operators") or {}
+    if not isinstance(ops_doc, dict):
+        raise SpaceError("operators must map operator names to their parameter ranges")
+    operators: dict[str, dict[str, Range]] = {}
+    for op_name, params in ops_doc.items():
+        if op_name == "add_classes":
+            raise SpaceError("operators: add_classes is applied automatically when new classes arrive; remove it")
+        if op_name not in list_ops():
+            raise SpaceError(f"operators: unknown operator {op_name!r}; valid operators: {', '.join(list_ops())}")
+        params = params or {}
+        if not isinstance(params, dict):
+            raise SpaceError(f"operators.{op_name} must map parameter names to ranges")
+        allowed = set(get_op(op_name).defaults)
+        bad = sorted(set(params) - allowed)
+        if bad:
+            raise SpaceError(f"operators.{op_name}: unknown parameter(s) {bad}; allowed: {', '.join(sorted(allowed))}")
+        operators[op_name] = {k: Range.parse(f"operators.{op_name}.{k}", v) for k, v in params.items()}
+        for k, r in operators[op_name].items():  # let the operator itself judge each value
+            for v in r.values():
+                get_op(op_name).check_params({k: int(v) if r.integer else v})
+
+    training_doc = doc.get("training") or {}
+    bad = sorted(set(training_doc) - _TRAINING_KEYS)
+    if bad:
+        raise SpaceError(f"training: unknown key(s) {bad}; allowed: {', '.join(sorted(_TRAINING_KEYS))}")
+    training = {k: Range.parse(f"training.{k}", v) for k, v in training_doc.items()}
+
+    budget_doc = doc["budget"]
+    kinds = [k for k in BUDGET_KINDS if k in budget_doc]
+    if len(kinds) != 1 or set(budget_doc) - set(BUDGET_KINDS) - {"joint_epochs"}:
+        raise SpaceError(f"budget must have exactly one of {', '.join(BUDGET_KINDS)} (plus optional joint_epochs); "
+                         f"got {sorted(budget_doc)}")
+    amount = budget_doc[kinds[0]]
+    if not isinstance(amount, (int, float)) or isinstance(amount, bool) or not math.isfinite(amount) or amount <= 0:
+        raise SpaceError(f"budget.{kinds[0]} must be a positive number; got {amount!r}")
+
+    objective = doc.get("objective", "accuracy")
+    objective = tuple(objective) if isinstance(objective, list) else (objective,)
+    if not objective or objective[0] != "accuracy" or any(o not in OBJECTIVES for o in objective) \
+            or len(set(objective)) != len(objective):
+        raise SpaceError(f"objective must be 'accuracy' or [accuracy, params]; got {doc.get('objective')!r}")
+
+    return SearchSpace(
+        name=str(doc.get("name") or Path(source).stem),
+        scenario=scenario, model=model,
+        memory=_positive_int(doc, "memory", 500, minimum=0),
+        operators=operators,
+        max_ops=_positive_int(doc, "max_ops", 1, minimum=0),
+        training=training,
+        budget=(kinds[0], float(amount)),
+        trials=_positive_int(doc, "trials", 8),
+        concurrency=_positive_int(doc, "concurrency", 2),
+        objective=objective,
+        raw=doc,
+    )
+
+
+def _positive_int(doc: dict[str, Any], key: str, default: int, minimum: int = 1) -> int:
+    v = doc.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise SpaceError(f"{key} must be an integer >= {minimum}; got {v!r}")
+    return v

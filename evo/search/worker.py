@@ -1,0 +1,121 @@
+"""The candidate worker: parent version in, trained child + metrics + measured cost out (runs in a Ray task).
+
+Pure with respect to the run: it reads the parent version and writes only its own candidate folder
+(atomically), which the driver commits if the candidate wins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evo.errors import EvoError
+
+LEARNER_KEYS = ("strategy",)
+
+
+def make_learner(parent_graph, state: dict[str, torch.Tensor], parent_meta: dict[str, Any], memory: int,
+                 training: dict[str, Any], progress: bool = False):
+    """A Learner continuing from a version (or starting fresh at version 0) with the candidate's settings."""
+    from dataclasses import fields
+
+    from evo.learn import Learner
+    from evo.learn.strategies import STRATEGIES
+
+    strategy = training.get("strategy", "evo")
+    accepted = {f.name for f in fields(STRATEGIES.get(strategy).Options)}
+    # A space's training knobs apply to the strategies that have them (the fast path has no epochs).
+    options = {k: v for k, v in training.items() if k not in LEARNER_KEYS and k in accepted}
+    if parent_meta.get("increment") is None:  # version 0: the imported model, nothing learned yet
+        return Learner(parent_graph, memory=memory, strategy=strategy, progress=progress, **options), True
+    learner = Learner(parent_graph, memory=memory, strategy=strategy, progress=progress, **options)
+    return learner.load_state_dict(state, parent_graph), False
+
+
+def evaluate(task: dict[str, Any]) -> dict[str, Any]:
+    """Apply the candidate's growth to the parent, learn the increment, save the child; return its results."""
+    from evo.runs import Run
+    from evo.search.candidate import Candidate
+    from evo.search.scenario import stream_for
+
+    torch.set_num_threads(int(task.get("threads", 1)))
+    run = Run(task["run_dir"])
+    graph, meta, state = run.load_version(task["parent_version"])
+    space = task["space"]
+    cand = Candidate(**task["candidate"])
+    inc = stream_for(space["scenario"])[task["increment"]]
+    training = dict(cand.training)
+    if task.get("max_flops"):
+        training["max_flops"] = int(task["max_flops"])  # the round's budget caps SGD training
+    grown = cand.apply(graph)
+    learner, fresh = make_learner(grown if cand.growth else graph, state, meta, space.get("memory", 500), training)
+    if cand.growth and not fresh:
+        learner = learner.with_graph(grown)
+    report = learner.learn(inc)
+    child, child_state = learner.graph_, learner.state_dict()
+    metrics = {"accuracy": report.accuracy, "forgetting": report.forgetting, "bwt": report.bwt,
+               "row": report.row, "average_incremental_accuracy": report.average_incremental_accuracy}
+    result = {"accuracy": float(report.accuracy), "params": child.num_params(), "flops": int(report.cost.flops),
+              "seconds": float(report.cost.seconds), "peak_mem_bytes": int(report.cost.peak_mem_bytes),
+              "out_dir": task["out_dir"], "report": {"metrics": metrics, "summary": str(report)}}
+    save_candidate(Path(task["out_dir"]), child, child_state, result["report"])
+    return result
+
+
+def save_candidate(out_dir: Path, graph, state: dict[str, torch.Tensor], report: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    import evo.graph as eg
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        eg.save(graph, staging / "model", extra_files={"report.json": report})
+        if state:
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
+                      str(staging / "model" / "state.safetensors"))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging / "model", out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_candidate(out_dir: Path):
+    from safetensors.torch import load_file
+
+    import evo.graph as eg
+
+    if not (out_dir / "report.json").is_file():
+        raise EvoError(f"candidate folder {out_dir} is missing or incomplete")
+    state = load_file(str(out_dir / "state.safetensors")) if (out_dir / "state.safetensors").is_file() else {}
+    return eg.load(out_dir), state, json.loads((out_dir / "report.json").read_text())
+
+
+def evaluate_remote(task: dict[str, Any], cpus: float, gpus: float | None, name: str):
+    """Submit `evaluate` as a Ray task with its resources and a readable name for the dashboard."""
+
+    remote = _remote_fn()
+    opts: dict[str, Any] = {"num_cpus": cpus, "name": name, "max_retries": 0}
+    if gpus:
+        opts["num_gpus"] = gpus
+    task = {**task, "threads": max(1, int(cpus))}
+    return remote.options(**opts).remote(task)
+
+
+_REMOTE = None
+
+
+def _remote_fn():
+    global _REMOTE
+    if _REMOTE is None:
+        import ray
+
+        _REMOTE = ray.remote(evaluate)
+    return _REMOTE

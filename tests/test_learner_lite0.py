@@ -1,0 +1,85 @@
+"""A few checks on the pretrained EfficientNet-Lite0 at small input sizes (Fashion-MNIST subsets)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import evo.data
+import evo.zoo
+from evo.errors import DataError
+from evo.learn import Learner, Tap, auto_taps, tap_graph
+from evo.learn.features import block_outputs, cut_nodes, is_tapped
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    try:
+        return evo.zoo.load("efficientnet_lite0", pretrained=True, input_size=64)
+    except evo.EvoError as e:  # weights package missing
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    try:
+        train, test = evo.data.load_source("fashion-mnist")
+    except DataError as e:
+        pytest.skip(str(e))
+    return train, test
+
+
+def test_auto_taps_pick_stride_8_and_16_block_outputs(lite0):
+    taps = auto_taps(lite0)
+    assert taps == [Tap("add_1", 8), Tap("add_5", 4)]
+    assert lite0.shape("add_1") == (40, 8, 8) and lite0.shape("add_5") == (112, 4, 4)
+    outs = block_outputs(lite0)
+    assert set(outs) <= set(cut_nodes(lite0)) and "add_1" in outs and "blocks_4_expand_conv" not in outs
+
+
+def test_tapped_graph_computes_the_pooled_taps_and_stops_early(lite0):
+    tapped = tap_graph(lite0, auto_taps(lite0))
+    assert is_tapped(tapped) and not is_tapped(lite0)
+    assert "head_conv" not in tapped and "add_5" in tapped and tapped.head == lite0.head
+    assert tapped.attrs(tapped.head)["in_features"] == 40 * 64 + 112 * 16
+    assert tapped.flops() < 0.8 * lite0.flops()
+    x = torch.randn(3, 3, 64, 64)
+    ref = lite0.to_module().eval()
+    seen = {}
+    for n in ("add_1", "add_5"):
+        ref._modules[n].register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o))
+    with torch.no_grad():
+        ref(x)
+        want = torch.cat([torch.nn.functional.adaptive_avg_pool2d(seen["add_1"], 8).flatten(1),
+                          torch.nn.functional.adaptive_avg_pool2d(seen["add_5"], 4).flatten(1)], 1)
+        got = tapped.to_module().eval().forward_features(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_lite0_learns_fashion_increments_on_the_fast_path(lite0, fashion):
+    stream = evo.data.class_incremental(fashion, increments=2, seed=0, order=["Trouser", "Bag", "Sneaker", "Dress"],
+                                        per_class_train=30, per_class_test=20)
+    learner = Learner(lite0, memory=20, progress=False, ridge=1e3)  # fixed λ: GCV is tested on small data
+    reports = [learner.learn(inc) for inc in stream]
+    assert learner.classes_ == ["Trouser", "Bag", "Sneaker", "Dress"]
+    assert reports[-1].accuracy > 0.85 and reports[-1].info["feature_dim"] == 4352
+    # preprocessing of the model version (mean = std = 0.5 at 64 px) travels with the graph
+    assert learner.graph_.meta["preprocess"]["input_size"] == 64
+    names, probs = learner.predict(stream[1].test.images[:5])
+    assert names == [learner.classes_[i] for i in learner.predict_proba(stream[1].test.images[:5]).argmax(1)]
+
+
+def test_lite0_last_blocks_training_changes_only_those_blocks(fashion):
+    g = evo.zoo.load("efficientnet_lite0", pretrained=True, input_size=32)
+    train, test = fashion
+    rng = np.random.default_rng(0)
+    idx = np.concatenate([rng.choice(np.flatnonzero(train.labels == c), 8, replace=False) for c in (0, 1)])
+    data = train.subset(idx).select_classes(["T-shirt/top", "Trouser"])
+    learner = Learner(g, strategy="replay", memory=4, selector="reservoir", progress=False, trainable=1,
+                      epochs=1, batch_size=8)
+    r = learner.learn(data)
+    assert r.info["steps"] == 2
+    changed = {n for n in g.nodes() if g.params(n) and n in learner.graph_ and n != g.head
+               and any(not torch.equal(t, learner.graph_.params(n)[k]) for k, t in g.params(n).items())}
+    assert changed and all(n.startswith("head_") for n in changed)
