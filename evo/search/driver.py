@@ -124,17 +124,16 @@ class Driver:
                     cand, grown = suggest_candidate(trial, self.space, parent)
                     price = pricing.candidate_flops(grown, inc, parent_meta, cand, self.space)
                 except EvoError as e:
+                    trial.set_user_attr("fail_reason", f"invalid candidate: {e}")
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                    self._note(study, trial.number, {"fail_reason": f"invalid candidate: {e}"})
                     continue
                 trial.set_user_attr("price_flops", price)
                 trial.set_constraint("budget", float(price - room))
                 if price > room:
                     infeasible_streak += 1
                     started_count -= 1  # a candidate that never ran does not use up a trial
+                    trial.set_user_attr("fail_reason", f"over budget: needs {price:.3g} FLOPs, {max(room, 0):.3g} left")
                     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                    self._note(study, trial.number, {"fail_reason": f"over budget: needs {price:.3g} FLOPs, "
-                                                                    f"{max(room, 0):.3g} left"})
                     if not in_flight and started_count == 0 and infeasible_streak >= 3 * self.space.trials:
                         raise BudgetError(f"no candidate fits the round's budget of {budget:.3g} FLOPs (the cheapest "
                                           f"priced {price:.3g}); raise budget.{self.space.budget[0]} in the space")
@@ -166,9 +165,10 @@ class Driver:
             result = ray.get(ref)
         except Exception as e:  # noqa: BLE001 - task error, worker death, OOM: all contained here
             reason = _failure_reason(e)
-            study.tell(flight.trial, state=optuna.trial.TrialState.FAIL)
             # A failed candidate still spent what it was priced at (an upper bound of what it used).
-            self._note(study, number, {"fail_reason": reason, "flops": flight.price})
+            flight.trial.set_user_attr("fail_reason", reason)
+            flight.trial.set_user_attr("flops", flight.price)
+            study.tell(flight.trial, state=optuna.trial.TrialState.FAIL)
             self.say(f"  trial {number:>3} FAILED    {flight.candidate.name:<40} {reason}")
             return flight.price
         values = [result["accuracy"]] + ([result["params"]] if "params" in self.space.objective else [])
@@ -196,6 +196,7 @@ class Driver:
         return {k: d.get(k) for k in ("forgetting", "bwt", "average_incremental_accuracy") if k in d}
 
     def _note(self, study: optuna.Study, number: int, attrs: dict[str, Any]) -> None:
+        """Set user attributes on a trial by number (a trial still running, e.g. left by a killed driver)."""
         trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         for k, v in attrs.items():
             study._storage.set_trial_user_attr(trial_id, k, v)
@@ -203,9 +204,9 @@ class Driver:
     def _recover(self, study: optuna.Study) -> None:
         """Trials left RUNNING by a killed driver are told FAIL; their cost counts at its priced value."""
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
             self._note(study, t.number, {"fail_reason": "driver stopped while it ran",
                                          "flops": int(t.user_attrs.get("price_flops", 0))})
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
             self.say(f"  trial {t.number} was running when the driver stopped: recorded as FAIL")
 
     def _commit(self, study: optuna.Study, index: int, parent_version: int, parent, budget: float, spent: int,

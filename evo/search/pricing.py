@@ -22,22 +22,34 @@ def _per_image(graph: ArchGraph, backward: bool) -> int:
 
 
 def candidate_flops(grown: ArchGraph, inc, parent_meta: dict[str, Any], cand, space) -> int:
-    """What learning `inc` with this candidate may cost, in FLOPs."""
+    """What learning `inc` with this candidate may cost, in FLOPs (an upper bound of the measured cost)."""
     training = cand.training
     strategy = training.get("strategy", "evo")
+    if parent_meta.get("increment") is None and strategy in ("evo", "evo_tune"):
+        grown = _prepared(grown, strategy, training)  # the first increment rewires the head's input
     n = len(inc.train)
     m = space.memory if parent_meta.get("increment") is not None else 0
     fwd = _per_image(grown, backward=False)
     d = grown.attrs(grown.head)["in_features"] if grown.head else 0
-    solve = 5 * (d + 1) ** 3 + 4 * (d + 1) ** 2 * len(inc.classes_so_far)
+    c = len(inc.classes_so_far)
+    solve = 6 * (d + 1) ** 3 + 8 * (d + 1) ** 2 * c + 2 * (n + m) * d * c  # eigh/Cholesky, solves, calibration
+    rebuilt = 2 * m if cand.growth else 0  # statistics and exemplar features recomputed from memory
     if strategy == "evo":
-        rebuilt = 2 * m if cand.growth else 0  # statistics and exemplar features recomputed from memory
-        return int(fwd * (n + rebuilt) + solve)
+        return int(fwd * (2 * n + rebuilt) + solve)
     epochs = int(training.get("epochs", 2))
-    images = n + m  # replay strategies train on the increment and the memory
     step = _per_image(grown, backward=True)
-    teacher = fwd if strategy in ("lwf", "evo_tune") else 0
-    return int(epochs * images * (step + teacher) + fwd * (n + 2 * m) + solve)
+    train = epochs * (n + m) * step
+    if strategy == "evo_tune":  # fast path, fine-tuning, then a refit from memory + increment
+        return int(fwd * (2 * n + rebuilt) + solve + train + fwd * (2 * n + 3 * m) + solve)
+    teacher = epochs * (n + m) * fwd if strategy == "lwf" else 0
+    return int(train + teacher + fwd * (n + 2 * m))
+
+
+def _prepared(graph: ArchGraph, strategy: str, training: dict[str, Any]) -> ArchGraph:
+    from evo.learn.strategies import make_strategy
+
+    taps = training.get("taps")
+    return make_strategy(strategy, **({"taps": taps} if taps is not None else {})).prepare(graph)
 
 
 def joint_flops(parent: ArchGraph, stream, index: int, space) -> float:

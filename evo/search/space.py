@@ -146,7 +146,10 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
         operators[op_name] = {k: Range.parse(f"operators.{op_name}.{k}", v) for k, v in params.items()}
         for k, r in operators[op_name].items():  # let the operator itself judge each value
             for v in r.values():
-                get_op(op_name).check_params({k: int(v) if r.integer else v})
+                try:
+                    get_op(op_name).check_params({k: int(v) if r.integer else v})
+                except ConfigError as e:
+                    raise SpaceError(f"operators.{op_name}.{k}: {e}") from None
 
     training_doc = doc.get("training") or {}
     bad = sorted(set(training_doc) - _TRAINING_KEYS)

@@ -1,0 +1,174 @@
+"""The growth search end to end: real Ray cluster, real Optuna journal, real data, real kills."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evo.errors import ConfigError
+from evo.runs import Run, RunError
+from evo.search import SpaceError, load_space, parse_space
+from evo.search.cluster import ClusterError, connect
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "name": "tiny",
+    "scenario": {"kind": "class_incremental", "source": "digits", "increments": 2, "seed": 0,
+                 "per_class_train": 20, "per_class_test": 10},
+    "model": {"name": "small_cnn", "input_size": 32},
+    "memory": 100,
+    "operators": {"widen": {"factor": 1.5}, "deepen": {"kernel_size": [1, 3]}},
+    "max_ops": 1,
+    "training": {"strategy": ["evo", "evo_tune"], "epochs": 1, "taps": "features"},
+    "budget": {"fraction_of_joint": 2.0},
+    "trials": 3,
+    "concurrency": 2,
+}
+
+
+def _write(tmp_path: Path, doc: dict, name: str = "space.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray cluster for the whole session (starting one takes 7-10 s)."""
+    import ray
+
+    info = connect(num_cpus=2)
+    yield info
+    ray.shutdown()
+
+
+# ---- spaces ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["fashion_quick", "fashion_cil", "digits_domain"])
+def test_shipped_spaces_parse(name):
+    space = load_space(ROOT / "search_spaces" / f"{name}.yaml")
+    assert space.name == name and space.trials >= 1 and space.operators
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(colour="blue"), "unknown key.*colour"),
+    (lambda d: d["operators"].update(shrink={}), "unknown operator 'shrink'.*widen"),
+    (lambda d: d["operators"].update(add_classes={}), "applied automatically"),
+    (lambda d: d["operators"]["widen"].update(factor=0.5), "factor"),
+    (lambda d: d["operators"]["widen"].update(bogus=1), "unknown parameter.*bogus"),
+    (lambda d: d.update(budget={"fraction_of_joint": -1}), "positive"),
+    (lambda d: d.update(budget={"flops": 1, "seconds": 2}), "exactly one"),
+    (lambda d: d["scenario"].update(kind="sideways"), "scenario.kind.*class_incremental"),
+    (lambda d: d.update(trials=0), "trials"),
+    (lambda d: d["training"].update(lr={"low": 1, "high": 0}), "low <= high"),
+    (lambda d: d.update(objective=["params"]), "objective"),
+])
+def test_malformed_space_names_the_key(edit, message):
+    doc = json.loads(json.dumps(TINY))
+    edit(doc)
+    with pytest.raises(SpaceError, match=message):
+        parse_space(doc)
+
+
+def test_invalid_yaml_says_where(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\nscenario: [unclosed\n")
+    with pytest.raises(SpaceError, match="not valid YAML at line"):
+        load_space(p)
+
+
+def test_bad_storage_url_and_unreachable_ray():
+    from evo.search.storage import open_storage
+
+    with pytest.raises(ConfigError, match="not supported"):
+        open_storage("redis://nope", Path("."))
+    with pytest.raises(ClusterError, match="unreachable"):
+        connect("127.0.0.1:1")
+
+
+# ---- a real round ------------------------------------------------------------------------------
+
+
+def test_launch_commits_versions_within_budget(ray_cluster, tmp_path):
+    from evo.search.launch import launch, status
+
+    lines: list[str] = []
+    results = launch(_write(tmp_path, TINY), run_dir=tmp_path / "run", say=lines.append)
+    assert len(results) == 2
+    run = Run.open(tmp_path / "run")
+    assert run.versions() == [0, 1, 2]
+    for r in results:
+        # the budget holds: measured spend never exceeds it (candidates are priced before they start)
+        assert 0 < r.flops_spent <= r.budget_flops
+        finished = [t for t in r.trials if t["state"] == "COMPLETE"]
+        assert finished and all(t["flops"] <= t["price_flops"] for t in finished)
+        assert any(t.get("enqueued") for t in r.trials)  # the no-growth fast path is always a candidate
+    meta = run.version_meta(2)
+    assert meta["parent"] == 1 and meta["metrics"]["row"] and "forgetting" in meta["metrics"]
+    lineage = json.loads((run.path / "lineage.json").read_text())
+    assert [(e["source"], e["target"]) for e in lineage["edges"]] == [(0, 1), (1, 2)]
+    assert (run.path / "optuna.journal").stat().st_size > 0
+    assert len(run.rounds_table()) == 3
+    assert "v2 ← v1" in status(run.path)
+    assert any("committed version 2" in line for line in lines)
+    with pytest.raises(RunError, match="evo resume"):
+        launch(_write(tmp_path, TINY), run_dir=tmp_path / "run", say=lines.append)
+
+
+def test_failing_candidates_are_contained(ray_cluster, tmp_path):
+    from evo.search.launch import launch
+
+    doc = json.loads(json.dumps(TINY))
+    doc["training"] = {"strategy": ["evo_tune", "evo"], "epochs": 1, "lr": 1e12, "taps": "features"}
+    doc["trials"] = 4
+    results = launch(_write(tmp_path, doc), run_dir=tmp_path / "run", say=lambda s: None)
+    states = [t["state"] for r in results for t in r.trials]
+    reasons = [t.get("fail_reason", "") for r in results for t in r.trials if t["state"] == "FAIL"]
+    assert "FAIL" in states and "COMPLETE" in states
+    assert all("loss became" in reason for reason in reasons)
+
+
+def _evo(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "evo.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, **kw)
+
+
+def test_killed_driver_resumes_without_losing_or_repeating(tmp_path):
+    doc = json.loads(json.dumps(TINY))
+    doc["scenario"]["increments"] = 3
+    space = _write(tmp_path, doc)
+    run_dir = tmp_path / "run"
+    proc = _evo("launch", str(space), "--run-dir", str(run_dir), "--num-cpus", "2", start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (run_dir / "versions" / "1" / "meta.json").exists():
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    proc.wait()
+    committed = Run.open(run_dir).versions()
+    assert 1 in committed and committed[-1] < 3
+    before = {n: Run(run_dir).version_meta(n)["created"] for n in committed}
+    out = _evo("resume", str(run_dir), "--num-cpus", "2")
+    text, _ = out.communicate(timeout=400)
+    assert out.returncode == 0, text
+    run = Run.open(run_dir)
+    assert run.versions() == [0, 1, 2, 3]
+    assert all(run.version_meta(n)["created"] == t for n, t in before.items())  # committed work untouched
+    assert [run.version_meta(n)["increment"] for n in (1, 2, 3)] == [0, 1, 2]  # nothing repeated
+
+
+def test_cli_refuses_existing_run_with_exit_2(tmp_path):
+    run_dir = tmp_path / "run"
+    Run.create(run_dir, {})
+    proc = _evo("launch", str(_write(tmp_path, TINY)), "--run-dir", str(run_dir))
+    text, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "evo resume" in text and "Traceback" not in text
