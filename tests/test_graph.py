@@ -247,3 +247,15 @@ def test_functional_pooling_imports_exactly():
     with torch.no_grad():
         assert torch.equal(g.to_module().eval()(x), net(x))
     assert [g.op(n) for n in g.nodes()][2:4] == ["maxpool2d", "avgpool2d"]
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "mobilenet_v3_small", "efficientnet_lite0"])
+def test_shape_based_flops_equal_the_meta_flop_counter(name):
+    from evo.graph.cost import count_flops, meta_flops
+
+    g = evo.zoo.load(name, input_size=None if name == "small_cnn" else 64)
+    for backward in (False, True):
+        assert count_flops(g, batch=3, backward=backward) == meta_flops(g, batch=3, backward=backward)
+    total, per_node = count_flops(g, per_node=True)
+    meta_total, meta_nodes = meta_flops(g, per_node=True)
+    assert total == meta_total and per_node == {k: v for k, v in meta_nodes.items() if v}

@@ -112,6 +112,7 @@ class Driver:
         in_flight: dict[Any, _InFlight] = {}
         started_count = sum(1 for t in study.trials if t.state != optuna.trial.TrialState.WAITING)
         infeasible_streak = 0
+        waited = 0.0
         t0 = time.perf_counter()
         while True:
             room = budget - spent - sum(f.price for f in in_flight.values())
@@ -146,10 +147,15 @@ class Driver:
                 continue
             if not in_flight:
                 break
+            w0 = time.perf_counter()
             ready, _ = ray.wait(list(in_flight), num_returns=1)
+            waited += time.perf_counter() - w0
             flight = in_flight.pop(ready[0])
             spent += self._finish(study, flight, ready[0])
-        return self._commit(study, index, parent_version, parent, budget, spent, joint, time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        self.last_round_timing = {"seconds": elapsed, "driver_seconds": elapsed - waited,
+                                  "trials": sum(1 for t in study.trials if t.state.is_finished())}
+        return self._commit(study, index, parent_version, parent, budget, spent, joint, elapsed)
 
     # ---- pieces ------------------------------------------------------------------------------------
     def _task(self, parent_version: int, index: int, cand: Candidate, number: int) -> dict[str, Any]:
@@ -234,7 +240,8 @@ class Driver:
             "preprocess": graph.meta.get("preprocess"),
         }, state=state)
         self.run_dir.write_round(index, {"increment": index, "version": version, "budget_flops": budget,
-                                         "spent_flops": spent, "joint_flops": joint, "trials": trials})
+                                         "spent_flops": spent, "joint_flops": joint,
+                                         "timing": getattr(self, "last_round_timing", None), "trials": trials})
         result = RoundResult(index, version, cand.name, metrics["accuracy"], metrics.get("forgetting"), spent,
                              budget, seconds, joint, trials)
         self.say(f"round {index}: committed version {version} ← {cand.name} (trial {best.number}); "

@@ -20,8 +20,19 @@ def open_storage(url: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
     if scheme.split("+")[0] not in ("postgresql", "sqlite", "mysql"):
         raise ConfigError(f"storage URL {url!r} is not supported; use postgresql://USER:PASS@HOST/DB "
                           "(several machines) or leave --storage unset for the journal file in the run folder")
+    if url.startswith("postgresql://"):  # SQLAlchemy >= 2.1 maps this to psycopg 3; evo ships psycopg2
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as e:  # noqa: BLE001 - sqlalchemy/driver errors vary
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"cannot open Optuna storage {url!r}: {msg}") from None
+        raise ConfigError(f"cannot open Optuna storage {_masked(url)!r}: {msg}") from None
+
+
+def _masked(url: str) -> str:
+    """The URL without its password, for messages."""
+    head, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    return f"{head}{sep}{creds.split(':', 1)[0]}:***@{host}"
