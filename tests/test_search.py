@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -172,3 +173,61 @@ def test_cli_refuses_existing_run_with_exit_2(tmp_path):
     proc = _evo("launch", str(_write(tmp_path, TINY)), "--run-dir", str(run_dir))
     text, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "evo resume" in text and "Traceback" not in text
+
+
+def _kill_first_candidate_worker(stop: threading.Event, killed: list[int], raylet: int) -> None:
+    """SIGKILL the first Ray worker seen running a candidate (Ray titles it 'ray::r<round>-t<trial>:...')
+    in two scans in a row, so that it is killed mid-candidate, not as it finishes."""
+    seen: set[str] = set()
+    while not stop.is_set() and not killed:
+        now = set()
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if cmd.startswith("ray::r0-t") and _parent(pid) == raylet:  # only this session's cluster
+                now.add(f"{pid}:{cmd}")
+        for key in now & seen:
+            os.kill(int(key.split(":")[0]), signal.SIGKILL)
+            killed.append(int(key.split(":")[0]))
+            return
+        seen = now
+        time.sleep(0.2)
+
+
+def _parent(pid: str) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def test_killed_worker_is_recorded_and_the_round_goes_on(ray_cluster, tmp_path):
+    import ray
+
+    from evo.search.launch import launch
+
+    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+    doc = json.loads(json.dumps(TINY))
+    doc["scenario"]["increments"] = 2
+    doc["training"] = {"strategy": "evo_tune", "epochs": 10, "taps": "features"}
+    doc["budget"] = {"fraction_of_joint": 100.0}
+    doc["trials"] = 4
+    stop, killed = threading.Event(), []
+    watcher = threading.Thread(target=_kill_first_candidate_worker, args=(stop, killed, raylet), daemon=True)
+    watcher.start()
+    try:
+        results = launch(_write(tmp_path, doc), run_dir=tmp_path / "run", say=lambda s: None)
+    finally:
+        stop.set()
+        watcher.join()
+    assert killed, "no candidate worker was seen running"
+    first = results[0].trials
+    failed = [t for t in first if t["state"] == "FAIL"]
+    assert failed, [(t["state"], t.get("fail_reason")) for r in results for t in r.trials]
+    assert "worker died" in failed[0]["fail_reason"]
+    assert any(t["state"] == "COMPLETE" for t in first)
+    assert Run.open(tmp_path / "run").versions() == [0, 1, 2]

@@ -221,8 +221,11 @@ class Driver:
 
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not done:
-            raise EvoError(f"round {index}: every candidate failed; see runs/.../metrics/round_{index}.json "
-                           "and `evo status` for the reasons")
+            trials = [{"number": t.number, "state": t.state.name, **t.user_attrs} for t in study.trials]
+            self.run_dir.write_round(index, {"increment": index, "version": None, "trials": trials})
+            reasons = sorted({t.get("fail_reason", "?") for t in trials})
+            raise EvoError(f"round {index}: no candidate finished ({'; '.join(reasons)[:300]}); details in "
+                           f"{self.run_dir.path / 'metrics' / f'round_{index}.json'}")
         best = max(done, key=lambda t: (t.values[0], -t.user_attrs.get("params", 0)))
         out_dir = Path(best.user_attrs["out_dir"])
         graph, state, report = load_candidate(out_dir)

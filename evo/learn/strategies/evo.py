@@ -180,7 +180,9 @@ def gcv_score(head: RidgeHead, lam: float) -> tuple[float, int]:
     head._require_fitted()
     g, b = head.gram_, head.xty_
     a = head._system(lam)
-    chol = torch.linalg.cholesky(a)
+    chol, info = torch.linalg.cholesky_ex(a)
+    if int(info) != 0:  # λ too small for a rank-deficient Gram (e.g. collapsed features): not a candidate
+        return math.inf, int(a.shape[0] ** 3 // 3)
     w = torch.cholesky_solve(b, chol)
     n = float(head.n_samples_)
     rss = n - 2.0 * float((w * b).sum()) + float((w * (g @ w)).sum())
