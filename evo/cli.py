@@ -72,6 +72,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("learn")
+def cmd_learn(args: argparse.Namespace) -> int:
+    from evo.learn_run import learn_from_data
+
+    learn_from_data(args.model, args.data, run_dir=args.run_dir, strategy=args.strategy, memory=args.memory,
+                    input_size=args.input_size, progress=not args.no_progress)
+    return 0
+
+
 @command("status")
 def cmd_status(args: argparse.Namespace) -> int:
     from evo.search.launch import status
@@ -108,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Optuna storage URL, e.g. postgresql://user:pw@host/db (default: journal file in the run)")
         sp.add_argument("--dashboard", action="store_true", help="start the Ray dashboard on 127.0.0.1")
         sp.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray cluster (default: all)")
+    le = sub.add_parser("learn", help="learn one increment from a labelled image folder or CSV; commit a version")
+    le.add_argument("model", help="a run folder, a saved model folder, or a zoo name")
+    le.add_argument("--data", required=True, help="image folder (one subfolder per class) or CSV manifest")
+    le.add_argument("--run-dir", default=None, help="run folder for a new run (default runs/learn-<model>)")
+    le.add_argument("--strategy", default="evo", help="learning strategy (default: evo, the closed-form fast path)")
+    le.add_argument("--memory", type=int, default=500, help="exemplar memory budget in images")
+    le.add_argument("--input-size", type=int, default=None, help="input side in pixels (zoo models)")
+    le.add_argument("--no-progress", action="store_true", help="no progress bars")
     st = sub.add_parser("status", help="print a run's lineage and latest metrics")
     st.add_argument("run_dir")
     return p

@@ -41,3 +41,35 @@ def test_corrupt_folder_exits_2(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
     assert "weights.safetensors" in err and len(err.strip().splitlines()) == 1
+
+
+def _digit_folder(root, labels, corrupt=False):
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    for i, (img, lab) in enumerate(zip(d.images[:400], d.target[:400], strict=True)):
+        if lab in labels:
+            (root / f"d{lab}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray((img * 15).astype(np.uint8)).resize((32, 32)).save(root / f"d{lab}" / f"{i}.png")
+    if corrupt:
+        (root / f"d{labels[0]}" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+def test_learn_commits_versions_from_user_folders(tmp_path, capsys):
+    from evo.runs import Run
+
+    first = _digit_folder(tmp_path / "a", [0, 1, 2], corrupt=True)
+    second = _digit_folder(tmp_path / "b", [3, 4])
+    assert main(["learn", "small_cnn", "--data", str(first), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert "skipped 1 unreadable" in capsys.readouterr().out
+    assert main(["learn", str(tmp_path / "run"), "--data", str(second), "--no-progress"]) == 0
+    run = Run.open(tmp_path / "run")
+    assert run.versions() == [0, 1, 2]
+    meta = run.version_meta(2)
+    assert meta["classes"] == ["d0", "d1", "d2", "d3", "d4"] and meta["parent"] == 1
+    assert meta["metrics"]["accuracy"] > 0.5 and meta["cost"]["flops"] > 0
+    assert main(["learn", str(tmp_path / "run"), "--data", str(tmp_path / "missing")]) == 2
+    assert run.versions() == [0, 1, 2]  # bad input commits nothing
