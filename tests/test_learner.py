@@ -58,7 +58,7 @@ def test_end_to_end_reports_and_accuracy_matrix(evo_run):
     assert m.shape == (3, 3)
     assert np.isnan(m[np.triu_indices(3, 1)]).all()
     low = m[np.tril_indices(3)]
-    assert ((0 <= low) & (low <= 1)).all()
+    assert ((low >= 0) & (low <= 1)).all()
     for i, r in enumerate(reports):
         assert isinstance(r, IncrementReport)
         assert r.row == list(m[i, : i + 1])
@@ -184,6 +184,19 @@ def test_evo_cost_is_feature_pass_plus_statistics(evo_run):
         n = len(inc.train)
         assert r.cost.flops >= n * fpi + 2 * n * d * d  # forward + Gram update at least
         assert r.cost.flops < n * fpi + 2 * n * d * (d + 10) + 20 * d**3 + 10**7
+
+
+def test_evo_cost_is_exactly_the_priced_work_with_a_fixed_ridge():
+    stream = digits_stream(ORDER_A)
+    learner = Learner(model(), memory=40, strategy="evo", progress=False, ridge=1.0)
+    r = learner.learn(stream[0])
+    n, c = len(stream[0].train), len(learner.classes_)
+    d = learner.graph_.attrs(learner.graph_.head)["in_features"]
+    fpi = forward_flops_per_image(learner.graph_.to_module(), (3, SIZE, SIZE), features_only=True)
+    stats = 2 * n * (d + 1) * (d + 1 + c)  # G += ΦᵀΦ and B += ΦᵀY, counted by torch's FLOP counter
+    solve = (d + 1) ** 3 // 3 + 4 * (d + 1) ** 2 * c
+    calibration = 2 * n * c * d
+    assert r.cost.flops == n * fpi + stats + solve + calibration
 
 
 def test_predict_returns_class_names_and_probabilities(evo_run):

@@ -8,8 +8,10 @@ taps: `tap → adaptiveavgpool2d(k) → flatten → cat → head`. Nodes no long
 are pruned, so the network also stops early: a version is always one graph, and
 `EvoNet.forward_features` returns exactly the features the ridge statistics were built from.
 
-`auto_taps` picks, by default, the last block output at stride 8 (pooled to 8×8) and at stride 16
-(pooled to 4×4): the best accuracy per FLOP in the experiment that chose the method.
+`auto_taps` picks, by default, the last block output at stride 8 and at stride 16, each pooled to
+4×4: in the experiment that chose the method (BENCHMARKS.md), the most accurate taps whose
+statistics keep an increment under 10% of joint retraining; pooling stride 8 to 8×8 instead adds
+about half a point of accuracy for twice the statistics cost.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from evo.errors import ConfigError, GraphError
 from evo.graph.archgraph import ArchGraph
 
-DEFAULT_LEVELS: tuple[tuple[int, int], ...] = ((8, 8), (16, 4))  # (stride, pooled grid side)
+DEFAULT_LEVELS: tuple[tuple[int, int], ...] = ((8, 4), (16, 4))  # (stride, pooled grid side)
 TAP_SOURCE = "evo_taps"
 
 
@@ -96,10 +98,12 @@ def _chw(graph: ArchGraph, node: str) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
-def parse_taps(graph: ArchGraph, taps: str | Sequence[Tap | tuple[str, int] | str]) -> list[Tap]:
-    """'auto', 'features' (the head's current input), or a list of Tap / (node, grid) / node names."""
+def parse_taps(graph: ArchGraph, taps: str | Sequence[Tap | tuple[str, int] | str],
+               levels: Sequence[tuple[int, int]] = DEFAULT_LEVELS) -> list[Tap]:
+    """'auto' (`auto_taps` at `levels`), 'features' (the head's current input), or a list of
+    Tap / (node, grid) / node names."""
     if taps == "auto":
-        return auto_taps(graph)
+        return auto_taps(graph, levels)
     if taps == "features":
         return [Tap(graph.features, 1)]
     if isinstance(taps, str) or not isinstance(taps, Sequence) or not taps:
