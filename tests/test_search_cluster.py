@@ -18,25 +18,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_search import TINY
 
 from evo.errors import ConfigError
 from evo.runs import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
-TINY = {  # as in tests/test_search.py
-    "name": "tiny",
-    "scenario": {"kind": "class_incremental", "source": "digits", "increments": 2, "seed": 0,
-                 "per_class_train": 20, "per_class_test": 10},
-    "model": {"name": "small_cnn", "input_size": 32},
-    "memory": 100,
-    "operators": {"widen": {"factor": 1.5}, "deepen": {"kernel_size": [1, 3]}},
-    "max_ops": 1,
-    "training": {"strategy": ["evo", "evo_tune"], "epochs": 1, "taps": "features"},
-    "budget": {"fraction_of_joint": 2.0},
-    "trials": 3,
-    "concurrency": 2,
-}
 
 
 def _free_ports(n: int) -> list[int]:
