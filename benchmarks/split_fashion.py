@@ -257,16 +257,23 @@ def main(argv=None) -> int:
         return 0
     print(f"evo {evo.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
-    results = {}
+    results, failed = {}, {}
     for spec in args.strategies:
         t = time.time()
-        results[spec] = run(spec, args)
+        try:
+            results[spec] = run(spec, args)
+        except evo.EvoError as e:  # a diverging baseline must not cost the others their run
+            print(f"-- {spec} failed: {e}", flush=True)
+            failed[spec] = str(e)
+            continue
         print(f"-- {spec} done in {time.time() - t:.0f}s", flush=True)
         if args.out:
-            args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
-                                           indent=1))
+            args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
+                                            "failed": failed}, indent=1))
     print()
     print(table(results))
+    for spec, err in failed.items():
+        print(f"{spec}: failed: {err}")
     return 0
 
 

@@ -1,8 +1,9 @@
 """`ewc`: Elastic Weight Consolidation (Kirkpatrick et al. 2017), online variant (Schwarz et al. 2018).
 
 After each increment the diagonal Fisher information of the trained weights is estimated from
-the increment's data (squared gradients of the log-likelihood of the true labels, over
-mini-batches of `fisher_batch`); it decays by `gamma` and accumulates. Training on later
+the increment's data: squared gradients of the mean log-likelihood of the true labels over
+mini-batches of `fisher_batch`, averaged over batches (the usual mini-batch approximation, as in
+Avalanche); it decays by `gamma` and accumulates. Training on later
 increments adds (λ/2) Σ F (θ − θ*)². The head grows, so only its old rows are anchored.
 The Fisher pass is charged as forward+backward steps.
 """
@@ -85,10 +86,10 @@ class EWC(SGDStrategy):
             x = ctx.preprocess(ctx.images[idx]).contiguous(memory_format=torch.channels_last)
             y = torch.as_tensor(ctx.labels[idx], dtype=torch.int64)
             net.zero_grad(set_to_none=True)
-            F.cross_entropy(net(x), y, reduction="sum").backward()
+            F.cross_entropy(net(x), y).backward()
             for k, p in net.named_parameters():
                 if k in fisher and p.grad is not None:
-                    fisher[k] += p.grad.detach() ** 2 / len(idx)
+                    fisher[k] += p.grad.detach() ** 2
             flops += price(len(idx))
             batches += 1
         ctx.meter.add_flops(flops)
