@@ -21,24 +21,12 @@ from evo.learn.train import LossFn, TrainConfig, fit
 
 
 @dataclass
-class SGDOptions:
-    """Training options (see `evo.learn.train.TrainConfig`), plus `on_epoch_end(epoch, net, stats)`,
-    an optional callback (e.g. to measure accuracy per epoch; it costs nothing here)."""
+class SGDOptions(TrainConfig):
+    """Training options (`evo.learn.train.TrainConfig`, validated on construction), plus
+    `on_epoch_end(epoch, net, stats)`, an optional callback (e.g. to measure accuracy per epoch; it
+    costs nothing here)."""
 
-    epochs: int = 2
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    trainable: str | int = "all"
-    channels_last: bool = True
-    max_flops: int | None = None
-    seed: int = 0
     on_epoch_end: Callable[..., Any] | None = None
-
-    def __post_init__(self) -> None:
-        self.config()  # validate now, at construction
 
     def config(self) -> TrainConfig:
         names = {f.name for f in fields(TrainConfig)}
