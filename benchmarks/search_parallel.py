@@ -85,10 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     w1 = statistics.median(r["wall"] for r in results[1])
     w2 = statistics.median(r["wall"] for r in results[2])
     per_trial = statistics.median(r["driver_seconds"] / max(r["trials"], 1) for rs in results.values() for r in rs)
+    paired = [a["wall"] / b["wall"] for a, b in zip(results[1], results[2], strict=True)]
     print(f"\nmodel {args.model}, {args.trials} trials per round, {args.repeats} repeats (medians)")
-    print(f"1 worker {w1:.1f}s | 2 workers {w2:.1f}s | speed-up {w1 / w2:.2f}x | driver overhead {per_trial:.3f}s/trial")
+    print(f"1 worker {w1:.1f}s | 2 workers {w2:.1f}s | speed-up {w1 / w2:.2f}x "
+          f"(paired per repeat: {', '.join(f'{r:.2f}x' for r in paired)}) | driver overhead {per_trial:.3f}s/trial")
     if args.out:
-        Path(args.out).write_text(json.dumps({"runs": results, "speedup": w1 / w2, "overhead_per_trial": per_trial}))
+        Path(args.out).write_text(json.dumps({"runs": results, "speedup": w1 / w2, "paired_speedups": paired,
+                                              "overhead_per_trial": per_trial}))
     ray.shutdown()
     return 0
 

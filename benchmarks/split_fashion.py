@@ -59,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="write all reports as JSON here")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--reuse", type=Path, default=None,
+                   help="a previous --out JSON: its rows not re-run here join the table (marked in the JSON)")
     p.add_argument("--explore", action="store_true",
                    help="instead: compare frozen-feature heads on a subset (the experiment that chose evo's taps)")
     p.add_argument("--explore-per-class", type=int, default=2000)
@@ -258,6 +260,10 @@ def main(argv=None) -> int:
     print(f"evo {evo.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     results, failed = {}, {}
+    if args.reuse:
+        old = json.loads(args.reuse.read_text())["results"]
+        results = {k: {**v, "reused_from": str(args.reuse)} for k, v in old.items() if k not in args.strategies}
+        print(f"reusing {sorted(results)} from {args.reuse}", flush=True)
     for spec in args.strategies:
         t = time.time()
         try:

@@ -72,6 +72,8 @@ def test_shipped_spaces_parse(name):
     (lambda d: d.update(trials=0), "trials"),
     (lambda d: d["training"].update(lr={"low": 1, "high": 0}), "low <= high"),
     (lambda d: d.update(objective=["params"]), "objective"),
+    (lambda d: d.update(policy="greedy"), "policy must be one of search, random, fast_path"),
+    (lambda d: d.update(validation_per_class=0), "validation_per_class"),
 ])
 def test_malformed_space_names_the_key(edit, message):
     doc = json.loads(json.dumps(TINY))
@@ -123,6 +125,56 @@ def test_launch_commits_versions_within_budget(ray_cluster, tmp_path):
     assert any("committed version 2" in line for line in lines)
     with pytest.raises(RunError, match="evo resume"):
         launch(_write(tmp_path, TINY), run_dir=tmp_path / "run", say=lines.append)
+
+
+def test_validation_split_holds_out_every_seen_class_and_never_the_test_split():
+    import numpy as np
+
+    from evo.search.scenario import stream_for, validation_split
+
+    stream = stream_for(TINY["scenario"])
+    fit, val = validation_split(stream, 1, per_class=3)
+    inc = stream[1]
+    assert val.classes == inc.classes_so_far and set(val.present_classes()) == set(inc.classes_so_far)
+    assert all(n == 3 for n in val.class_counts().values())  # 3 per class for increments 0 and 1
+    assert len(fit.train) == len(inc.train) - 3 * len(inc.new_classes)
+    assert np.array_equal(fit.test.images, inc.test.images)  # the test split is untouched
+    rows = {r.tobytes() for r in fit.train.images}
+    assert not any(r.tobytes() in rows for r in val.images)  # nothing trains on what ranks it
+    again_fit, again_val = validation_split(stream, 1, per_class=3)
+    assert np.array_equal(again_val.images, val.images) and np.array_equal(again_fit.train.images, fit.train.images)
+    # increment 0's held-out images are the same ones whichever round asks
+    _, val0 = validation_split(stream, 0, per_class=3)
+    assert {r.tobytes() for r in val0.images} <= {r.tobytes() for r in val.images}
+
+
+@pytest.mark.parametrize("policy", ["fast_path", "random"])
+def test_baseline_policies(ray_cluster, tmp_path, policy):
+    """The baselines the search is measured against: never grow, or commit one random growth per round."""
+    from evo.search.launch import launch
+
+    doc = {**json.loads(json.dumps(TINY)), "policy": policy}
+    results = launch(_write(tmp_path, doc), run_dir=tmp_path / "run", say=lambda s: None)
+    run = Run.open(tmp_path / "run")
+    for r in results:
+        assert len([t for t in r.trials if t["state"] == "COMPLETE"]) == 1
+    ops = [run.version_meta(n)["ops"] for n in (1, 2)]
+    if policy == "fast_path":
+        assert ops == [[], []] and all(run.version_meta(n)["training"]["strategy"] == "evo" for n in (1, 2))
+        assert all(t.get("enqueued") for r in results for t in r.trials)
+    else:
+        assert all(len(o) >= 1 for o in ops)
+
+
+def test_search_ranks_on_validation_not_test(ray_cluster, tmp_path):
+    from evo.search.launch import launch
+
+    results = launch(_write(tmp_path, TINY), run_dir=tmp_path / "run", say=lambda s: None)
+    for r in results:
+        done = [t for t in r.trials if t["state"] == "COMPLETE"]
+        assert all(t["values"][0] == t["val_accuracy"] for t in done)
+        best = max(done, key=lambda t: t["val_accuracy"])
+        assert r.accuracy == best["accuracy"]  # the committed metrics are the chosen one's test accuracy
 
 
 def test_failing_candidates_are_contained(ray_cluster, tmp_path):

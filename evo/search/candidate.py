@@ -31,13 +31,15 @@ class Candidate:
         return graph
 
 
-def suggest_candidate(trial, space: SearchSpace, parent: ArchGraph) -> tuple[Candidate, ArchGraph]:
+def suggest_candidate(trial, space: SearchSpace, parent: ArchGraph, min_ops: int = 0) -> tuple[Candidate, ArchGraph]:
     """Sample a candidate with Optuna's define-by-run API; returns it with the grown (untrained) graph.
 
     Sites are sampled as a fraction of the current site list, because the list depends on the ops
     applied before it; the concrete site is stored as a user attribute so every trial is replayable.
+    `min_ops=1` makes every candidate grow (the random-growth baseline).
     """
-    n_ops = trial.suggest_int("n_ops", 0, space.max_ops) if space.operators and space.max_ops else 0
+    n_ops = trial.suggest_int("n_ops", min(min_ops, space.max_ops), space.max_ops) \
+        if space.operators and space.max_ops else 0
     graph, growth = parent, []
     for i in range(n_ops):
         name = trial.suggest_categorical(f"op_{i}", sorted(space.operators))

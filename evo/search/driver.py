@@ -91,24 +91,31 @@ class Driver:
     def round(self, index: int, stream) -> RoundResult:
         import ray
 
+        from evo.search.scenario import validation_split
         from evo.search.worker import evaluate_remote
 
         parent_version = self.run_dir.latest()
         parent, parent_meta, _ = self.run_dir.load_version(parent_version)
-        inc = stream[index]
+        inc, _ = validation_split(stream, index, self.space.validation_per_class)
+        policy = self.space.policy
+        seed = index + 1000 * int(self.space.scenario.get("seed", 0))
+        sampler = (optuna.samplers.RandomSampler(seed=seed) if policy == "random"
+                   else optuna.samplers.TPESampler(seed=seed))
         study = optuna.create_study(study_name=f"round-{index}", storage=self.storage, load_if_exists=True,
                                     directions=["maximize"] + (["minimize"] if "params" in self.space.objective else []),
-                                    sampler=optuna.samplers.TPESampler(seed=index))
+                                    sampler=sampler)
         self._recover(study)
+        trials = self.space.trials if policy == "search" else 1
         joint = pricing.joint_flops(parent, stream, index, self.space)
         budget = pricing.budget_flops(self.space, joint, parent)
         spent = sum(int(t.user_attrs.get("flops", 0)) for t in study.trials
                     if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL))
-        if not study.trials:
-            study.enqueue_trial({"n_ops": 0}, user_attrs={"enqueued": "no-growth fast path"})
+        if not study.trials and policy != "random":
+            study.enqueue_trial(_fast_path_params(self.space), user_attrs={"enqueued": "no-growth fast path"})
         self.say(f"round {index}: increment of {len(inc.train)} images, new classes {inc.new_classes}; "
                  f"budget {budget / 1e12:.3f} TFLOPs ({self.space.budget[0]}={self.space.budget[1]:g}; "
-                 f"joint retraining {joint / 1e12:.3f} TFLOPs); spent so far {spent / 1e12:.3f}")
+                 f"joint retraining {joint / 1e12:.3f} TFLOPs); spent so far {spent / 1e12:.3f}"
+                 + ("" if policy == "search" else f"; policy {policy}"))
         in_flight: dict[Any, _InFlight] = {}
         started_count = sum(1 for t in study.trials if t.state != optuna.trial.TrialState.WAITING)
         infeasible_streak = 0
@@ -116,13 +123,13 @@ class Driver:
         t0 = time.perf_counter()
         while True:
             room = budget - spent - sum(f.price for f in in_flight.values())
-            can_start = (started_count < self.space.trials and len(in_flight) < self.space.concurrency
+            can_start = (started_count < trials and len(in_flight) < self.space.concurrency
                          and infeasible_streak < 3 * self.space.trials)
             if can_start:
                 trial = study.ask()
                 started_count += 1
                 try:
-                    cand, grown = suggest_candidate(trial, self.space, parent)
+                    cand, grown = suggest_candidate(trial, self.space, parent, min_ops=int(policy == "random"))
                     price = pricing.candidate_flops(grown, inc, parent_meta, cand, self.space)
                 except EvoError as e:
                     trial.set_user_attr("fail_reason", f"invalid candidate: {e}")
@@ -177,13 +184,13 @@ class Driver:
             study.tell(flight.trial, state=optuna.trial.TrialState.FAIL)
             self.say(f"  trial {number:>3} FAILED    {flight.candidate.name:<40} {reason}")
             return flight.price
-        values = [result["accuracy"]] + ([result["params"]] if "params" in self.space.objective else [])
+        values = [result.get("val_accuracy", result["accuracy"])] + ([result["params"]] if "params" in self.space.objective else [])
         for k, v in result.items():
             if k != "report":
                 flight.trial.set_user_attr(k, v)
         flight.trial.set_user_attr("report", result.get("report"))
         study.tell(flight.trial, values)
-        self.say(f"  trial {number:>3} finished  {flight.candidate.name:<40} acc {result['accuracy']:.4f}  "
+        self.say(f"  trial {number:>3} finished  {flight.candidate.name:<40} val acc {values[0]:.4f}  "
                  f"{result['flops'] / 1e9:8.1f} GFLOPs  {result['seconds']:6.1f}s")
         return int(result["flops"])
 
@@ -251,6 +258,15 @@ class Driver:
                  f"accuracy {result.accuracy:.4f}; spent {spent / 1e12:.3f} of {budget / 1e12:.3f} TFLOPs "
                  f"({result.joint_ratio:.3f} of joint retraining)")
         return result
+
+
+def _fast_path_params(space: SearchSpace) -> dict[str, Any]:
+    """Optuna parameters of the no-growth fast path: no ops, and the `evo` strategy where it is a choice."""
+    params: dict[str, Any] = {"n_ops": 0}
+    strategy = space.training.get("strategy")
+    if strategy is not None and strategy.choices and len(strategy.choices) > 1 and "evo" in strategy.choices:
+        params["train_strategy"] = "evo"
+    return params
 
 
 def _history_rows(run: Run) -> list[list[float]]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 
 from evo.data import scenarios
+from evo.data.dataset import ImageSet, concat, holdout_split
 from evo.errors import ConfigError
 from evo.search.space import SearchSpace
 
@@ -29,3 +31,24 @@ def _cached(cfg_json: str) -> scenarios.Stream:
         return _BUILDERS[kind](source, **cfg)
     except TypeError as e:  # an option the scenario does not take
         raise ConfigError(f"scenario: {e}; see evo.data.{kind} for its options") from None
+
+
+def validation_split(stream: scenarios.Stream, index: int, per_class: int) -> tuple[scenarios.Increment, ImageSet]:
+    """Increment `index` without its validation images, and the validation set of every class seen so far.
+
+    Each increment j keeps `per_class` images per class (at most a fifth of the class, seeded by j) out
+    of its training data; candidates are ranked on the union of those held-out sets for j <= index, so
+    a round's choice never looks at the test split. The same split is made in every worker.
+    """
+    inc = stream[index]
+    held: list[ImageSet] = []
+    fit = inc.train
+    for j in range(index + 1):
+        train_j = stream[j].train
+        counts = [c for c in train_j.class_counts().values() if c]
+        fraction = min(per_class / max(min(counts), 1), 0.2) if counts else 0.0
+        fit_j, val_j = holdout_split(train_j, fraction, seed=10_007 + j)
+        held.append(val_j.relabel(inc.classes_so_far))
+        if j == index:
+            fit = fit_j
+    return dataclasses.replace(inc, train=fit), concat(held)

@@ -19,6 +19,7 @@ from evo.errors import ConfigError
 SCENARIOS = ("class_incremental", "data_incremental", "mixed", "domain_incremental")
 OBJECTIVES = ("accuracy", "params")
 BUDGET_KINDS = ("fraction_of_joint", "flops", "seconds")
+POLICIES = ("search", "random", "fast_path")  # the search, and the two baselines it must beat
 
 
 class SpaceError(ConfigError):
@@ -68,6 +69,12 @@ class Range:
 
 @dataclass(frozen=True)
 class SearchSpace:
+    """A validated space. `policy` picks how a round chooses: 'search' (Optuna, with the no-growth fast
+    path always tried), 'random' (one random growth, committed unjudged) or 'fast_path' (never grow);
+    the last two are the baselines the search is measured against. Candidates are ranked on
+    `validation_per_class` images per class held out of each increment's training data, never on the
+    test split."""
+
     name: str
     scenario: dict[str, Any]
     model: dict[str, Any]
@@ -79,6 +86,8 @@ class SearchSpace:
     trials: int
     concurrency: int
     objective: tuple[str, ...]
+    policy: str = "search"
+    validation_per_class: int = 100
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,7 +95,7 @@ class SearchSpace:
 
 
 _TOP_KEYS = {"name", "scenario", "model", "memory", "operators", "max_ops", "training", "budget", "trials",
-             "concurrency", "objective", "description"}
+             "concurrency", "objective", "description", "policy", "validation_per_class"}
 _TRAINING_KEYS = {"strategy", "trainable", "epochs", "lr", "batch_size", "optimizer", "momentum", "weight_decay",
                   "temperature", "alpha", "taps", "ridge", "seed"}
 
@@ -172,6 +181,10 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
             or len(set(objective)) != len(objective):
         raise SpaceError(f"objective must be 'accuracy' or [accuracy, params]; got {doc.get('objective')!r}")
 
+    policy = doc.get("policy", "search")
+    if policy not in POLICIES:
+        raise SpaceError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
+
     return SearchSpace(
         name=str(doc.get("name") or Path(source).stem),
         scenario=scenario, model=model,
@@ -183,6 +196,8 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
         trials=_positive_int(doc, "trials", 8),
         concurrency=_positive_int(doc, "concurrency", 2),
         objective=objective,
+        policy=policy,
+        validation_per_class=_positive_int(doc, "validation_per_class", 100),
         raw=doc,
     )
 

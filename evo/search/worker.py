@@ -42,14 +42,15 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
     """Apply the candidate's growth to the parent, learn the increment, save the child; return its results."""
     from evo.runs import Run
     from evo.search.candidate import Candidate
-    from evo.search.scenario import stream_for
+    from evo.search.scenario import stream_for, validation_split
 
     torch.set_num_threads(int(task.get("threads", 1)))
     run = Run(task["run_dir"])
     graph, meta, state = run.load_version(task["parent_version"])
     space = task["space"]
     cand = Candidate(**task["candidate"])
-    inc = stream_for(space["scenario"])[task["increment"]]
+    inc, validation = validation_split(stream_for(space["scenario"]), task["increment"],
+                                       int(space.get("validation_per_class", 100)))
     training = dict(cand.training)
     if task.get("max_flops"):
         training["max_flops"] = int(task["max_flops"])  # the round's budget caps SGD training
@@ -58,10 +59,11 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
     if cand.growth and not fresh:
         learner = learner.with_graph(grown)
     report = learner.learn(inc)
+    val_accuracy = learner.score(validation) if len(validation) else float(report.accuracy)
     child, child_state = learner.graph_, learner.state_dict()
     metrics = {"accuracy": report.accuracy, "forgetting": report.forgetting, "bwt": report.bwt,
                "row": report.row, "average_incremental_accuracy": report.average_incremental_accuracy}
-    result = {"accuracy": float(report.accuracy), "params": child.num_params(), "flops": int(report.cost.flops),
+    result = {"accuracy": float(report.accuracy), "val_accuracy": float(val_accuracy), "params": child.num_params(), "flops": int(report.cost.flops),
               "seconds": float(report.cost.seconds), "peak_mem_bytes": int(report.cost.peak_mem_bytes),
               "out_dir": task["out_dir"], "report": {"metrics": metrics, "summary": str(report)}}
     save_candidate(Path(task["out_dir"]), child, child_state, result["report"])

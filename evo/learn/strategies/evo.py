@@ -209,17 +209,18 @@ def gcv_ridge(head: RidgeHead, start: float | None = None, step: float = 10**0.5
               bounds: tuple[float, float] = (1e-8, 1e12), max_evals: int = 16) -> tuple[float, int]:
     """λ minimising GCV on the log grid start·step^k, by a walk from `start`; returns (λ, FLOPs).
 
-    `start` defaults to the mean feature variance × n (tr of the centred Gram / d), the scale at
-    which λ begins to matter. Three evaluations suffice when the minimum is near the start (the
-    previous increment's λ), each costing about (2/3) d³.
+    `start` defaults to 10^-1.5 × the mean centred feature variance × n (tr(Gc)/d): on Lite0's
+    multi-layer features GCV settled there for 2, 4 and 10 classes of Fashion-MNIST training data
+    (4k-20k images), so the walk usually needs its minimum of three evaluations, each about
+    (2/3)·d³ FLOPs. Later increments start from the previous increment's λ.
     """
     head._require_fitted()
     if start is None:
         g = head.gram_
         n = float(g[-1, -1])
         s = g[:-1, -1]
-        start = float((torch.diagonal(g)[:-1] - s * s / n).sum()) / max(g.shape[0] - 1, 1)
-        start = min(max(start, bounds[0]), bounds[1])
+        variance = float((torch.diagonal(g)[:-1] - s * s / n).sum()) / max(g.shape[0] - 1, 1)
+        start = min(max(variance * 10**-1.5, bounds[0]), bounds[1])
     scores: dict[int, float] = {}
     flops = 0
 
