@@ -8,7 +8,7 @@ import torch
 
 import evo.data
 import evo.zoo
-from evo.errors import ConfigError
+from evo.errors import ConfigError, EvoError
 from evo.learn import STRATEGIES, Learner, Strategy, TrainConfig, list_strategies, register_strategy
 from evo.learn.cost import CostMeter, forward_flops, train_flops
 from evo.learn.train import blocks, fit, trainable_nodes
@@ -93,6 +93,24 @@ def test_ewc_estimates_fisher_and_anchors_old_head_rows(stream):
     assert sd["fisher.classifier.weight"].shape[0] == 5 and (sd["fisher.classifier.weight"] >= 0).all()
     learner.learn(stream[1])
     assert learner.strategy.state_dict()["fisher.classifier.weight"].shape[0] == 10
+
+
+def test_ewc_caps_a_lambda_that_would_make_sgd_diverge(stream):
+    """λ·lr·F > 2 makes plain SGD on the penalty diverge; the cap keeps the loss finite."""
+    learner = Learner(model(), strategy="ewc", progress=False, fisher_samples=64, fisher_batch=4,
+                      ewc_lambda=1e9, epochs=2, batch_size=16, lr=0.05)
+    learner.learn(stream[0])
+    top = max(float(f.max()) for f in learner.strategy.fisher_.values())
+    r1 = learner.learn(stream[1])  # raises "loss became inf" without the cap
+    assert learner.strategy.effective_lambda_ == pytest.approx(1.0 / (0.05 * top))
+    assert np.isfinite(r1.info["loss"])
+    # the same run with the raw λ diverges, so the cap is what keeps it finite
+    raw = Learner(model(), strategy="ewc", progress=False, fisher_samples=64, fisher_batch=4,
+                  ewc_lambda=1e9, epochs=2, batch_size=16, lr=0.05)
+    raw.learn(stream[0])
+    raw.strategy.stable_lambda = lambda fishers: 1e9
+    with pytest.raises(EvoError, match="loss became"):
+        raw.learn(stream[1])
 
 
 def test_trainable_head_only_changes_only_the_head(stream):

@@ -32,10 +32,10 @@ def candidate_flops(grown: ArchGraph, inc, parent_meta: dict[str, Any], cand, sp
     fwd = _per_image(grown, backward=False)
     d = grown.attrs(grown.head)["in_features"] if grown.head else 0
     c = len(inc.classes_so_far)
-    solve = 6 * (d + 1) ** 3 + 8 * (d + 1) ** 2 * c + 2 * (n + m) * d * c  # eigh/Cholesky, solves, calibration
+    solve = ridge_flops(n + m, d, c)
     rebuilt = 2 * m if cand.growth else 0  # statistics and exemplar features recomputed from memory
-    if strategy == "evo":
-        return int(fwd * (2 * n + rebuilt) + solve)
+    if strategy == "evo":  # the increment's features are computed once and reused for the memory
+        return int(fwd * (n + rebuilt) + solve)
     epochs = int(training.get("epochs", 2))
     step = _per_image(grown, backward=True)
     train = epochs * (n + m) * step
@@ -43,6 +43,14 @@ def candidate_flops(grown: ArchGraph, inc, parent_meta: dict[str, Any], cand, sp
         return int(fwd * (2 * n + rebuilt) + solve + train + fwd * (2 * n + 3 * m) + solve)
     teacher = epochs * (n + m) * fwd if strategy == "lwf" else 0
     return int(train + teacher + fwd * (n + 2 * m))
+
+
+def ridge_flops(n: int, d: int, c: int, max_evals: int = 16) -> int:
+    """Upper bound of the closed-form head's work: Gram and cross products of n rows, the GCV walk at
+    its evaluation cap (Cholesky + triangular inverse each), the final solve, and calibration."""
+    d1 = d + 1
+    return int(2 * n * d1 * (d1 + c) + max_evals * (2 * d1**3 // 3 + 8 * d1 * d1 * c)
+               + d1**3 // 3 + 4 * d1 * d1 * c + 2 * n * d * c)
 
 
 def _prepared(graph: ArchGraph, strategy: str, training: dict[str, Any]) -> ArchGraph:

@@ -61,7 +61,7 @@ class EWC(SGDStrategy):
         named = dict(net.named_parameters())
         terms = [(named[k], f, self.anchor_[k]) for k, f in self.fisher_.items()
                  if k in named and _fits(named[k], f)]
-        lam = self.options.ewc_lambda
+        lam = self.stable_lambda([f for _, f, _ in terms])
 
         def loss(net: nn.Module, x: Tensor, y: Tensor, idx: np.ndarray) -> Tensor:
             penalty = sum(((f * (p[: len(a)] - a) ** 2).sum() for p, f, a in terms if p.requires_grad),
@@ -69,6 +69,21 @@ class EWC(SGDStrategy):
             return F.cross_entropy(net(x), y) + 0.5 * lam * penalty
 
         return loss
+
+    def stable_lambda(self, fishers: list[Tensor]) -> float:
+        """`ewc_lambda`, capped at 1 / (lr · max F).
+
+        Plain SGD on the penalty (λ/2)·F·(θ − θ*)² multiplies the offset by (1 − lr·λ·F) each step,
+        which diverges once lr·λ·F > 2 (2(1 + β) with momentum β); with λ = 5000 and lr = 0.01 one Fisher entry above 0.04 is
+        enough (seen on Lite0's BN weights: the loss became inf within 30 steps). The cap keeps
+        every coordinate's factor in [0, 1).
+        """
+        top = max((float(f.max()) for f in fishers if f.numel()), default=0.0)
+        lam = self.options.ewc_lambda
+        if top > 0 and self.options.optimizer == "sgd":
+            lam = min(lam, 1.0 / (self.options.lr * top))
+        self.effective_lambda_ = lam
+        return lam
 
     def after_training(self, ctx: Context, graph: ArchGraph, net: nn.Module) -> None:
         opts = self.options
