@@ -177,6 +177,22 @@ def test_search_ranks_on_validation_not_test(ray_cluster, tmp_path):
         assert r.accuracy == best["accuracy"]  # the committed metrics are the chosen one's test accuracy
 
 
+def test_a_candidate_is_never_evaluated_twice(ray_cluster, tmp_path):
+    """Optuna may propose the same computation again (no growth, knobs the fast path ignores): it is skipped."""
+    from evo.search.candidate import Candidate
+    from evo.search.launch import launch
+
+    doc = {**json.loads(json.dumps(TINY)), "max_ops": 0, "trials": 3,
+           "training": {"strategy": "evo", "lr": [0.01, 0.1], "taps": "features"}}
+    results = launch(_write(tmp_path, doc), run_dir=tmp_path / "run", say=lambda s: None)
+    for r in results:
+        ran = [t for t in r.trials if t["state"] == "COMPLETE"]
+        assert len(ran) == 1  # every proposal is the no-growth fast path
+        keys = [Candidate(**t["candidate"]).key() for t in r.trials]
+        assert len(set(keys)) == 1
+        assert all("duplicate of trial" in t["fail_reason"] for t in r.trials if t["state"] == "PRUNED")
+
+
 def test_failing_candidates_are_contained(ray_cluster, tmp_path):
     from evo.search.launch import launch
 

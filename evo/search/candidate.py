@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +25,18 @@ class Candidate:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def key(self) -> str:
+        """What the candidate computes: its growth plus the training knobs its strategy reads (the fast
+        path ignores epochs and lr, so two no-growth `evo` candidates are the same candidate)."""
+        from dataclasses import fields
+
+        from evo.learn.strategies import STRATEGIES
+
+        strategy = self.training.get("strategy", "evo")
+        read = {f.name for f in fields(STRATEGIES.get(strategy).Options)} | {"strategy"}
+        training = {k: v for k, v in self.training.items() if k in read}
+        return json.dumps({"growth": self.growth, "training": training}, sort_keys=True, default=str)
 
     def apply(self, graph: ArchGraph) -> ArchGraph:
         for step in self.growth:

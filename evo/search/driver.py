@@ -119,6 +119,8 @@ class Driver:
         in_flight: dict[Any, _InFlight] = {}
         started_count = sum(1 for t in study.trials if t.state != optuna.trial.TrialState.WAITING)
         infeasible_streak = 0
+        seen = {Candidate(**t.user_attrs["candidate"]).key(): t.number for t in study.trials
+                if "candidate" in t.user_attrs and "price_flops" in t.user_attrs}
         waited = 0.0
         t0 = time.perf_counter()
         while True:
@@ -135,6 +137,14 @@ class Driver:
                     trial.set_user_attr("fail_reason", f"invalid candidate: {e}")
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
                     continue
+                twin = seen.get(cand.key())
+                if twin is not None:  # the same computation again: not worth a trial or any budget
+                    infeasible_streak += 1
+                    started_count -= 1
+                    trial.set_user_attr("fail_reason", f"duplicate of trial {twin}")
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                    continue
+                seen[cand.key()] = trial.number
                 trial.set_user_attr("price_flops", price)
                 trial.set_constraint("budget", float(price - room))
                 if price > room:
