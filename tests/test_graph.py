@@ -259,3 +259,12 @@ def test_shape_based_flops_equal_the_meta_flop_counter(name):
     total, per_node = count_flops(g, per_node=True)
     meta_total, meta_nodes = meta_flops(g, per_node=True)
     assert total == meta_total and per_node == {k: v for k, v in meta_nodes.items() if v}
+    # a step that trains only the head, or the last two blocks: what fine-tuning candidates are priced at
+    from evo.learn.train import trainable_nodes
+
+    full = count_flops(g, batch=3, backward=True)
+    for trainable in ("head", 2):
+        nodes = trainable_nodes(g, trainable)
+        part = count_flops(g, batch=3, backward=True, trainable=nodes)
+        assert part == meta_flops(g, batch=3, backward=True, trainable=nodes)
+        assert count_flops(g, batch=3) < part < full

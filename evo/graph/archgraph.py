@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import networkx as nx
@@ -231,10 +231,11 @@ class ArchGraph:
         return sum(t.numel() for k, t in self.state_dict().items()
                    if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
 
-    def flops(self, batch: int = 1, backward: bool = False) -> int:
+    def flops(self, batch: int = 1, backward: bool = False, trainable: Collection[str] | None = None) -> int:
+        """FLOPs of a forward (or training step) at `batch`; `trainable` limits which nodes train."""
         from evo.graph.cost import count_flops
 
-        return count_flops(self, batch=batch, backward=backward)
+        return count_flops(self, batch=batch, backward=backward, trainable=trainable)
 
     def to_module(self):  # -> EvoNet (import cycle)
         from evo.graph.compile import EvoNet

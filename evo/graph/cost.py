@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Collection
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -31,13 +32,16 @@ def flop_counter() -> FlopCounterMode:
     return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops})
 
 
-def count_flops(graph, batch: int = 1, backward: bool = False, per_node: bool = False):
+def count_flops(graph, batch: int = 1, backward: bool = False, per_node: bool = False,
+                trainable: Collection[str] | None = None):
     """FLOPs of one forward (or forward+backward) pass at `batch`; with per_node, also a node → FLOPs dict.
 
     Computed from the inferred shapes with the same rules FlopCounterMode applies (2 FLOPs per
     multiply-add in convolutions and matmuls; nothing else counted; no input gradient where the
     input does not depend on a parameter), so it is exact and takes milliseconds: the growth search
     prices every candidate with it. `meta_flops` runs the real counter; tests check they agree.
+    `trainable` (node names; default all) prices a step that trains only those nodes: frozen nodes
+    get no weight gradient, and nothing before the first trainable node gets an input gradient.
     """
     graph.infer_shapes()
     needs_grad: dict[str, bool] = {}
@@ -46,12 +50,13 @@ def count_flops(graph, batch: int = 1, backward: bool = False, per_node: bool = 
         ins = graph.inputs_of(n)
         grad_in = any(needs_grad[i] for i in ins)
         has_params = any(t.is_floating_point() for t in graph.params(n).values()) and graph.op(n) != "output"
-        needs_grad[n] = grad_in or has_params
+        trains = has_params and (trainable is None or n in trainable)
+        needs_grad[n] = grad_in or trains
         fwd = _forward_flops(graph, n, batch)
         if not fwd:
             continue
-        # backward: a weight gradient always, an input gradient where the input needs one
-        nodes[n] = fwd * (1 + int(grad_in) + 1) if backward else fwd
+        # backward: a weight gradient where the node trains, an input gradient where the input needs one
+        nodes[n] = fwd * (1 + int(grad_in) + int(trains)) if backward else fwd
     total = sum(nodes.values())
     return (total, nodes) if per_node else total
 
@@ -68,15 +73,19 @@ def _forward_flops(graph, n: str, batch: int) -> int:
     return 0
 
 
-def meta_flops(graph, batch: int = 1, backward: bool = False, per_node: bool = False):
+def meta_flops(graph, batch: int = 1, backward: bool = False, per_node: bool = False,
+               trainable: Collection[str] | None = None):
     """The same count, measured by running the graph under FlopCounterMode on the meta device."""
-    return _count_flops(graph, batch, backward, per_node)
+    return _count_flops(graph, batch, backward, per_node, trainable)
 
 
-def _count_flops(graph, batch: int, backward: bool, per_node: bool):
+def _count_flops(graph, batch: int, backward: bool, per_node: bool, trainable: Collection[str] | None = None):
     from evo.graph.compile import EvoNet
 
     net = EvoNet(graph, device="meta").eval()  # eval: BN on a 1x1 map at batch 1 is fine; FLOPs are the same
+    if trainable is not None:
+        for name, module in net.named_children():
+            module.requires_grad_(name in trainable)
     x = torch.empty((batch, *graph.input_shape), device="meta")
     with flop_counter() as counter:
         out = net(x)

@@ -37,12 +37,24 @@ def candidate_flops(grown: ArchGraph, inc, parent_meta: dict[str, Any], cand, sp
     if strategy == "evo":  # the increment's features are computed once and reused for the memory
         return int(fwd * (n + rebuilt) + solve)
     epochs = int(training.get("epochs", 2))
-    step = _per_image(grown, backward=True)
+    step = _step_per_image(grown, strategy, training)
     train = epochs * (n + m) * step
     if strategy == "evo_tune":  # fast path, fine-tuning, then a refit from memory + increment
-        return int(fwd * (2 * n + rebuilt) + solve + train + fwd * (2 * n + 3 * m) + solve)
+        return int(fwd * (n + rebuilt) + solve + train + fwd * (n + 3 * m) + solve)
     teacher = epochs * (n + m) * fwd if strategy == "lwf" else 0
     return int(train + teacher + fwd * (n + 2 * m))
+
+
+def _step_per_image(graph: ArchGraph, strategy: str, training: dict[str, Any]) -> int:
+    """One training step per image, with the candidate's trainable set (frozen layers get no weight
+    gradient, and no input gradient below the first trainable one): what the trainer measures."""
+    from dataclasses import fields
+
+    from evo.learn.strategies import STRATEGIES
+    from evo.learn.train import trainable_nodes
+
+    default = next((f.default for f in fields(STRATEGIES.get(strategy).Options) if f.name == "trainable"), "all")
+    return graph.flops(batch=1, backward=True, trainable=trainable_nodes(graph, training.get("trainable", default)))
 
 
 def ridge_flops(n: int, d: int, c: int, max_evals: int = 16) -> int:
