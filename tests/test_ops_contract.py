@@ -28,6 +28,7 @@ OP_PARAMS = {
     "deepen": {"kernel_size": 3},
     "add_branch": {"kind": "parallel"},
     "add_classes": {"k": 2},
+    "add_tap": {"grid": 2},
 }
 INPUT_SIZE = {"small_cnn": 32}
 

@@ -41,10 +41,11 @@ class Tap:
         return {"node": self.node, "grid": self.grid}
 
 
-def cut_nodes(graph: ArchGraph) -> list[str]:
-    """Nodes every input→output path passes through (block boundaries), in topological order."""
+def cut_nodes(graph: ArchGraph, sink: str | None = None) -> list[str]:
+    """Nodes every input→output path (input→`sink` path, sink included) passes through: the block
+    boundaries, in topological order."""
     idom = nx.immediate_dominators(graph.g, graph.input)
-    cuts, n = [], graph.output
+    cuts, n = ([sink] if sink else []), sink or graph.output
     while n != graph.input:
         n = idom[n]
         cuts.append(n)
@@ -52,12 +53,13 @@ def cut_nodes(graph: ArchGraph) -> list[str]:
     return sorted((c for c in cuts if c != graph.input), key=order.__getitem__)
 
 
-def block_outputs(graph: ArchGraph) -> list[str]:
-    """For each backbone block (`evo.learn.train.blocks`), the last cut node before the next block."""
+def block_outputs(graph: ArchGraph, sink: str | None = None) -> list[str]:
+    """For each backbone block (`evo.learn.train.blocks`), the last cut node before the next block
+    (cut nodes of the paths to `sink` when given, else to the output)."""
     from evo.learn.train import blocks
 
     order = {n: i for i, n in enumerate(graph.nodes())}
-    cuts = cut_nodes(graph)
+    cuts = cut_nodes(graph, sink)
     groups = blocks(graph)
     outs = []
     for i, (_, names) in enumerate(groups):
@@ -118,6 +120,26 @@ def parse_taps(graph: ArchGraph, taps: str | Sequence[Tap | tuple[str, int] | st
             raise ConfigError(f"tap grid must be an int >= 1; got {tap.grid!r} for {tap.node!r}")
         out.append(tap)
     return out
+
+
+def is_tap_node(graph: ArchGraph, n: str) -> bool:
+    return graph.node(n)["source"].startswith(TAP_SOURCE)
+
+
+def backbone_outputs(graph: ArchGraph) -> list[str]:
+    """`block_outputs` of the backbone alone: tap branches removed, so a tap does not hide the
+    block boundaries after it (with a branch around them they are no longer cut nodes)."""
+    head = graph.head
+    if head is None:
+        return block_outputs(graph)
+    h = graph.copy()
+    for n in [n for n in h.nodes() if is_tap_node(h, n)]:
+        h.remove_node(n)
+    sinks = [n for n in h.nodes() if n not in (head, h.output) and h.op(n) != "input"
+             and not [c for c in h.consumers(n) if c != head]]
+    if len(sinks) != 1:
+        return block_outputs(graph)
+    return block_outputs(h, sinks[0])
 
 
 def is_tapped(graph: ArchGraph) -> bool:

@@ -44,6 +44,24 @@ class Candidate:
         return graph
 
 
+def growth_base(parent: ArchGraph, parent_meta: dict[str, Any], space: SearchSpace) -> ArchGraph:
+    """The graph a round's growth applies to.
+
+    At version 0 (nothing learned yet) with the closed-form strategies, that is the parent already
+    rewired for the head (`Evo.prepare`: its multi-layer taps), so growth such as `add_tap` acts on
+    the features the head will read, and round 0 may choose them with no old statistics to lose.
+    Otherwise it is the parent itself.
+    """
+    strategy = space.training.get("strategy")
+    strategies = set(strategy.values()) if strategy is not None else {"evo"}
+    if parent_meta.get("increment") is not None or not strategies <= {"evo", "evo_tune"}:
+        return parent
+    from evo.learn.strategies import make_strategy
+
+    taps = space.training.get("taps")
+    return make_strategy("evo", **({"taps": taps.values()[0]} if taps is not None else {})).prepare(parent)
+
+
 def suggest_candidate(trial, space: SearchSpace, parent: ArchGraph, min_ops: int = 0) -> tuple[Candidate, ArchGraph]:
     """Sample a candidate with Optuna's define-by-run API; returns it with the grown (untrained) graph.
 

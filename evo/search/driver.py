@@ -21,7 +21,7 @@ import optuna
 from evo.errors import EvoError
 from evo.runs import Run, write_json_atomic
 from evo.search import pricing
-from evo.search.candidate import Candidate, suggest_candidate
+from evo.search.candidate import Candidate, growth_base, suggest_candidate
 from evo.search.space import SearchSpace
 from evo.search.storage import open_storage
 
@@ -97,6 +97,7 @@ class Driver:
         parent_version = self.run_dir.latest()
         parent, parent_meta, _ = self.run_dir.load_version(parent_version)
         inc, _ = validation_split(stream, index, self.space.validation_per_class)
+        base = growth_base(parent, parent_meta, self.space)
         policy = self.space.policy
         seed = index + 1000 * int(self.space.scenario.get("seed", 0))
         sampler = (optuna.samplers.RandomSampler(seed=seed) if policy == "random"
@@ -106,6 +107,7 @@ class Driver:
                                     sampler=sampler)
         self._recover(study)
         trials = self.space.trials if policy == "search" else 1
+        seen_before = sum(len(stream[j].train) for j in range(index))
         joint = pricing.joint_flops(parent, stream, index, self.space)
         budget = pricing.budget_flops(self.space, joint, parent)
         spent = sum(int(t.user_attrs.get("flops", 0)) for t in study.trials
@@ -131,8 +133,8 @@ class Driver:
                 trial = study.ask()
                 started_count += 1
                 try:
-                    cand, grown = suggest_candidate(trial, self.space, parent, min_ops=int(policy == "random"))
-                    price = pricing.candidate_flops(grown, inc, parent_meta, cand, self.space)
+                    cand, grown = suggest_candidate(trial, self.space, base, min_ops=int(policy == "random"))
+                    price = pricing.candidate_flops(grown, inc, parent_meta, cand, self.space, seen_before)
                 except EvoError as e:
                     trial.set_user_attr("fail_reason", f"invalid candidate: {e}")
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)

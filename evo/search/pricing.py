@@ -21,14 +21,20 @@ def _per_image(graph: ArchGraph, backward: bool) -> int:
     return graph.flops(batch=1, backward=backward)
 
 
-def candidate_flops(grown: ArchGraph, inc, parent_meta: dict[str, Any], cand, space) -> int:
-    """What learning `inc` with this candidate may cost, in FLOPs (an upper bound of the measured cost)."""
+def candidate_flops(grown: ArchGraph, inc, parent_meta: dict[str, Any], cand, space,
+                    seen_before: int | None = None) -> int:
+    """What learning `inc` with this candidate may cost, in FLOPs (an upper bound of the measured cost).
+
+    `seen_before` (training images of the earlier increments) bounds the exemplar memory's fill.
+    """
     training = cand.training
     strategy = training.get("strategy", "evo")
     if parent_meta.get("increment") is None and strategy in ("evo", "evo_tune"):
         grown = _prepared(grown, strategy, training)  # the first increment rewires the head's input
     n = len(inc.train)
     m = space.memory if parent_meta.get("increment") is not None else 0
+    if seen_before is not None:
+        m = min(m, seen_before)
     fwd = _per_image(grown, backward=False)
     d = grown.attrs(grown.head)["in_features"] if grown.head else 0
     c = len(inc.classes_so_far)

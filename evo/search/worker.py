@@ -41,8 +41,9 @@ def make_learner(parent_graph, state: dict[str, torch.Tensor], parent_meta: dict
 def evaluate(task: dict[str, Any]) -> dict[str, Any]:
     """Apply the candidate's growth to the parent, learn the increment, save the child; return its results."""
     from evo.runs import Run
-    from evo.search.candidate import Candidate
+    from evo.search.candidate import Candidate, growth_base
     from evo.search.scenario import stream_for, validation_split
+    from evo.search.space import parse_space
 
     torch.set_num_threads(int(task.get("threads", 1)))
     run = Run(task["run_dir"])
@@ -54,7 +55,7 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
     training = dict(cand.training)
     if task.get("max_flops"):
         training["max_flops"] = int(task["max_flops"])  # the round's budget caps SGD training
-    grown = cand.apply(graph)
+    grown = cand.apply(growth_base(graph, meta, parse_space(space)))
     learner, fresh = make_learner(grown if cand.growth else graph, state, meta, space.get("memory", 500), training)
     if cand.growth and not fresh:
         learner = learner.with_graph(grown)
