@@ -148,6 +148,21 @@ def test_validation_split_holds_out_every_seen_class_and_never_the_test_split():
     assert {r.tobytes() for r in val0.images} <= {r.tobytes() for r in val.images}
 
 
+def test_round_zero_grows_the_graph_the_head_will_read():
+    import evo
+    from evo.learn.features import is_tapped
+    from evo.search.candidate import growth_base
+
+    g = evo.zoo.load("efficientnet_lite0", pretrained=True, input_size=64)
+    space = load_space(ROOT / "search_spaces" / "fashion_cil.yaml")
+    base = growth_base(g, {"increment": None}, space)
+    assert is_tapped(base) and not is_tapped(g)
+    assert base.attrs(base.head)["in_features"] == 2432  # evo's default taps: stride 8 and 16 at 4x4
+    assert growth_base(g, {"increment": 0}, space) is g  # later rounds grow the committed version as is
+    replay = parse_space({**json.loads(json.dumps(TINY)), "training": {"strategy": ["evo", "replay"]}})
+    assert growth_base(g, {"increment": None}, replay) is g
+
+
 @pytest.mark.parametrize("policy", ["fast_path", "random"])
 def test_baseline_policies(ray_cluster, tmp_path, policy):
     """The baselines the search is measured against: never grow, or commit one random growth per round."""

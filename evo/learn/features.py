@@ -144,9 +144,7 @@ def backbone_outputs(graph: ArchGraph) -> list[str]:
 
 def is_tapped(graph: ArchGraph) -> bool:
     """Whether `tap_graph` already rewired this graph's head input."""
-    return graph.head is not None and any(
-        graph.node(n)["source"].startswith(TAP_SOURCE) for n in nx.ancestors(graph.g, graph.head)
-    )
+    return graph.head is not None and any(is_tap_node(graph, n) for n in nx.ancestors(graph.g, graph.head))
 
 
 def tap_graph(graph: ArchGraph, taps: Sequence[Tap]) -> ArchGraph:
@@ -163,7 +161,7 @@ def tap_graph(graph: ArchGraph, taps: Sequence[Tap]) -> ArchGraph:
     g = graph.copy()
     g.g.remove_edge(g.inputs_of(head)[0], head)
     width = sum(_tap_width(g, tap) for tap in taps)
-    parts = [_pooled(g, tap, i) for i, tap in enumerate(taps)]
+    parts = [pooled_tap(g, tap, i) for i, tap in enumerate(taps)]
     if len(parts) == 1:
         src = parts[0]
     else:
@@ -183,7 +181,8 @@ def _tap_width(g: ArchGraph, tap: Tap) -> int:
     return shape[0] if len(shape) == 1 else shape[0] * tap.grid * tap.grid
 
 
-def _pooled(g: ArchGraph, tap: Tap, i: int) -> str:
+def pooled_tap(g: ArchGraph, tap: Tap, i: int) -> str:
+    """Add `tap.node → adaptiveavgpool2d(grid) → flatten` to `g` (the i-th tap); returns the flat node."""
     shape = g.shape(tap.node)
     if len(shape) == 1:
         return tap.node

@@ -47,12 +47,12 @@ class AddTap(GrowthOp):
                 if n in upstream and n not in tapped and len(graph.shape(n)) == 3]
 
     def grow(self, graph: ArchGraph, site: Site, grid: int = 2) -> None:
-        from evo.learn.features import TAP_SOURCE, Tap, _pooled, is_tap_node
+        from evo.learn.features import TAP_SOURCE, Tap, is_tap_node, pooled_tap
 
         node, head = site["node"], graph.head
         grid = min(grid, graph.shape(node)[1])
         n_taps = sum(1 for n in graph.nodes() if is_tap_node(graph, n) and graph.op(n) == "adaptiveavgpool2d")
-        flat = _pooled(graph, Tap(node, grid), n_taps)
+        flat = pooled_tap(graph, Tap(node, grid), n_taps)
         width = graph.shape(node)[0] * grid * grid
         src = graph.inputs_of(head)[0]
         if graph.op(src) == "cat" and is_tap_node(graph, src):
