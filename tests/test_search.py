@@ -188,7 +188,8 @@ def test_search_ranks_on_validation_not_test(ray_cluster, tmp_path):
     for r in results:
         done = [t for t in r.trials if t["state"] == "COMPLETE"]
         assert all(t["values"][0] == t["val_accuracy"] for t in done)
-        best = max(done, key=lambda t: t["val_accuracy"])
+        assert all(t["val_nll"] >= 0 for t in done)
+        best = max(done, key=lambda t: (t["val_accuracy"], -t["val_nll"], -t["params"]))
         assert r.accuracy == best["accuracy"]  # the committed metrics are the chosen one's test accuracy
 
 

@@ -245,7 +245,8 @@ class Driver:
             reasons = sorted({t.get("fail_reason", "?") for t in trials})
             raise EvoError(f"round {index}: no candidate finished ({'; '.join(reasons)[:300]}); details in "
                            f"{self.run_dir.path / 'metrics' / f'round_{index}.json'}")
-        best = max(done, key=lambda t: (t.values[0], -t.user_attrs.get("params", 0)))
+        # accuracy first; on a tie the more confident (lower validation NLL), then the smaller model
+        best = max(done, key=lambda t: (t.values[0], -t.user_attrs.get("val_nll", 0.0), -t.user_attrs.get("params", 0)))
         out_dir = Path(best.user_attrs["out_dir"])
         graph, state, report = load_candidate(out_dir)
         cand = Candidate(**best.user_attrs["candidate"])
