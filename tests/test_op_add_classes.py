@@ -1,4 +1,4 @@
-"""add_classes: new head rows (weight 0, very low bias); old logits bit-identical, old predictions unchanged."""
+"""add_classes: new head rows (weight 0, very low bias); old logits unchanged (to fp32 reduction order), old predictions unchanged."""
 
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ def assert_old_logits_kept(child: ArchGraph, x: torch.Tensor, y: torch.Tensor, n
     z = logits(child, x)
     c = y.shape[1]
     assert z.shape == (x.shape[0], c + n_new)
-    assert torch.equal(z[:, :c], y), f"old logits changed: max diff {(z[:, :c] - y).abs().max().item():.3g}"
+    # the old rows are untouched; a wider matrix may only change the kernel's fp32 reduction order
+    # (bit-identical on some CPUs, ~1e-8 apart on an AMD EPYC)
+    err = (z[:, :c] - y).abs().max().item()
+    assert err <= 1e-6 * max(1.0, y.abs().max().item()), f"old logits changed: max diff {err:.3g}"
     assert torch.equal(z[:, c:], torch.full_like(z[:, c:], bias))
     assert torch.equal(z.argmax(1), y.argmax(1))
     torch.testing.assert_close(z.softmax(1)[:, :c], y.softmax(1), rtol=0, atol=1e-7)

@@ -3,8 +3,8 @@
 The new rows get weight 0 and bias `bias` (default -1e4), so every new logit is `bias` for every
 input. With a very low bias each new logit stays below every old logit, so the argmax and the
 softmax over the old classes are unchanged (exp(-1e4) underflows to 0 in float32). The old rows are
-not touched, so the old logits are the same numbers (bit-identical wherever the matrix-multiply
-kernel reduces each output the same way for the wider matrix, as CPU BLAS does for the zoo heads).
+not touched, so the old logits are the same numbers up to the matrix-multiply kernel's reduction
+order for the wider matrix (bit-identical on some CPUs; ~1e-8 apart on others).
 These rows are a placeholder: learners re-initialise them before training, by imprinting (class
 means of features) or the closed-form head, since a -1e4 bias would take many SGD steps to undo.
 """

@@ -2,7 +2,7 @@
 
 The block's output map is average-pooled to `grid`×`grid`, flattened and concatenated to what the
 final Linear reads; the Linear gains that many input columns, all zero, so every logit is unchanged
-(bit for bit). It is capacity for the closed-form head: the ridge refit after growth gives the new
+(up to the matrix-multiply kernel's reduction order over the longer rows). It is capacity for the closed-form head: the ridge refit after growth gives the new
 columns weights, so the model can use mid-level features it ignored before (on Split Fashion-MNIST a
 ridge head on Lite0's final pooled features reaches 86 %, with mid-level taps 93 %; BENCHMARKS.md).
 A gradient strategy trains the new columns like any head weight.

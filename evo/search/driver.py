@@ -28,6 +28,9 @@ from evo.search.storage import open_storage
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+DRIVER_STOPPED = "driver stopped while it ran"
+
+
 class BudgetError(EvoError):
     """No candidate can fit the round's budget."""
 
@@ -112,17 +115,24 @@ class Driver:
         budget = pricing.budget_flops(self.space, joint, parent)
         spent = sum(int(t.user_attrs.get("flops", 0)) for t in study.trials
                     if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL))
-        if not study.trials and policy != "random":
+        fast_path_done = any(t.user_attrs.get("enqueued") and t.state in (optuna.trial.TrialState.COMPLETE,
+                                                                          optuna.trial.TrialState.WAITING)
+                             for t in study.trials)
+        if not fast_path_done and policy != "random":  # first start, or its run was cut by a killed driver
             study.enqueue_trial(_fast_path_params(self.space), user_attrs={"enqueued": "no-growth fast path"})
         self.say(f"round {index}: increment of {len(inc.train)} images, new classes {inc.new_classes}; "
                  f"budget {budget / 1e12:.3f} TFLOPs ({self.space.budget[0]}={self.space.budget[1]:g}; "
                  f"joint retraining {joint / 1e12:.3f} TFLOPs); spent so far {spent / 1e12:.3f}"
                  + ("" if policy == "search" else f"; policy {policy}"))
         in_flight: dict[Any, _InFlight] = {}
-        started_count = sum(1 for t in study.trials if t.state != optuna.trial.TrialState.WAITING)
+        # trials that used a slot: finished ones, and failures of the candidate itself (not the driver's kill)
+        started_count = sum(1 for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+                            or (t.state == optuna.trial.TrialState.FAIL
+                                and t.user_attrs.get("fail_reason") != DRIVER_STOPPED))
         infeasible_streak = 0
+        # candidates already evaluated (one that failed, e.g. when the driver was killed, may run again)
         seen = {Candidate(**t.user_attrs["candidate"]).key(): t.number for t in study.trials
-                if "candidate" in t.user_attrs and "price_flops" in t.user_attrs}
+                if t.state == optuna.trial.TrialState.COMPLETE and "candidate" in t.user_attrs}
         waited = 0.0
         t0 = time.perf_counter()
         while True:
@@ -146,7 +156,6 @@ class Driver:
                     trial.set_user_attr("fail_reason", f"duplicate of trial {twin}")
                     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                     continue
-                seen[cand.key()] = trial.number
                 trial.set_user_attr("price_flops", price)
                 trial.set_constraint("budget", float(price - room))
                 if price > room:
@@ -159,6 +168,7 @@ class Driver:
                                           f"priced {price:.3g}); raise budget.{self.space.budget[0]} in the space")
                     continue
                 infeasible_streak = 0
+                seen[cand.key()] = trial.number
                 task = {**self._task(parent_version, index, cand, trial.number), "max_flops": int(min(price, room))}
                 ref = evaluate_remote(task, self.cpus, self.gpus, name=f"r{index}-t{trial.number}:{cand.name}")
                 in_flight[ref] = _InFlight(trial, cand, price, time.perf_counter())
@@ -229,7 +239,7 @@ class Driver:
     def _recover(self, study: optuna.Study) -> None:
         """Trials left RUNNING by a killed driver are told FAIL; their cost counts at its priced value."""
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            self._note(study, t.number, {"fail_reason": "driver stopped while it ran",
+            self._note(study, t.number, {"fail_reason": DRIVER_STOPPED,
                                          "flops": int(t.user_attrs.get("price_flops", 0))})
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
             self.say(f"  trial {t.number} was running when the driver stopped: recorded as FAIL")
