@@ -55,8 +55,8 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
     training = dict(cand.training)
     if task.get("max_flops"):
         training["max_flops"] = int(task["max_flops"])  # the round's budget caps SGD training
-    grown = cand.apply(growth_base(graph, meta, parse_space(space)))
-    learner, fresh = make_learner(grown if cand.growth else graph, state, meta, space.get("memory", 500), training)
+    grown = cand.apply(growth_base(graph, meta, parse_space(space))) if cand.growth else graph
+    learner, fresh = make_learner(grown, state, meta, space.get("memory", 500), training)
     if cand.growth and not fresh:
         learner = learner.with_graph(grown)
     report = learner.learn(inc)
