@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from evo.graph.archgraph import ArchGraph
@@ -30,3 +31,15 @@ def randomize_bn(graph: ArchGraph, seed: int = 0) -> ArchGraph:
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray cluster for the whole session (starting one takes 7-10 s)."""
+    import ray
+
+    from evo.search.cluster import connect
+
+    info = connect(num_cpus=2)
+    yield info
+    ray.shutdown()

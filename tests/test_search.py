@@ -41,16 +41,6 @@ def _write(tmp_path: Path, doc: dict, name: str = "space.yaml") -> Path:
     return p
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """One real local Ray cluster for the whole session (starting one takes 7-10 s)."""
-    import ray
-
-    info = connect(num_cpus=2)
-    yield info
-    ray.shutdown()
-
-
 # ---- spaces ------------------------------------------------------------------------------------
 
 
