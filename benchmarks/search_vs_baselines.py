@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                     for c in per_seed[s]["chosen"])
         tf = statistics.mean(sum(per_seed[s]["flops"]) for s in args.seeds) / 1e12
         print(f"{policy:<10} " + " ".join(f"{100 * a:7.2f}%" for a in accs)
-              + f" {100 * statistics.mean(accs):6.2f}% {tf:11.2f} {grown:>6}/{5 * len(args.seeds)}")
+              + f" {100 * statistics.mean(accs):6.2f}% {tf:11.2f} "
+              f"{grown:>6}/{sum(len(per_seed[s]['chosen']) for s in args.seeds)}")
     if "search" in results:
         for other in results:
             if other != "search":
