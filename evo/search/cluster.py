@@ -26,9 +26,9 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard: 
     """Join `address` (host:port of a running head) or start a local cluster; reuses an initialised one."""
     import ray
 
+    if address:  # an unreachable head is an error even when this process already runs a cluster
+        _check_reachable(address)
     if not ray.is_initialized():
-        if address:
-            _check_reachable(address)
         kwargs = {"log_to_driver": False, "configure_logging": True, "logging_level": "ERROR"}
         if address:
             kwargs["address"] = address
