@@ -107,6 +107,6 @@ def _number(v: str) -> Any:
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
-    if isinstance(v, float):
+    if isinstance(v, float) or (isinstance(v, int) and abs(v) >= 10**7):  # FLOPs and params stay readable
         return f"{v:.4g}"
     return str(v)
