@@ -29,12 +29,10 @@ class Candidate:
     def key(self) -> str:
         """What the candidate computes: its growth plus the training knobs its strategy reads (the fast
         path ignores epochs and lr, so two no-growth `evo` candidates are the same candidate)."""
-        from dataclasses import fields
-
-        from evo.learn.strategies import STRATEGIES
+        from evo.learn.strategies import option_defaults
 
         strategy = self.training.get("strategy", "evo")
-        read = {f.name for f in fields(STRATEGIES.get(strategy).Options)} | {"strategy"}
+        read = set(option_defaults(strategy)) | {"strategy"}
         training = {k: v for k, v in self.training.items() if k in read}
         return json.dumps({"growth": self.growth, "training": training}, sort_keys=True, default=str)
 

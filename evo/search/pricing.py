@@ -54,18 +54,18 @@ def candidate_flops(grown: ArchGraph, inc, parent_meta: dict[str, Any], cand, sp
 def _step_per_image(graph: ArchGraph, strategy: str, training: dict[str, Any]) -> int:
     """One training step per image, with the candidate's trainable set (frozen layers get no weight
     gradient, and no input gradient below the first trainable one): what the trainer measures."""
-    from dataclasses import fields
-
-    from evo.learn.strategies import STRATEGIES
+    from evo.learn.strategies import option_defaults
     from evo.learn.train import trainable_nodes
 
-    default = next((f.default for f in fields(STRATEGIES.get(strategy).Options) if f.name == "trainable"), "all")
+    default = option_defaults(strategy).get("trainable", "all")
     return graph.flops(batch=1, backward=True, trainable=trainable_nodes(graph, training.get("trainable", default)))
 
 
-def ridge_flops(n: int, d: int, c: int, max_evals: int = 16) -> int:
+def ridge_flops(n: int, d: int, c: int) -> int:
     """Upper bound of the closed-form head's work: Gram and cross products of n rows, the GCV walk at
     its evaluation cap (Cholesky + triangular inverse each), the final solve, and calibration."""
+    from evo.learn.strategies.evo import GCV_MAX_EVALS as max_evals
+
     d1 = d + 1
     return int(2 * n * d1 * (d1 + c) + max_evals * (2 * d1**3 // 3 + 8 * d1 * d1 * c)
                + d1**3 // 3 + 4 * d1 * d1 * c + 2 * n * d * c)

@@ -23,13 +23,11 @@ LEARNER_KEYS = ("strategy",)
 def make_learner(parent_graph, state: dict[str, torch.Tensor], parent_meta: dict[str, Any], memory: int,
                  training: dict[str, Any], progress: bool = False):
     """A Learner continuing from a version (or starting fresh at version 0) with the candidate's settings."""
-    from dataclasses import fields
-
     from evo.learn import Learner
-    from evo.learn.strategies import STRATEGIES
+    from evo.learn.strategies import option_defaults
 
     strategy = training.get("strategy", "evo")
-    accepted = {f.name for f in fields(STRATEGIES.get(strategy).Options)}
+    accepted = option_defaults(strategy)
     # A space's training knobs apply to the strategies that have them (the fast path has no epochs).
     options = {k: v for k, v in training.items() if k not in LEARNER_KEYS and k in accepted}
     if parent_meta.get("increment") is None:  # version 0: the imported model, nothing learned yet

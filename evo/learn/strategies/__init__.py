@@ -15,6 +15,7 @@ from evo.learn.strategies.base import (
     Result,
     Strategy,
     make_strategy,
+    option_defaults,
     register_strategy,
 )
 
@@ -26,4 +27,4 @@ def list_strategies() -> list[str]:
     return STRATEGIES.names()
 
 
-__all__ = ["STRATEGIES", "Context", "Result", "Strategy", "list_strategies", "make_strategy", "register_strategy"]
+__all__ = ["STRATEGIES", "Context", "Result", "Strategy", "list_strategies", "make_strategy", "option_defaults", "register_strategy"]

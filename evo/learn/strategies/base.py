@@ -139,6 +139,13 @@ def make_strategy(name: str | Strategy, **options: Any) -> Strategy:
     return STRATEGIES.get(name)(**options)
 
 
+def option_defaults(name: str) -> dict[str, Any]:
+    """The options a registered strategy takes, with their defaults (what a config may set for it)."""
+    from dataclasses import MISSING, fields
+
+    return {f.name: (f.default if f.default is not MISSING else None) for f in fields(STRATEGIES.get(name).Options)}
+
+
 def tensor_state(prefix: str, state: Mapping[str, Any]) -> dict[str, Tensor]:
     """Prefix keys and turn numpy arrays into tensors (for nesting one state dict in another)."""
     return {f"{prefix}.{k}": torch.as_tensor(np.asarray(v)) if not isinstance(v, Tensor) else v

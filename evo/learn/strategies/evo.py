@@ -205,8 +205,11 @@ def gcv_score(head: RidgeHead, lam: float) -> tuple[float, int]:
     return score, flops
 
 
+GCV_MAX_EVALS = 16  # the λ walk's evaluation cap (pricing charges it in full)
+
+
 def gcv_ridge(head: RidgeHead, start: float | None = None, step: float = 10**0.5,
-              bounds: tuple[float, float] = (1e-8, 1e12), max_evals: int = 16) -> tuple[float, int]:
+              bounds: tuple[float, float] = (1e-8, 1e12), max_evals: int = GCV_MAX_EVALS) -> tuple[float, int]:
     """λ minimising GCV on the log grid start·step^k, by a walk from `start`; returns (λ, FLOPs).
 
     `start` defaults to 10^-1.5 × the mean centred feature variance × n (tr(Gc)/d): on Lite0's
