@@ -229,17 +229,29 @@ def test_state_dict_is_tensors_and_restores_a_learner(evo_run):
     assert torch.allclose(pa["weight"], pb["weight"], atol=1e-6)
 
 
-def test_with_graph_is_independent_and_rebuilds_from_memory(evo_run):
+def test_with_graph_is_independent_and_keeps_statistics_of_unchanged_features(evo_run):
     learner, stream, reports = evo_run
     before = learner.state_dict()["strategy.head.gram"].clone()
+    n_before = learner.strategy.head_.n_samples_
     child = learner.with_graph(learner.graph_.copy())
     new = ImageSet(stream[-1].test.images[:12], np.zeros(12, dtype=np.int64), ["digit-0"])
     r = child.learn(new)
-    assert r.info["rebuilt_from_memory"] is True
+    assert r.info["statistics_kept"] is True and r.info["rebuilt_from_memory"] is False
     assert len(learner.reports_) == 3 and len(child.reports_) == 4
     assert torch.equal(learner.state_dict()["strategy.head.gram"], before)
-    assert child.strategy.head_.n_samples_ == len(learner.memory_) + 12
+    assert child.strategy.head_.n_samples_ == n_before + 12  # exact: nothing was dropped
     assert r.row is None and r.accuracy is None  # an ImageSet has no test data
+
+
+def test_with_graph_rebuilds_from_memory_when_features_changed(evo_run):
+    learner, stream, _ = evo_run
+    changed = learner.graph_.copy()
+    first = next(n for n in changed.nodes() if "weight" in changed.params(n) and n != changed.head)
+    changed.set_params(first, weight=changed.params(first)["weight"] * 1.5)  # as fine-tuning would
+    child = learner.with_graph(changed)
+    r = child.learn(ImageSet(stream[-1].test.images[:12], np.zeros(12, dtype=np.int64), ["digit-0"]))
+    assert r.info["statistics_kept"] is False and r.info["rebuilt_from_memory"] is True
+    assert child.strategy.head_.n_samples_ == len(learner.memory_) + 12
 
 
 def test_data_incremental_new_samples_of_known_classes():

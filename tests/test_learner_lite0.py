@@ -83,3 +83,63 @@ def test_lite0_last_blocks_training_changes_only_those_blocks(fashion):
     changed = {n for n in g.nodes() if g.params(n) and n in learner.graph_ and n != g.head
                and any(not torch.equal(t, learner.graph_.params(n)[k]) for k, t in g.params(n).items())}
     assert changed and all(n.startswith("head_") for n in changed)
+
+
+# -- spare taps: growth onto them keeps the ridge statistics exact --------------------------------
+
+
+def _spare_stream(fashion):
+    return evo.data.class_incremental(fashion, increments=2, seed=0, order=["Trouser", "Bag", "Sneaker", "Dress"],
+                                      per_class_train=25, per_class_test=20)
+
+
+def test_spare_tap_is_the_first_block_at_the_finest_tapped_stride(lite0):
+    from evo.learn.strategies.evo import Evo
+    from evo.learn.tracked import head_taps, spare_taps
+
+    tapped = Evo().prepare(lite0)
+    head = head_taps(tapped)
+    assert head == [Tap("add_1", 4), Tap("add_5", 4)]
+    assert Evo(spare="auto").spare(tapped, head) == [Tap("blocks_3_project_bn", 4)]
+    assert Evo().spare(tapped, head) == []  # off by default: the fast path pays for no extra statistics
+    assert spare_taps(tapped, ((8, 4), (16, 2)), head) == [Tap("blocks_3_project_bn", 4), Tap("blocks_5_project_bn", 2)]
+    assert Evo(spare="auto").statistics_width(tapped) == 2432 + 40 * 16
+
+
+@pytest.mark.parametrize("grid", [4, 2])
+def test_growing_onto_a_spare_tap_equals_having_had_it_from_the_start(lite0, fashion, grid):
+    """add_tap onto the spare block after increment 0 gives the same head as a model that read that tap
+    from the first image on: the statistics were kept for it (grid 2 = exact average of the 4×4 cells)."""
+    import evo.ops
+    from evo.learn.tracked import head_taps
+
+    stream = _spare_stream(fashion)
+    learner = Learner(lite0, memory=20, strategy="evo", spare="auto", ridge=1.0, progress=False)
+    learner.learn(stream[0])
+    (spare,) = learner.strategy.spare_growths(learner.graph_)
+    grown = evo.ops.apply(learner.graph_, "add_tap", {"node": spare.node}, grid=grid)
+    child = learner.with_graph(grown)
+    report = child.learn(stream[1])
+    assert report.info["statistics_kept"] is True and report.info["rebuilt_from_memory"] is False
+    assert child.strategy.head_.n_samples_ == len(stream[0].train) + len(stream[1].train)
+    taps = [(t.node, t.grid) for t in head_taps(learner.graph_)] + [(spare.node, grid)]
+    oracle = Learner(lite0, memory=20, strategy="evo", taps=taps, ridge=1.0, progress=False)
+    oracle.learn(stream[0])
+    oracle.learn(stream[1])
+    x = stream[1].test.images
+    assert np.abs(child.predict_proba(x) - oracle.predict_proba(x)).max() < 1e-4
+    assert child.strategy.spare_growths(child.graph_) == []  # the spare tap is now read by the head
+
+
+def test_a_tap_without_statistics_is_refit_from_memory(lite0, fashion):
+    import evo.ops
+    from evo.learn.tracked import head_map, head_taps
+
+    stream = _spare_stream(fashion)
+    learner = Learner(lite0, memory=20, strategy="evo", spare="auto", progress=False)
+    learner.learn(stream[0])
+    grown = evo.ops.apply(learner.graph_, "add_tap", {"node": "blocks_1_project_bn"}, grid=2)
+    with pytest.raises(KeyError):
+        head_map(grown, head_taps(grown), learner.strategy.layout(learner.graph_))
+    report = learner.with_graph(grown).learn(stream[1])
+    assert report.info["rebuilt_from_memory"] is True

@@ -183,6 +183,34 @@ def test_search_ranks_on_validation_not_test(ray_cluster, tmp_path):
         assert r.accuracy == best["accuracy"]  # the committed metrics are the chosen one's test accuracy
 
 
+def test_search_tries_the_spare_tap_and_it_keeps_every_statistic(ray_cluster, tmp_path):
+    """With `spare: auto` the closed-form head keeps statistics for one more block; every round the
+    driver tries `add_tap` onto it, and that growth loses no data (the old images are not refit from memory)."""
+    from evo.search.launch import launch
+    from evo.search.scenario import stream_for, validation_split
+    from evo.search.worker import load_candidate
+
+    # two spare blocks (stride 8 at 4x4, stride 16 at 2x2): whichever round 0 takes, round 1 still has
+    # one to try, against statistics that hold round 0's images
+    doc = {**json.loads(json.dumps(TINY)), "model": {"name": "efficientnet_lite0", "pretrained": True, "input_size": 32},
+           "memory": 20, "validation_per_class": 4, "operators": {"add_tap": {"grid": [2, 4]}},
+           "training": {"strategy": "evo", "spare": [[[8, 4], [16, 2]]]}, "budget": {"fraction_of_joint": 20.0},
+           "trials": 3}
+    results = launch(_write(tmp_path, doc), run_dir=tmp_path / "run", say=lambda s: None)
+    stream = stream_for(doc["scenario"])
+    seen = [len(validation_split(stream, i, 4)[0].train) for i in (0, 1)]
+    spare = [[t for t in r.trials if "spare tap" in str(t.get("enqueued"))] for r in results]
+    assert [t["candidate"]["growth"][0]["site"]["node"] for t in spare[0]] == ["blocks_3_project_bn",
+                                                                             "blocks_5_project_bn"]
+    tried = [t for t in spare[1] if t["state"] == "COMPLETE"]
+    assert tried and all(t["flops"] <= t["price_flops"] for r in spare for t in r if t["state"] == "COMPLETE")
+    for trial in tried:
+        _, state, _ = load_candidate(Path(trial["out_dir"]))
+        assert int(state["strategy.head.n_samples"][0]) == sum(seen)  # exact: round 0's images all count
+    _, _, state = Run.open(tmp_path / "run").load_version(2)
+    assert int(state["strategy.head.n_samples"][0]) == sum(seen)
+
+
 def test_a_candidate_is_never_evaluated_twice(ray_cluster, tmp_path):
     """Optuna may propose the same computation again (no growth, knobs the fast path ignores): it is skipped."""
     from evo.search.candidate import Candidate

@@ -139,6 +139,7 @@ class Learner:
         self.accuracy_matrix_ = AccuracyMatrix()
         self.cost_ = Cost()
         self._backbone_changed = False
+        self._stats_graph: ArchGraph | None = None  # the graph the strategy's state describes, after with_graph
 
     # -- learning -----------------------------------------------------------------------------
 
@@ -161,7 +162,8 @@ class Learner:
         ctx = Context(graph=graph, parent=self.graph_, images=train.images, labels=labels, classes=classes,
                       new_classes=[classes.index(c) for c in new], memory=self.memory_, preprocess=preprocess,
                       meter=CostMeter("cpu"), progress=self.progress,
-                      backbone_changed=self._backbone_changed, index=index)
+                      backbone_changed=self._backbone_changed, index=index,
+                      stats_graph=self._stats_graph if self._backbone_changed else None)
         with ctx.meter:
             result = strategy.learn(ctx)
             memory = self._updated_memory(result, ctx)
@@ -170,7 +172,7 @@ class Learner:
         eval_seconds = time.perf_counter() - t0
         # commit
         self.strategy, self.graph_, self.classes_, self.memory_ = strategy, result.graph, classes, memory
-        self._backbone_changed = False
+        self._backbone_changed, self._stats_graph = False, None
         in_matrix = row is not None and len(row) == len(self.accuracy_matrix_) + 1
         if in_matrix:
             self.accuracy_matrix_.append(row, seen)
@@ -232,7 +234,8 @@ class Learner:
         """An independent copy of this learner whose model is `graph` (e.g. a grown candidate).
 
         `graph` must have the learner's classes. The memory and strategy state are copied; the
-        backbone is treated as changed, so a statistics-based strategy rebuilds them from memory.
+        backbone is treated as changed: a statistics-based strategy checks its features against
+        this learner's graph and keeps its statistics only where they still hold.
         """
         if self.graph_ is None:
             raise ConfigError("with_graph needs a learner that has learned at least one increment")
@@ -250,6 +253,7 @@ class Learner:
             other.memory_ = ExemplarMemory(self.memory_.budget, self.memory_.selector, self.memory_.seed)
             other.memory_.load_state_dict(self.memory_.state_dict())
         other._backbone_changed = True
+        other._stats_graph = self.graph_ if not self._backbone_changed else self._stats_graph
         return other
 
     # -- evaluation and prediction -------------------------------------------------------------

@@ -115,11 +115,12 @@ class Driver:
         budget = pricing.budget_flops(self.space, joint, parent)
         spent = sum(int(t.user_attrs.get("flops", 0)) for t in study.trials
                     if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL))
-        fast_path_done = any(t.user_attrs.get("enqueued") and t.state in (optuna.trial.TrialState.COMPLETE,
-                                                                          optuna.trial.TrialState.WAITING)
-                             for t in study.trials)
-        if not fast_path_done and policy != "random":  # first start, or its run was cut by a killed driver
-            study.enqueue_trial(_fast_path_params(self.space), user_attrs={"enqueued": "no-growth fast path"})
+        if policy != "random":  # first start, or their run was cut by a killed driver
+            done = {t.user_attrs.get("enqueued") for t in study.trials
+                    if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING)}
+            for label, params in self._enqueued(base, policy):
+                if label not in done:
+                    study.enqueue_trial(params, user_attrs={"enqueued": label})
         self.say(f"round {index}: increment of {len(inc.train)} images, new classes {inc.new_classes}; "
                  f"budget {budget / 1e12:.3f} TFLOPs ({self.space.budget[0]}={self.space.budget[1]:g}; "
                  f"joint retraining {joint / 1e12:.3f} TFLOPs); spent so far {spent / 1e12:.3f}"
@@ -187,6 +188,12 @@ class Driver:
         return self._commit(study, index, parent_version, parent, budget, spent, joint, elapsed)
 
     # ---- pieces ------------------------------------------------------------------------------------
+    def _enqueued(self, base, policy: str) -> list[tuple[str, dict[str, Any]]]:
+        """Trials every round starts with: the no-growth fast path, then (policy search) `add_tap` onto
+        each spare tap whose statistics the closed-form head keeps, the growths that lose nothing."""
+        out = [("no-growth fast path", _fast_path_params(self.space))]
+        return out + (_spare_tap_params(self.space, base) if policy == "search" else [])
+
     def _task(self, parent_version: int, index: int, cand: Candidate, number: int) -> dict[str, Any]:
         return {"run_dir": str(self.run_dir.path), "parent_version": parent_version, "increment": index,
                 "space": self.space.to_dict(), "candidate": cand.to_dict(),
@@ -290,6 +297,41 @@ def _fast_path_params(space: SearchSpace) -> dict[str, Any]:
     if strategy is not None and strategy.choices and len(strategy.choices) > 1 and "evo" in strategy.choices:
         params["train_strategy"] = "evo"
     return params
+
+
+def _spare_tap_params(space: SearchSpace, base) -> list[tuple[str, dict[str, Any]]]:
+    """Optuna parameters of `add_tap` onto each spare tap of `base` (where the space allows it)."""
+    import evo.ops as ops
+    from evo.learn.strategies import make_strategy
+
+    strategy = space.training.get("strategy")
+    if "add_tap" not in space.operators or space.max_ops < 1 or (strategy and "evo" not in strategy.values()):
+        return []
+    fixed = {k: space.training[k].values()[0] for k in ("taps", "spare") if k in space.training}
+    sites = ops.sites(base, "add_tap")
+    out = []
+    for tap in make_strategy("evo", **fixed).spare_growths(base):
+        site = {"node": tap.node}
+        grid = _allowed_grid(space.operators["add_tap"].get("grid"), tap.grid)
+        if site not in sites or grid is None:
+            continue
+        params = {**_fast_path_params(space), "n_ops": 1, "op_0": "add_tap",
+                  "site_0": (sites.index(site) + 0.5) / len(sites)}
+        if "grid" in space.operators["add_tap"] and len(space.operators["add_tap"]["grid"].values()) > 1:
+            params["add_tap_0_grid"] = grid
+        out.append((f"spare tap {tap.node} (exact statistics)", params))
+    return out
+
+
+def _allowed_grid(grid, spare: int) -> int | None:
+    """The largest grid the space allows that the spare tap's grid is a multiple of (exact pooling)."""
+    if grid is None:
+        return 2 if spare % 2 == 0 else None  # add_tap's default grid
+    if grid.choices is not None:
+        ok = [g for g in grid.choices if isinstance(g, int) and spare % g == 0]
+        return max(ok) if ok else None
+    ok = [g for g in range(int(grid.low), int(grid.high) + 1) if spare % g == 0]
+    return max(ok) if ok else None
 
 
 def _history_rows(run: Run) -> list[list[float]]:

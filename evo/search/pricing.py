@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from evo.graph.archgraph import ArchGraph
+from evo.learn.strategies.evo import VERIFY_IMAGES
 
 DEFAULT_JOINT_EPOCHS = 3
 _FLOPS_PER_SECOND: float | None = None
@@ -37,9 +38,14 @@ def candidate_flops(grown: ArchGraph, inc, parent_meta: dict[str, Any], cand, sp
         m = min(m, seen_before)
     fwd = _per_image(grown, backward=False)
     d = grown.attrs(grown.head)["in_features"] if grown.head else 0
+    if strategy in ("evo", "evo_tune"):  # the statistics may also cover spare taps
+        fwd = max(fwd, _per_image(_statistics_net(grown, strategy, training), backward=False))
+        d = max(d, _strategy(strategy, training).statistics_width(grown))
     c = len(inc.classes_so_far)
     solve = ridge_flops(n + m, d, c)
-    rebuilt = 2 * m if cand.growth else 0  # statistics and exemplar features recomputed from memory
+    # after growth: old and new features compared on a few exemplars, then possibly the statistics and
+    # the exemplars' features recomputed from memory
+    rebuilt = 2 * m + 2 * VERIFY_IMAGES if cand.growth else 0
     if strategy == "evo":  # the increment's features are computed once and reused for the memory
         return int(fwd * (n + rebuilt) + solve)
     epochs = int(training.get("epochs", 2))
@@ -71,11 +77,24 @@ def ridge_flops(n: int, d: int, c: int) -> int:
                + d1**3 // 3 + 4 * d1 * d1 * c + 2 * n * d * c)
 
 
-def _prepared(graph: ArchGraph, strategy: str, training: dict[str, Any]) -> ArchGraph:
+def _strategy(strategy: str, training: dict[str, Any]):
+    """The closed-form strategy with the candidate's feature options (taps, spare)."""
     from evo.learn.strategies import make_strategy
 
-    taps = training.get("taps")
-    return make_strategy(strategy, **({"taps": taps} if taps is not None else {})).prepare(graph)
+    return make_strategy(strategy, **{k: training[k] for k in ("taps", "spare") if k in training})
+
+
+def _prepared(graph: ArchGraph, strategy: str, training: dict[str, Any]) -> ArchGraph:
+    return _strategy(strategy, training).prepare(graph)
+
+
+def _statistics_net(graph: ArchGraph, strategy: str, training: dict[str, Any]) -> ArchGraph:
+    """The graph that computes the statistics' features (the head's input plus any spare taps)."""
+    from evo.learn.features import tap_graph
+    from evo.learn.tracked import head_taps
+
+    layout = _strategy(strategy, training).layout(graph)
+    return graph if layout == head_taps(graph) else tap_graph(graph, layout)
 
 
 def joint_flops(parent: ArchGraph, stream, index: int, space) -> float:

@@ -97,7 +97,7 @@ class SearchSpace:
 _TOP_KEYS = {"name", "scenario", "model", "memory", "operators", "max_ops", "training", "budget", "trials",
              "concurrency", "objective", "description", "policy", "validation_per_class"}
 _TRAINING_KEYS = {"strategy", "trainable", "epochs", "lr", "batch_size", "optimizer", "momentum", "weight_decay",
-                  "temperature", "alpha", "taps", "ridge", "seed"}
+                  "temperature", "alpha", "taps", "ridge", "spare", "seed"}
 
 
 def load_space(path: str | Path) -> SearchSpace:

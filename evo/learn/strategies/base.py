@@ -37,7 +37,8 @@ class Context:
     `images`/`labels` are the increment's training data, labels indexing `classes`.
     `memory` holds exemplars of earlier increments (not yet updated with this one).
     `backbone_changed` is True when the graph's feature extractor is not the one the strategy's
-    saved state was computed with (a grown candidate from the search, or a new model).
+    saved state was computed with (a grown candidate from the search, or a new model);
+    `stats_graph` is then that earlier graph, when known, so a strategy can check what changed.
     """
 
     graph: ArchGraph
@@ -52,6 +53,7 @@ class Context:
     progress: bool = True
     backbone_changed: bool = False
     index: int = 0
+    stats_graph: ArchGraph | None = None
 
 
 @dataclass

@@ -10,9 +10,14 @@ order. The ridge λ is chosen each increment by generalised cross-validation fro
 walking a half-decade grid from the previous increment's λ (three Cholesky factorisations when
 it has not moved).
 
+The statistics cover a *layout* of taps (`evo.learn.tracked`): the head's own, plus optional
+spare block outputs (`spare`) the head may grow onto later with every statistic still exact.
 When the backbone changed under the statistics (a grown candidate passed through
-`Learner.with_graph`), they are rebuilt from the exemplar memory plus the increment: the old
-data is gone, so this is then no longer equal to the joint solve.
+`Learner.with_graph`), the layout's features are recomputed on a few exemplars with the old and
+the new graph: if they agree (growth that left them unchanged: a tap onto a spare block, a
+deepening or a zero branch before any training), the statistics are kept, exact. Otherwise they
+are rebuilt from the exemplar memory plus the increment: the old data is gone, so this is then no
+longer equal to the joint solve.
 """
 
 from __future__ import annotations
@@ -29,9 +34,21 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
-from evo.learn.features import DEFAULT_LEVELS, is_tapped, parse_taps, tap_graph
+from evo.learn.features import DEFAULT_LEVELS, Tap, is_tapped, parse_taps, tap_graph
 from evo.learn.head import RidgeHead
 from evo.learn.strategies.base import Context, Result, Strategy, register_strategy, sub_state, tensor_state
+from evo.learn.tracked import (
+    LAYOUT_KEY,
+    apply_map,
+    from_meta,
+    head_map,
+    head_taps,
+    layout_width,
+    map_features,
+    readable,
+    spare_taps,
+    to_meta,
+)
 from evo.learn.train import forward_flops_per_image, run_batches
 
 
@@ -46,11 +63,16 @@ class Evo(Strategy):
         4×4) keeps each increment under 10% of joint retraining; ((8, 8), (16, 4)) is more accurate
         (+0.6% on Split Fashion-MNIST) at about twice the statistics cost.
         `ridge`: 'gcv' (choose λ by generalised cross-validation each increment) or a fixed λ >= 0.
+        `spare`: block outputs whose statistics are kept beside the head's so that growing the head
+        onto them later (`add_tap`) stays exact: 'none', 'auto' (the first block output at the
+        finest of `levels`), or (stride, grid) levels, each naming the first block at that stride.
+        They cost statistics work on every increment (Gram size grows with the square of the width).
         `batch_size`: images per forward batch during feature extraction."""
 
         taps: Any = "auto"
         levels: Sequence[tuple[int, int]] = DEFAULT_LEVELS
         ridge: float | str = "gcv"
+        spare: Any = "none"
         batch_size: int = 256
 
         def __post_init__(self) -> None:
@@ -63,6 +85,12 @@ class Evo(Strategy):
                                                                       or v < 1 for v in p) for p in lv):
                 raise ConfigError(f"evo option levels must be (stride, grid) pairs of ints >= 1; got {lv!r}")
             self.levels = tuple((int(a), int(b)) for a, b in lv)
+            sp = self.spare
+            if sp not in ("none", "auto") and (isinstance(sp, str) or not isinstance(sp, Sequence) or any(
+                    not isinstance(p, Sequence) or len(p) != 2 or any(isinstance(v, bool) or not isinstance(v, int)
+                                                                      or v < 1 for v in p) for p in sp)):
+                raise ConfigError(f"evo option spare must be 'none', 'auto' or (stride, grid) pairs of ints >= 1; "
+                                  f"got {sp!r}")
             if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
                 raise ConfigError(f"evo option batch_size must be an int >= 1; got {self.batch_size!r}")
 
@@ -87,21 +115,27 @@ class Evo(Strategy):
                 f"{len(ctx.classes) - len(ctx.new_classes)} classes without statistics; start from a "
                 "fresh head (Learner(head='reset')) or use a gradient strategy such as 'replay'"
             )
-        net = graph.to_module().eval()
-        fpi = forward_flops_per_image(net, tuple(graph.input_shape), features_only=True)
+        head = head_taps(graph)
         info: dict[str, Any] = {"feature_dim": None, "rebuilt_from_memory": False}
-        if ctx.backbone_changed or self.head_.n_features_in_ not in (None, _width(graph)):
+        layout = self._kept_layout(ctx, head, info)
+        if layout is None:  # no usable statistics: start over on the head's taps plus the spare ones
             self.head_.reset()
-            if ctx.memory is not None and len(ctx.memory):
-                mem = run_batches(net, ctx.memory.images, ctx.preprocess, _features, ctx.meter,
-                                  self.options.batch_size, fpi, ctx.progress, "features (memory)")
-                self._absorb(mem, ctx.memory.labels, len(ctx.classes), ctx)
+            layout = head + self.spare(graph, head)
+        net = (graph if layout == head else tap_graph(graph, layout)).to_module().eval()
+        fpi = forward_flops_per_image(net, tuple(graph.input_shape), features_only=True)
+        if self.head_.gram_ is None and ctx.memory is not None and len(ctx.memory):
+            mem = run_batches(net, ctx.memory.images, ctx.preprocess, _features, ctx.meter,
+                              self.options.batch_size, fpi, ctx.progress, "features (memory)")
+            self._absorb(mem, ctx.memory.labels, len(ctx.classes), ctx)
             info["rebuilt_from_memory"] = True
         feats = run_batches(net, ctx.images, ctx.preprocess, _features, ctx.meter,
                             self.options.batch_size, fpi, ctx.progress, f"features (increment {ctx.index})")
         self._absorb(feats, ctx.labels, len(ctx.classes), ctx)
-        lam = self._choose_ridge(ctx)
-        weight, bias = self.head_.solve(lam)
+        mapping = head_map(graph, head, layout)
+        view = self._head_view(mapping, ctx)
+        feats = map_features(mapping, feats)
+        lam = self._choose_ridge(view, ctx, fresh=info["rebuilt_from_memory"])
+        weight, bias = view.solve(lam)
         c, d = weight.shape
         ctx.meter.add_flops(int((d + 1) ** 3 // 3 + 4 * (d + 1) ** 2 * c))  # Cholesky + two triangular solves
         scale = self._calibrate(weight, bias, feats, ctx)
@@ -109,8 +143,71 @@ class Evo(Strategy):
         dtype = out.params(out.head)["weight"].dtype
         out.set_params(out.head, weight=(scale * weight).to(dtype), bias=(scale * bias).to(dtype))
         out.meta["head_scale"] = scale
-        info.update(feature_dim=d, ridge=lam, n_samples=self.head_.n_samples_, head_scale=scale)
+        out.meta[LAYOUT_KEY] = to_meta(layout)
+        info.update(feature_dim=d, statistics_dim=self.head_.n_features_in_, ridge=lam,
+                    n_samples=self.head_.n_samples_, head_scale=scale)
         return Result(out, feats, info)
+
+    # -- the statistics' layout ---------------------------------------------------------------
+
+    def spare(self, graph: ArchGraph, head: list[Tap]) -> list[Tap]:
+        """The spare taps this strategy keeps statistics for on `graph` (none by default)."""
+        sp = self.options.spare
+        if sp == "none":
+            return []
+        return spare_taps(graph, self.options.levels[:1] if sp == "auto" else sp, head)
+
+    def layout(self, graph: ArchGraph) -> list[Tap]:
+        """The taps the statistics would cover on `graph`: its recorded layout when the head can be read
+        off it, else the head's taps plus the spare ones. (Pricing reads its width.)"""
+        head = head_taps(graph) if is_tapped(graph) else parse_taps(graph, self.options.taps, self.options.levels)
+        recorded = from_meta(graph)
+        if recorded is not None and _present(graph, recorded) and readable(graph, head, recorded):
+            return recorded
+        return head + self.spare(graph, head) if is_tapped(graph) else head
+
+    def statistics_width(self, graph: ArchGraph) -> int:
+        """Width of the features the statistics cover on `graph` (prepared for this strategy)."""
+        return layout_width(graph, self.layout(graph))
+
+    def spare_growths(self, graph: ArchGraph) -> list[Tap]:
+        """Taps of `graph`'s layout that the head does not read yet: `add_tap` there keeps the
+        statistics exact (the search tries these first)."""
+        if not is_tapped(graph):
+            return []
+        read = {t.node for t in head_taps(graph)}
+        return [t for t in self.layout(graph) if t.node not in read]
+
+    def _kept_layout(self, ctx: Context, head: list[Tap], info: dict[str, Any]) -> list[Tap] | None:
+        """The layout of the statistics in hand if they still describe `ctx.graph`'s features and the
+        head can be read off them; None when they must be rebuilt (or there are none)."""
+        graph = ctx.graph
+        if self.head_.gram_ is None:
+            return None
+        stats_graph = ctx.stats_graph if ctx.backbone_changed else graph
+        layout = from_meta(graph)
+        if layout is None and stats_graph is not None and stats_graph.head is not None:
+            layout = head_taps(stats_graph)  # a version saved before layouts were recorded: the head's taps
+        if layout is None or stats_graph is None or not _present(graph, layout) \
+                or layout_width(graph, layout) != self.head_.n_features_in_:
+            return None
+        if ctx.backbone_changed:
+            same = _same_features(stats_graph, graph, layout, ctx, self.options.batch_size)
+            info["statistics_kept"] = same
+            if not same:
+                return None
+        return layout if readable(graph, head, layout) else None
+
+    def _head_view(self, mapping: Any, ctx: Context) -> RidgeHead:
+        """A RidgeHead over the head's own features (the layout's statistics mapped, or the same object)."""
+        if mapping is None:
+            return self.head_
+        view = RidgeHead(self.head_.ridge)
+        with FlopCounterMode(display=False) as counter:
+            view.gram_, view.xty_ = apply_map(mapping, self.head_.gram_, self.head_.xty_)
+        ctx.meter.add_flops(int(counter.get_total_flops()))
+        view.n_samples_, view.n_features_in_ = self.head_.n_samples_, view.gram_.shape[0] - 1
+        return view
 
     def _calibrate(self, weight: Tensor, bias: Tensor, feats: Tensor, ctx: Context) -> float:
         """Softmax temperature for the ridge outputs (which live on a 0..1 one-hot scale).
@@ -138,15 +235,14 @@ class Evo(Strategy):
             self.head_.partial_fit(feats, labels, n_classes)
         ctx.meter.add_flops(int(counter.get_total_flops()))
 
-    def _choose_ridge(self, ctx: Context) -> float:
+    def _choose_ridge(self, view: RidgeHead, ctx: Context, fresh: bool) -> float:
+        """λ for the head: fixed, or by GCV walking from the last λ (statistics rebuilt: from scratch)."""
         if self.options.ridge != "gcv":
-            self.head_.ridge = float(self.options.ridge)
-            return self.head_.ridge
-        start = self.lambda_ if self.lambda_ is not None and not ctx.backbone_changed else None
-        lam, flops = gcv_ridge(self.head_, start)
+            self.head_.ridge = view.ridge = float(self.options.ridge)
+            return view.ridge
+        lam, flops = gcv_ridge(view, None if fresh or self.lambda_ is None else self.lambda_)
         ctx.meter.add_flops(flops)
-        self.lambda_ = lam
-        self.head_.ridge = lam
+        self.lambda_ = self.head_.ridge = view.ridge = lam
         return lam
 
     # -- state --------------------------------------------------------------------------------
@@ -167,8 +263,31 @@ def _features(net: torch.nn.Module, x: Tensor) -> Tensor:
     return net.forward_features(x)
 
 
-def _width(graph: ArchGraph) -> int:
-    return int(graph.attrs(graph.head)["in_features"])
+VERIFY_IMAGES = 64  # exemplars on which old and new features are compared after growth
+
+
+def _present(graph: ArchGraph, layout: list[Tap]) -> bool:
+    return all(t.node in graph for t in layout)
+
+
+def _same_features(old: ArchGraph, new: ArchGraph, layout: list[Tap], ctx: Context, batch_size: int) -> bool:
+    """Whether `new` computes the layout's features as `old` did, on up to VERIFY_IMAGES exemplars.
+
+    Function-preserving growth that leaves these blocks alone agrees to float rounding; a widened
+    tapped block or a fine-tuned backbone does not. Without exemplars nothing can be checked (False).
+    """
+    mem = ctx.memory
+    if mem is None or not len(mem) or any(t.node not in old or old.shape(t.node) != new.shape(t.node)
+                                          for t in layout):
+        return False
+    images = mem.images[:VERIFY_IMAGES]
+    outs = []
+    for g in (old, new):
+        net = tap_graph(g, layout).to_module().eval()
+        fpi = forward_flops_per_image(net, tuple(g.input_shape), features_only=True)
+        outs.append(run_batches(net, images, ctx.preprocess, _features, ctx.meter, batch_size, fpi, False))
+    scale = max(1.0, float(outs[0].abs().max()))
+    return bool((outs[0] - outs[1]).abs().max() <= 1e-4 * scale)
 
 
 def calibrate_scale(logits: Tensor, labels: Tensor, grid: Sequence[float] | None = None) -> float:

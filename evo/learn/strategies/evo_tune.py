@@ -53,7 +53,7 @@ class EvoTune(Evo):
         stats = fit(net, graph, images, labels, ctx.preprocess, self.options.train_config(), ctx.meter,
                     progress=ctx.progress, desc=f"evo_tune (increment {ctx.index})")
         tuned = graph.with_weights(net)
-        refit = super().learn(replace(ctx, graph=tuned, backbone_changed=True))
+        refit = super().learn(replace(ctx, graph=tuned, backbone_changed=True, stats_graph=None))
         refit.info = {**(refit.info or {}), "train_steps": stats["steps"], "train_flops": stats["flops"],
                       "stopped_by_cap": stats["stopped_by_cap"]}
         return refit
