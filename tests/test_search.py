@@ -179,8 +179,27 @@ def test_search_ranks_on_validation_not_test(ray_cluster, tmp_path):
         done = [t for t in r.trials if t["state"] == "COMPLETE"]
         assert all(t["values"][0] == t["val_accuracy"] for t in done)
         assert all(t["val_nll"] >= 0 for t in done)
-        best = max(done, key=lambda t: (t["val_accuracy"], -t["val_nll"], -t["params"]))
-        assert r.accuracy == best["accuracy"]  # the committed metrics are the chosen one's test accuracy
+        top = max(t["val_accuracy"] for t in done)
+        low = min(t["val_nll"] for t in done if t["val_accuracy"] == top)
+        best = [t for t in done if t["val_accuracy"] == top and t["val_nll"] <= low * (1 + 1e-4) + 1e-12]
+        assert r.accuracy in {t["accuracy"] for t in best}  # the committed metrics are the chosen one's
+
+
+def test_ties_go_to_the_smaller_model_and_rounding_is_a_tie():
+    """Accuracy first, then validation log-loss; log-losses that differ by float rounding (a growth that
+    changed nothing the head reads) are a tie, which the smaller model wins."""
+    import optuna
+
+    from evo.search.driver import best_trial
+
+    def trial(acc, nll, params):
+        return optuna.trial.create_trial(values=[acc], user_attrs={"val_nll": nll, "params": params})
+
+    fast, noise, better, bigger_acc = (trial(0.937, 0.2107969957, 731498), trial(0.937, 0.2107963615, 732114),
+                                       trial(0.937, 0.2089, 801042), trial(0.94, 0.5, 999999))
+    assert best_trial([fast, noise]) is fast  # 3e-6 relative: the same function, the smaller model wins
+    assert best_trial([fast, noise, better]) is better  # a real log-loss gain wins over size
+    assert best_trial([fast, better, bigger_acc]) is bigger_acc  # accuracy first
 
 
 def test_search_tries_the_spare_tap_and_it_keeps_every_statistic(ray_cluster, tmp_path):

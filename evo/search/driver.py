@@ -262,8 +262,7 @@ class Driver:
             reasons = sorted({t.get("fail_reason", "?") for t in trials})
             raise EvoError(f"round {index}: no candidate finished ({'; '.join(reasons)[:300]}); details in "
                            f"{self.run_dir.path / 'metrics' / f'round_{index}.json'}")
-        # accuracy first; on a tie the more confident (lower validation NLL), then the smaller model
-        best = max(done, key=lambda t: (t.values[0], -t.user_attrs.get("val_nll", 0.0), -t.user_attrs.get("params", 0)))
+        best = best_trial(done)
         out_dir = Path(best.user_attrs["out_dir"])
         graph, state, report = load_candidate(out_dir)
         cand = Candidate(**best.user_attrs["candidate"])
@@ -288,6 +287,20 @@ class Driver:
                  f"accuracy {result.accuracy:.4f}; spent {spent / 1e12:.3f} of {budget / 1e12:.3f} TFLOPs "
                  f"({result.joint_ratio:.3f} of joint retraining)")
         return result
+
+
+NLL_TIE = 1e-4  # validation log-losses this close (relative) come from the same function up to rounding
+
+
+def best_trial(done: list) -> Any:
+    """The candidate to commit: highest validation accuracy; on a tie the lower validation log-loss;
+    log-losses within NLL_TIE of the lowest count as equal (growth that changed nothing the head
+    reads differs only by float rounding), and among those the smaller model wins."""
+    top = max(t.values[0] for t in done)
+    tied = [t for t in done if t.values[0] == top]
+    low = min(t.user_attrs.get("val_nll", 0.0) for t in tied)
+    same = [t for t in tied if t.user_attrs.get("val_nll", 0.0) <= low * (1 + NLL_TIE) + 1e-12]
+    return min(same, key=lambda t: (t.user_attrs.get("params", 0), t.user_attrs.get("val_nll", 0.0), t.number))
 
 
 def _fast_path_params(space: SearchSpace) -> dict[str, Any]:
