@@ -142,4 +142,4 @@ def test_a_tap_without_statistics_is_refit_from_memory(lite0, fashion):
     with pytest.raises(KeyError):
         head_map(grown, head_taps(grown), learner.strategy.layout(learner.graph_))
     report = learner.with_graph(grown).learn(stream[1])
-    assert report.info["rebuilt_from_memory"] is True
+    assert report.info["statistics_kept"] is False and report.info["rebuilt_from_memory"] is True

@@ -196,16 +196,19 @@ class Evo(Strategy):
             info["statistics_kept"] = same
             if not same:
                 return None
-        return layout if readable(graph, head, layout) else None
+        if not readable(graph, head, layout):  # the head reads a tap the statistics never covered
+            info["statistics_kept"] = False
+            return None
+        return layout
 
     def _head_view(self, mapping: Any, ctx: Context) -> RidgeHead:
         """A RidgeHead over the head's own features (the layout's statistics mapped, or the same object)."""
         if mapping is None:
             return self.head_
         view = RidgeHead(self.head_.ridge)
-        with FlopCounterMode(display=False) as counter:
-            view.gram_, view.xty_ = apply_map(mapping, self.head_.gram_, self.head_.xty_)
-        ctx.meter.add_flops(int(counter.get_total_flops()))
+        view.gram_, view.xty_ = apply_map(mapping, self.head_.gram_, self.head_.xty_)
+        nnz, (d_layout, c) = mapping._nnz(), self.head_.xty_.shape  # sparse products: 2 FLOPs per nonzero term
+        ctx.meter.add_flops(2 * nnz * (d_layout + view.gram_.shape[0] + c))
         view.n_samples_, view.n_features_in_ = self.head_.n_samples_, view.gram_.shape[0] - 1
         return view
 
