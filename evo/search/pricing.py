@@ -38,9 +38,8 @@ def candidate_flops(grown: ArchGraph, inc, parent_meta: dict[str, Any], cand, sp
         m = min(m, seen_before)
     fwd = _per_image(grown, backward=False)
     d = grown.attrs(grown.head)["in_features"] if grown.head else 0
-    if strategy in ("evo", "evo_tune"):  # the statistics may also cover spare taps
-        fwd = max(fwd, _per_image(_statistics_net(grown, strategy, training), backward=False))
-        d = max(d, _strategy(strategy, training).statistics_width(grown))
+    if strategy in ("evo", "evo_tune"):  # the statistics may also cover spare taps (upstream blocks:
+        d = max(d, _strategy(strategy, training).statistics_width(grown))  # only their pooling is extra)
     c = len(inc.classes_so_far)
     solve = ridge_flops(n + m, d, c)
     # after growth: old and new features compared on a few exemplars, then possibly the statistics and
@@ -86,15 +85,6 @@ def _strategy(strategy: str, training: dict[str, Any]):
 
 def _prepared(graph: ArchGraph, strategy: str, training: dict[str, Any]) -> ArchGraph:
     return _strategy(strategy, training).prepare(graph)
-
-
-def _statistics_net(graph: ArchGraph, strategy: str, training: dict[str, Any]) -> ArchGraph:
-    """The graph that computes the statistics' features (the head's input plus any spare taps)."""
-    from evo.learn.features import tap_graph
-    from evo.learn.tracked import head_taps
-
-    layout = _strategy(strategy, training).layout(graph)
-    return graph if layout == head_taps(graph) else tap_graph(graph, layout)
 
 
 def joint_flops(parent: ArchGraph, stream, index: int, space) -> float:
