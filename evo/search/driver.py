@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 
 from evo.errors import EvoError
-from evo.runs import Run, write_json_atomic
+from evo.runs import Run
 from evo.search import pricing
 from evo.search.candidate import Candidate, growth_base, suggest_candidate
 from evo.search.space import SearchSpace
@@ -113,8 +113,7 @@ class Driver:
         seen_before = sum(len(stream[j].train) for j in range(index))
         joint = pricing.joint_flops(parent, stream, index, self.space)
         budget = pricing.budget_flops(self.space, joint, parent)
-        spent = sum(int(t.user_attrs.get("flops", 0)) for t in study.trials
-                    if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL))
+        spent = spent_flops(study)
         if policy != "random":  # first start, or their run was cut by a killed driver
             done = {t.user_attrs.get("enqueued") for t in study.trials
                     if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING)}
@@ -244,10 +243,12 @@ class Driver:
             study._storage.set_trial_user_attr(trial_id, k, v)
 
     def _recover(self, study: optuna.Study) -> None:
-        """Trials left RUNNING by a killed driver are told FAIL; their cost counts at its priced value."""
+        """Trials left RUNNING by a killed driver are told FAIL. Work lost to the kill is not a marginal
+        cost of the model: it is recorded apart (`lost_flops`, at its priced value) and does not use up
+        the round's budget, so the round can always run its fast path after a resume."""
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            self._note(study, t.number, {"fail_reason": DRIVER_STOPPED,
-                                         "flops": int(t.user_attrs.get("price_flops", 0))})
+            self._note(study, t.number, {"fail_reason": DRIVER_STOPPED, "flops": 0,
+                                         "lost_flops": int(t.user_attrs.get("price_flops", 0))})
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
             self.say(f"  trial {t.number} was running when the driver stopped: recorded as FAIL")
 
@@ -268,6 +269,7 @@ class Driver:
         cand = Candidate(**best.user_attrs["candidate"])
         trials = [{"number": t.number, "state": t.state.name, "values": t.values, **t.user_attrs}
                   for t in study.trials]
+        lost = sum(int(t.user_attrs.get("lost_flops", 0)) for t in study.trials)
         metrics = dict(report["metrics"])
         metrics.update(self._history_metrics(metrics.get("row")))
         version = self.run_dir.commit_version(graph, {
@@ -275,11 +277,12 @@ class Driver:
             "chosen": cand.name, "trial": best.number, "classes": graph.classes, "params": graph.num_params(),
             "metrics": metrics,
             "cost": {"flops": spent, "seconds": seconds, "budget_flops": budget, "joint_flops": joint,
-                     "joint_ratio": spent / joint if joint else None, "chosen_flops": best.user_attrs.get("flops")},
+                     "joint_ratio": spent / joint if joint else None, "chosen_flops": best.user_attrs.get("flops"),
+                     "lost_flops": lost},
             "preprocess": graph.meta.get("preprocess"),
         }, state=state)
         self.run_dir.write_round(index, {"increment": index, "version": version, "budget_flops": budget,
-                                         "spent_flops": spent, "joint_flops": joint,
+                                         "spent_flops": spent, "lost_flops": lost, "joint_flops": joint,
                                          "timing": getattr(self, "last_round_timing", None), "trials": trials})
         result = RoundResult(index, version, cand.name, metrics["accuracy"], metrics.get("forgetting"), spent,
                              budget, seconds, joint, trials)
@@ -287,6 +290,14 @@ class Driver:
                  f"accuracy {result.accuracy:.4f}; spent {spent / 1e12:.3f} of {budget / 1e12:.3f} TFLOPs "
                  f"({result.joint_ratio:.3f} of joint retraining)")
         return result
+
+
+def spent_flops(study: optuna.Study) -> int:
+    """What a round's finished candidates cost: completed and failed ones, but not work lost to a killed
+    driver (recorded apart as `lost_flops`)."""
+    return sum(int(t.user_attrs.get("flops", 0)) for t in study.trials
+               if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+               and t.user_attrs.get("fail_reason") != DRIVER_STOPPED)
 
 
 NLL_TIE = 1e-4  # validation log-losses this close (relative) come from the same function up to rounding
@@ -369,6 +380,3 @@ def _failure_reason(e: BaseException) -> str:
         return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"[:500]
     return f"{type(e).__name__}: {e}"[:500]
 
-
-def write_config(run: Run, space: SearchSpace) -> None:
-    write_json_atomic(run.path / "space.json", space.to_dict())
