@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -173,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Library warnings (e.g. each unreadable image) stay off the terminal: commands report a summary,
+    # and an error is one line.
+    logging.getLogger("evo").setLevel(logging.ERROR)
     try:
         return _COMMANDS[args.command](args)
     except EvoError as e:
