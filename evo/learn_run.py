@@ -19,9 +19,9 @@ def learn_from_data(model: str, data: str | os.PathLike, run_dir: str | os.PathL
     `model` is a run folder (continues from its latest version), a saved model folder or a zoo name
     (a new run folder is created, default runs/learn-<name>, holding it as version 0).
     """
-    from evo.cli import load_model
     from evo.data import load_source
     from evo.learn import Learner
+    from evo.zoo import resolve as load_model
 
     train, test = load_source(data)  # errors name the bad file or label before anything is written
     if train.skipped:

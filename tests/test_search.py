@@ -140,7 +140,7 @@ def test_validation_split_holds_out_every_seen_class_and_never_the_test_split():
 
 def test_round_zero_grows_the_graph_the_head_will_read():
     import evo
-    from evo.learn.features import is_tapped
+    from evo.graph.taps import is_tapped
     from evo.search.candidate import growth_base
 
     g = evo.zoo.load("efficientnet_lite0", pretrained=True, input_size=64)

@@ -107,7 +107,7 @@ def flops_per_second(graph: ArchGraph | None) -> float:
     """This machine's measured forward throughput (FLOPs/s), to turn a seconds budget into FLOPs."""
     global _FLOPS_PER_SECOND
     if _FLOPS_PER_SECOND is None:
-        import evo
+        import evo.zoo
 
         g = graph or evo.zoo.load("small_cnn")
         net = g.to_module().eval()

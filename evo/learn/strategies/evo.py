@@ -1,6 +1,6 @@
 """`evo`: frozen multi-layer features + the exact closed-form ridge head (the fast path).
 
-On the first increment the graph is rewired (`evo.learn.features.tap_graph`) so its final Linear
+On the first increment the graph is rewired (`evo.graph.taps.tap_graph`) so its final Linear
 reads mid-level block outputs, average-pooled to small grids (by default stride 8 at 8×8 and
 stride 16 at 4×4; the layers past the deepest tap are pruned). Every increment then costs one
 forward pass over its images plus a rank-n update of the ridge statistics G = ΦᵀΦ, B = ΦᵀY;
@@ -34,7 +34,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
-from evo.learn.features import DEFAULT_LEVELS, Tap, is_tapped, parse_taps, tap_graph
+from evo.graph.taps import Tap, is_tapped, tap_graph
+from evo.learn.features import DEFAULT_LEVELS, parse_taps
 from evo.learn.head import RidgeHead
 from evo.learn.strategies.base import Context, Result, Strategy, register_strategy, sub_state, tensor_state
 from evo.learn.tracked import (
