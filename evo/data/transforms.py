@@ -37,7 +37,7 @@ def _as_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Antialiased bilinear. On CPU, uint8 stays uint8: torch's fast path for it is ~10x quicker on
+    """Antialiased bilinear. On CPU, uint8 stays uint8: torch has a much faster path for it on
     large inputs, at a fixed-point rounding cost of at most one grey level (torchvision does the same)."""
     if tuple(x.shape[-2:]) == tuple(size) or x.shape[0] == 0:
         return x

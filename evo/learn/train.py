@@ -98,6 +98,12 @@ def trainable_nodes(graph, trainable: str | int) -> set[str]:
     return head | {n for _, names in chosen for n in names}
 
 
+def step_flops_per_image(graph, trainable: str | int) -> int:
+    """One training step per image with `trainable` (frozen layers get no weight gradient, and no
+    input gradient below the first trainable one): what `fit` measures, priced on shapes."""
+    return graph.flops(batch=1, backward=True, trainable=trainable_nodes(graph, trainable))
+
+
 def set_trainable(net: nn.Module, graph, trainable: str | int) -> list[nn.Parameter]:
     """Freeze everything except `trainable`; return the parameters that train."""
     keep = trainable_nodes(graph, trainable)
