@@ -1,0 +1,217 @@
+"""Figures of a run, drawn from `evo.analysis` tables; `evo report` and the notebooks share them.
+
+Every function takes DataFrames and returns a matplotlib Figure with units on both axes and a title
+that says what is compared. Agg is selected on import, so nothing here needs a display.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+G, T = 1e9, 1e12
+
+
+def lineage(edges: pd.DataFrame, versions: pd.DataFrame) -> Figure:
+    """The version tree, root on the left; each edge carries its operators, parameters added,
+    the child's accuracy and the round's marginal cost."""
+    children: dict[int, list[int]] = {}
+    for _, e in edges.iterrows():
+        children.setdefault(int(e["parent"]), []).append(int(e["child"]))
+    roots = [int(v) for v, p in zip(versions["version"], versions["parent"], strict=True) if pd.isna(p)]
+    pos: dict[int, tuple[float, float]] = {}
+    next_y = [0.0]
+
+    def place(n: int, depth: int) -> float:
+        kids = children.get(n, [])
+        ys = [place(k, depth + 1) for k in kids]
+        y = float(np.mean(ys)) if ys else next_y[0]
+        if not ys:
+            next_y[0] += 1
+        pos[n] = (depth, -y)
+        return y
+
+    for r in roots:
+        place(r, 0)
+    width = max((x for x, _ in pos.values()), default=0) + 1
+    height = max(next_y[0], 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 3.6 * width), max(2.6, 1.7 * height)))
+    for _, e in edges.iterrows():
+        (x0, y0), (x1, y1) = pos[int(e["parent"])], pos[int(e["child"])]
+        ax.annotate("", (x1, y1), (x0, y0), arrowprops={"arrowstyle": "-|>", "color": "0.45", "shrinkA": 18,
+                                                          "shrinkB": 18})
+        added = "?" if pd.isna(e["params_added"]) else f"{int(e['params_added']):+,}"
+        acc = "-" if pd.isna(e["accuracy"]) else f"{e['accuracy']:.3f}"
+        cost = "-" if pd.isna(e["flops"]) else f"{e['flops'] / T:.3g} TFLOPs"
+        ops = "no growth" if e["ops"] == "none" else str(e["ops"])
+        label = "\n".join(textwrap.wrap(ops, 30)[:3] + [f"params {added}", f"acc {acc}", cost])
+        ax.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.08, label, ha="center", va="bottom", fontsize=7.5,
+                bbox={"boxstyle": "round", "fc": "#f4f6fb", "ec": "0.8"})
+    for n, (x, y) in pos.items():
+        ax.scatter([x], [y], s=900, c="#4c72b0", zorder=3)
+        ax.text(x, y, f"v{n}", ha="center", va="center", color="white", fontsize=9, weight="bold", zorder=4)
+    ax.set(xlim=(-0.5, width - 0.5), ylim=(-height + 0.4, 0.9), xticks=range(width),
+           xlabel="increments learned (lineage depth, versions)", ylabel="branch", yticks=[],
+           title="Lineage: each edge's operators, parameters added, child accuracy and marginal cost")
+    fig.tight_layout()
+    return fig
+
+
+def architecture(arch: pd.DataFrame, versions: pd.DataFrame) -> Figure:
+    """Width of every weight layer per version (left) and depth and parameters per version (right)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [2.2, 1]})
+    n_versions = arch["version"].nunique()
+    for i, (v, part) in enumerate(arch.groupby("version")):
+        part = part.sort_values("position")
+        a.step(part["position"], part["width"], where="mid", marker="o", ms=3, lw=1.4,
+               label=f"v{v}", alpha=0.55 + 0.45 * (i + 1) / n_versions)
+    a.set(xlabel="weight layer (conv2d / linear, input → output)", ylabel="width (output channels / features)",
+          title="Layer widths per version")
+    a.set_yscale("log", base=2)
+    a.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    a.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    names = arch.drop_duplicates("position").sort_values("position")
+    step = max(1, len(names) // 40)
+    a.set_xticks(names["position"][::step], names["layer"][::step], rotation=60, ha="right", fontsize=7)
+    a.legend(fontsize=7, ncol=2, loc="upper left")
+    b.bar(versions["version"], versions["depth"], color="#55a868", label="depth")
+    b.set(xlabel="version", ylabel="depth (weight layers on longest path)",
+          title="Depth and parameters per version", xticks=versions["version"])
+    c = b.twinx()
+    params = versions["params"].astype(float)
+    scale, unit = (1e6, "millions") if params.max() >= 1e6 else (1e3, "thousands")
+    c.plot(versions["version"], params / scale, color="#c44e52", marker="o", label="parameters")
+    c.set_ylabel(f"parameters ({unit})")
+    c.yaxis.get_major_formatter().set_useOffset(False)
+    b.legend(*[sum(x, []) for x in zip(b.get_legend_handles_labels(), c.get_legend_handles_labels(),
+                                       strict=True)], loc="lower right", fontsize=8, framealpha=0.9)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_matrix(matrix: pd.DataFrame) -> Figure:
+    """Heatmap of R[i, j]: accuracy on increment j's test classes after learning increment i."""
+    fig, ax = plt.subplots(figsize=(1.1 * len(matrix.columns) + 3, 0.8 * len(matrix) + 2))
+    im = ax.imshow(matrix.to_numpy() * 100, cmap="viridis", vmin=0, vmax=100)
+    for (i, j), v in np.ndenumerate(matrix.to_numpy()):
+        if not np.isnan(v):
+            ax.text(j, i, f"{100 * v:.1f}", ha="center", va="center", color="white" if v < 0.6 else "black",
+                    fontsize=9)
+    ax.set(xticks=range(len(matrix.columns)), xticklabels=matrix.columns, yticks=range(len(matrix)),
+           yticklabels=matrix.index, xlabel="evaluated on increment j's classes (increment index)",
+           ylabel="after learning increment i (increment index)",
+           title="Accuracy matrix: test accuracy (%) per increment over time")
+    fig.colorbar(im, ax=ax, label="test accuracy (%)")
+    fig.tight_layout()
+    return fig
+
+
+def forgetting(table: pd.DataFrame, per: str) -> Figure:
+    """Best earlier vs final accuracy and the drop, per class or per increment (`per` names the key column)."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(table) + 3), 4))
+    x = np.arange(len(table))
+    ax.bar(x - 0.27, table["best"] * 100, 0.27, label="best before the last version", color="#8172b2")
+    ax.bar(x, table["final"] * 100, 0.27, label="final", color="#4c72b0")
+    ax.bar(x + 0.27, table["forgetting"] * 100, 0.27, label="forgetting (best − final)", color="#c44e52")
+    ax.set_xticks(x, [str(k) for k in table[per]], rotation=30 if per == "class" else 0, ha="right"
+                  if per == "class" else "center")
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set(xlabel=per, ylabel="test accuracy (percentage points)",
+           title=f"Forgetting per {per}: best earlier vs final test accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def candidates(trials: pd.DataFrame, rounds: pd.DataFrame) -> Figure:
+    """One panel per round: validation accuracy vs marginal GFLOPs of each candidate that ran, with the
+    round's budget, its feasible front and the chosen candidate."""
+    ids = sorted(rounds["round"].dropna().astype(int))
+    cols = min(len(ids), 3) or 1
+    rows = max(1, -(-len(ids) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4 * rows), squeeze=False)
+    for ax, r in zip(axes.flat, ids, strict=False):
+        part = trials[(trials["round"] == r) & trials["flops"].notna() & trials["val_accuracy"].notna()]
+        ax.scatter(part["flops"] / G, part["val_accuracy"] * 100, s=28, c="#4c72b0", label="candidate (#trial)")
+        for _, t in part.iterrows():
+            ax.annotate(f"#{t['number']}", (t["flops"] / G, t["val_accuracy"] * 100), xytext=(4, 3),
+                        textcoords="offset points", fontsize=7, color="0.3")
+        front = part[part["front"]].sort_values("flops")
+        ax.plot(front["flops"] / G, front["val_accuracy"] * 100, color="#55a868", marker="s", mfc="none", ms=9,
+                label="feasible front")
+        chosen = part[part["chosen"]]
+        ax.scatter(chosen["flops"] / G, chosen["val_accuracy"] * 100, marker="*", s=260, c="#dd8452",
+                   edgecolor="k", zorder=4, label="chosen")
+        budget = rounds.loc[rounds["round"] == r, "budget_flops"].iloc[0]
+        if pd.notna(budget):
+            ax.axvline(budget / G, color="#c44e52", ls="--", label="round budget")
+        ax.set(xlabel="marginal compute (GFLOPs, measured)", ylabel="validation accuracy (%)",
+               title=f"Round {r}: candidates, accuracy vs compute")
+        ax.legend(fontsize=7, loc="lower right")
+    for ax in list(axes.flat)[len(ids):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def spend(rounds: pd.DataFrame) -> Figure:
+    """Per round: marginal compute spent vs the round's budget vs retraining jointly on all data."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(rounds) + 3), 4))
+    x = np.arange(len(rounds))
+    for k, (col, label, colour) in enumerate((("spent_flops", "spent", "#4c72b0"),
+                                              ("budget_flops", "budget", "#dd8452"),
+                                              ("joint_flops", "joint retraining", "#c44e52"))):
+        vals = pd.to_numeric(rounds[col], errors="coerce") / T
+        bars = ax.bar(x + (k - 1) * 0.27, vals, 0.27, label=label, color=colour)
+        ax.bar_label(bars, fmt="%.3g", fontsize=7)
+    ax.set_xticks(x, [str(r) for r in rounds["round"]])
+    ax.set(xlabel="round (increment index)", ylabel="compute (TFLOPs)",
+           title="Compute per round: spent vs budget vs joint retraining")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def confusion(table: pd.DataFrame, version: int) -> Figure:
+    """Row-normalised confusion matrix (% of each true class), counts written in the cells."""
+    counts = table.to_numpy()
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) * 100
+    n = max(len(table.columns), len(table))
+    fig, ax = plt.subplots(figsize=(min(4 + 0.55 * n, 18), min(3 + 0.5 * n, 16)))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=100)
+    if n <= 30:
+        for (i, j), c in np.ndenumerate(counts):
+            if c:
+                ax.text(j, i, str(c), ha="center", va="center", fontsize=7,
+                        color="white" if rates[i, j] > 60 else "black")
+    ax.set_xticks(range(len(table.columns)), table.columns, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(table)), table.index, fontsize=8)
+    ax.set(xlabel="predicted class", ylabel="true class",
+           title=f"Confusion matrix of v{version}: true vs predicted class (test images)")
+    fig.colorbar(im, ax=ax, label="share of the true class (%)")
+    fig.tight_layout()
+    return fig
+
+
+def corrections(log: pd.DataFrame) -> Figure:
+    """Cumulative corrections over time: those that still hold, those that no longer hold, those undone."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    t = log["created"]
+    for mask, label, colour in ((~log["undone"] & log["holds"], "holding", "#55a868"),
+                                (~log["undone"] & ~log["holds"], "not holding (conflicting)", "#c44e52"),
+                                (log["undone"], "undone", "0.5")):
+        ax.step(t, mask.cumsum(), where="post", label=label, color=colour)
+    ax.set(xlabel="time of correction (UTC)", ylabel="corrections (cumulative count)",
+           title="Corrections over time: holding vs conflicting vs undone")
+    ax.legend(fontsize=8)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
