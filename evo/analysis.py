@@ -407,3 +407,42 @@ def corrections(run: str | os.PathLike | Run) -> pd.DataFrame | None:
     for col in ("holds", "undone"):
         df[col] = df[col].fillna(0).astype(bool) if col in df else col == "holds"
     return df.sort_values("created").reset_index(drop=True)
+
+
+# ---- the peer benchmark (benchmarks/peers/results/peers.json) -------------------------------------------
+
+PEER_FIELDS = ["method", "family", "seed", "final_accuracy", "average_incremental_accuracy", "forgetting",
+               "tflops", "wall_seconds", "peak_mem_bytes", "error"]
+
+
+def peer_results(path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The peer benchmark's rows (one per method and seed) and its header (command, date, machine, setting)."""
+    from evo.errors import EvoError
+
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text())
+        rows = doc["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise EvoError(f"{p} is not a peer benchmark result ({e}); expected JSON with a 'rows' list, as "
+                       "written by benchmarks/peers/") from None
+    df = pd.DataFrame(rows).reindex(columns=PEER_FIELDS)
+    for col in PEER_FIELDS[3:9]:
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df, {k: v for k, v in doc.items() if k != "rows"}
+
+
+def peer_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per method over its seeds: mean and std of final accuracy, forgetting and TFLOPs; failed seeds counted."""
+    ok = rows[rows["error"].isna()]
+    g = ok.groupby(["method", "family"], dropna=False)
+    out = g.agg(seeds=("seed", "count"), final_accuracy=("final_accuracy", "mean"),
+                final_accuracy_std=("final_accuracy", "std"), forgetting=("forgetting", "mean"),
+                tflops=("tflops", "mean"), tflops_std=("tflops", "std"),
+                wall_seconds=("wall_seconds", "mean")).reset_index()
+    errors = rows[rows["error"].notna()].groupby("method")["error"].agg(lambda e: "; ".join(sorted(set(e))))
+    failed = rows[~rows["method"].isin(out["method"])][["method", "family"]].drop_duplicates()
+    out = pd.concat([out, failed], ignore_index=True)
+    out["seeds"] = out["seeds"].fillna(0).astype(int)
+    out["errors"] = out["method"].map(errors)
+    return out.sort_values("final_accuracy", ascending=False, na_position="last").reset_index(drop=True)

@@ -1,23 +1,25 @@
 """Figures of a run, drawn from `evo.analysis` tables; `evo report` and the notebooks share them.
 
 Every function takes DataFrames and returns a matplotlib Figure with units on both axes and a title
-that says what is compared. Agg is selected on import, so nothing here needs a display.
+that says what is compared. Figures are made without pyplot (no global backend or figure list),
+so they work headless, in threads and inline in Jupyter (`%matplotlib inline` shows a returned Figure).
 """
 
 from __future__ import annotations
 
 import textwrap
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
 G, T = 1e9, 1e12
+
+
+def _subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (8, 4), **kw):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kw)
 
 
 def lineage(edges: pd.DataFrame, versions: pd.DataFrame) -> Figure:
@@ -43,7 +45,7 @@ def lineage(edges: pd.DataFrame, versions: pd.DataFrame) -> Figure:
         place(r, 0)
     width = max((x for x, _ in pos.values()), default=0) + 1
     height = max(next_y[0], 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 3.6 * width), max(2.6, 1.7 * height)))
+    fig, ax = _subplots(figsize=(max(6.0, 3.6 * width), max(2.6, 1.7 * height)))
     for _, e in edges.iterrows():
         (x0, y0), (x1, y1) = pos[int(e["parent"])], pos[int(e["child"])]
         ax.annotate("", (x1, y1), (x0, y0), arrowprops={"arrowstyle": "-|>", "color": "0.45", "shrinkA": 18,
@@ -67,7 +69,7 @@ def lineage(edges: pd.DataFrame, versions: pd.DataFrame) -> Figure:
 
 def architecture(arch: pd.DataFrame, versions: pd.DataFrame) -> Figure:
     """Width of every weight layer per version (left) and depth and parameters per version (right)."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [2.2, 1]})
+    fig, (a, b) = _subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [2.2, 1]})
     n_versions = arch["version"].nunique()
     for i, (v, part) in enumerate(arch.groupby("version")):
         part = part.sort_values("position")
@@ -99,7 +101,7 @@ def architecture(arch: pd.DataFrame, versions: pd.DataFrame) -> Figure:
 
 def accuracy_matrix(matrix: pd.DataFrame) -> Figure:
     """Heatmap of R[i, j]: accuracy on increment j's test classes after learning increment i."""
-    fig, ax = plt.subplots(figsize=(1.1 * len(matrix.columns) + 3, 0.8 * len(matrix) + 2))
+    fig, ax = _subplots(figsize=(1.1 * len(matrix.columns) + 3, 0.8 * len(matrix) + 2))
     im = ax.imshow(matrix.to_numpy() * 100, cmap="viridis", vmin=0, vmax=100)
     for (i, j), v in np.ndenumerate(matrix.to_numpy()):
         if not np.isnan(v):
@@ -116,7 +118,7 @@ def accuracy_matrix(matrix: pd.DataFrame) -> Figure:
 
 def forgetting(table: pd.DataFrame, per: str) -> Figure:
     """Best earlier vs final accuracy and the drop, per class or per increment (`per` names the key column)."""
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(table) + 3), 4))
+    fig, ax = _subplots(figsize=(max(6.0, 0.7 * len(table) + 3), 4))
     x = np.arange(len(table))
     ax.bar(x - 0.27, table["best"] * 100, 0.27, label="best before the last version", color="#8172b2")
     ax.bar(x, table["final"] * 100, 0.27, label="final", color="#4c72b0")
@@ -137,7 +139,7 @@ def candidates(trials: pd.DataFrame, rounds: pd.DataFrame) -> Figure:
     ids = sorted(rounds["round"].dropna().astype(int))
     cols = min(len(ids), 3) or 1
     rows = max(1, -(-len(ids) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4 * rows), squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(5.2 * cols, 4 * rows), squeeze=False)
     for ax, r in zip(axes.flat, ids, strict=False):
         part = trials[(trials["round"] == r) & trials["flops"].notna() & trials["val_accuracy"].notna()]
         ax.scatter(part["flops"] / G, part["val_accuracy"] * 100, s=28, c="#4c72b0", label="candidate (#trial)")
@@ -164,7 +166,7 @@ def candidates(trials: pd.DataFrame, rounds: pd.DataFrame) -> Figure:
 
 def spend(rounds: pd.DataFrame) -> Figure:
     """Per round: marginal compute spent vs the round's budget vs retraining jointly on all data."""
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(rounds) + 3), 4))
+    fig, ax = _subplots(figsize=(max(6.0, 1.4 * len(rounds) + 3), 4))
     x = np.arange(len(rounds))
     for k, (col, label, colour) in enumerate((("spent_flops", "spent", "#4c72b0"),
                                               ("budget_flops", "budget", "#dd8452"),
@@ -185,7 +187,7 @@ def confusion(table: pd.DataFrame, version: int) -> Figure:
     counts = table.to_numpy()
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) * 100
     n = max(len(table.columns), len(table))
-    fig, ax = plt.subplots(figsize=(min(4 + 0.55 * n, 18), min(3 + 0.5 * n, 16)))
+    fig, ax = _subplots(figsize=(min(4 + 0.55 * n, 18), min(3 + 0.5 * n, 16)))
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=100)
     if n <= 30:
         for (i, j), c in np.ndenumerate(counts):
@@ -203,7 +205,7 @@ def confusion(table: pd.DataFrame, version: int) -> Figure:
 
 def corrections(log: pd.DataFrame) -> Figure:
     """Cumulative corrections over time: those that still hold, those that no longer hold, those undone."""
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = _subplots(figsize=(8, 4))
     t = log["created"]
     for mask, label, colour in ((~log["undone"] & log["holds"], "holding", "#55a868"),
                                 (~log["undone"] & ~log["holds"], "not holding (conflicting)", "#c44e52"),
@@ -213,5 +215,29 @@ def corrections(log: pd.DataFrame) -> Figure:
            title="Corrections over time: holding vs conflicting vs undone")
     ax.legend(fontsize=8)
     fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def peers(summary: pd.DataFrame, setting: str = "") -> Figure:
+    """Final accuracy vs total compute per method (mean ± std over seeds), coloured by family."""
+    fig, ax = _subplots(figsize=(9, 5.5))
+    ok = summary[summary["final_accuracy"].notna() & summary["tflops"].notna()]
+    colours = {"evo": "#dd8452", "closed-form": "#4c72b0", "avalanche": "#8172b2", "joint": "#c44e52"}
+    for family, part in ok.groupby("family", dropna=False):
+        ax.errorbar(part["tflops"], part["final_accuracy"] * 100, xerr=part["tflops_std"].fillna(0),
+                    yerr=part["final_accuracy_std"].fillna(0) * 100, fmt="*" if family == "evo" else "o",
+                    ms=14 if family == "evo" else 7, capsize=3, color=colours.get(str(family), "0.4"),
+                    label=str(family))
+        for _, r in part.iterrows():
+            ax.annotate(r["method"], (r["tflops"], r["final_accuracy"] * 100), xytext=(5, 4),
+                        textcoords="offset points", fontsize=8)
+    wide = len(ok) and (ok["tflops"] > 0).all() and ok["tflops"].max() / ok["tflops"].min() > 20
+    if wide:
+        ax.set_xscale("log")
+    ax.set(xlabel="total compute (TFLOPs" + (", log scale)" if wide else ")"), ylabel="final accuracy (%)",
+           title="Final accuracy vs compute: evo and its peers" + (f"\n{setting}" if setting else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(title="family", fontsize=8)
     fig.tight_layout()
     return fig

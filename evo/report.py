@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from evo import analysis, plots
@@ -69,7 +70,6 @@ def _build(run, folder: Path, predict: bool, say: Callable[[str], None]) -> tupl
 
     def save(fig, name: str) -> str:
         fig.savefig(folder / name, dpi=110)
-        plots.plt.close(fig)
         return name
 
     summary = [f"{len(v)} versions (v0 … v{int(latest['version'])}), {len(data.rounds)} growth rounds, "
@@ -157,8 +157,7 @@ def _html(name: str, sections: list[Section], summary: list[str], folder: Path) 
             body.append(f'<img alt="{esc(s.title)}" src="data:image/png;base64,{data}">')
         body.append(f'<p class="caption">{esc(s.caption)}</p>')
         for title, df in s.tables:
-            body.append(f"<h3>{esc(title)}</h3>" + df.to_html(index=False, na_rep="-", float_format=_fmt,
-                                                              border=0, escape=True))
+            body.append(f"<h3>{esc(title)}</h3>" + df.map(_cell).to_html(index=False, border=0, escape=True))
     items = "".join(f"<li>{esc(x)}</li>" for x in summary)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>evo report: {esc(name)}</title>'
             f'<link rel="icon" href="data:,"><style>{_CSS}</style></head><body><h1>evo report: {esc(name)}</h1>'
@@ -172,8 +171,15 @@ def _markdown(name: str, summary: list[str], sections: list[Section]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.4g}"
+def _cell(x: object) -> str:
+    """Table cells: missing as '-', FLOPs and other large or fractional numbers in 4 significant digits."""
+    if x is None or (not isinstance(x, str) and pd.isna(x)):
+        return "-"
+    if isinstance(x, bool | np.bool_):
+        return str(bool(x))
+    if isinstance(x, float | np.floating) or (isinstance(x, int | np.integer) and abs(x) >= 10**7):
+        return f"{x:.4g}"
+    return str(x)
 
 
 # ---- atomic replace -----------------------------------------------------------------------------------
