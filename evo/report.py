@@ -20,8 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evo import analysis, plots
+from evo import analysis
 from evo.errors import EvoError
+
+try:
+    from evo import plots
+except ImportError as e:  # matplotlib is in the `analysis` extra
+    plots = None
+    _PLOTS_ERROR = str(e)
 
 
 class ReportError(EvoError):
@@ -43,6 +49,9 @@ def write_report(run: str | os.PathLike, out: str | os.PathLike | None = None, p
     `predict=False` skips the confusion matrix and per-class forgetting, which run every learned
     version on the run's test split (see `evo.analysis.predictions`).
     """
+    if plots is None:
+        raise ReportError(f"evo report needs matplotlib ({_PLOTS_ERROR}); install it with "
+                          "`pip install 'evo[analysis]'`")
     r = analysis.open_run(run)
     out = Path(out) if out is not None else r.path / "report"
     _check_replaceable(out)
