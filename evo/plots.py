@@ -23,46 +23,48 @@ def _subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (8,
 
 
 def lineage(edges: pd.DataFrame, versions: pd.DataFrame) -> Figure:
-    """The version tree, root on the left; each edge carries its operators, parameters added,
+    """The version tree, root at the top; each edge carries its operators, parameters added,
     the child's accuracy and the round's marginal cost."""
     children: dict[int, list[int]] = {}
     for _, e in edges.iterrows():
         children.setdefault(int(e["parent"]), []).append(int(e["child"]))
     roots = [int(v) for v, p in zip(versions["version"], versions["parent"], strict=True) if pd.isna(p)]
     pos: dict[int, tuple[float, float]] = {}
-    next_y = [0.0]
+    next_x = [0.0]
 
-    def place(n: int, depth: int) -> float:
-        kids = children.get(n, [])
-        ys = [place(k, depth + 1) for k in kids]
-        y = float(np.mean(ys)) if ys else next_y[0]
-        if not ys:
-            next_y[0] += 1
-        pos[n] = (depth, -y)
-        return y
+    def place(n: int, depth: int) -> float:  # leaves side by side, a parent above its children's middle
+        xs = [place(k, depth + 1) for k in children.get(n, [])]
+        x = float(np.mean(xs)) if xs else next_x[0]
+        if not xs:
+            next_x[0] += 1
+        pos[n] = (x, -depth)
+        return x
 
     for r in roots:
         place(r, 0)
-    width = max((x for x, _ in pos.values()), default=0) + 1
-    height = max(next_y[0], 1)
-    fig, ax = _subplots(figsize=(max(6.0, 3.6 * width), max(2.6, 1.7 * height)))
+    depth = -min((y for _, y in pos.values()), default=0) + 1
+    branches = max(next_x[0], 1)
+    fig, ax = _subplots(figsize=(max(9.0, 4.5 * branches), max(2.5, 1.25 * depth + 1)))
     for _, e in edges.iterrows():
         (x0, y0), (x1, y1) = pos[int(e["parent"])], pos[int(e["child"])]
-        ax.annotate("", (x1, y1), (x0, y0), arrowprops={"arrowstyle": "-|>", "color": "0.45", "shrinkA": 18,
-                                                          "shrinkB": 18})
+        ax.annotate("", (x1, y1), (x0, y0), arrowprops={"arrowstyle": "-|>", "color": "0.45", "shrinkA": 13,
+                                                          "shrinkB": 13})
         added = "?" if pd.isna(e["params_added"]) else f"{int(e['params_added']):+,}"
         acc = "-" if pd.isna(e["accuracy"]) else f"{e['accuracy']:.3f}"
         cost = "-" if pd.isna(e["flops"]) else f"{e['flops'] / T:.3g} TFLOPs"
         ops = "no growth" if e["ops"] == "none" else str(e["ops"])
-        label = "\n".join(textwrap.wrap(ops, 30)[:3] + [f"params {added}", f"acc {acc}", cost])
-        ax.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.08, label, ha="center", va="bottom", fontsize=7.5,
+        strategy = str(e["chosen"]).rpartition(" [")[2].rstrip("]") if " [" in str(e["chosen"]) else ""
+        ops += f" [{strategy}]" if strategy else ""
+        label = f"{textwrap.shorten(ops, 60)}  |  params {added}  |  test acc {acc}  |  {cost}"
+        ax.text((x0 + x1) / 2 + 0.06, (y0 + y1) / 2, label, ha="left", va="center", fontsize=8,
                 bbox={"boxstyle": "round", "fc": "#f4f6fb", "ec": "0.8"})
     for n, (x, y) in pos.items():
-        ax.scatter([x], [y], s=900, c="#4c72b0", zorder=3)
-        ax.text(x, y, f"v{n}", ha="center", va="center", color="white", fontsize=9, weight="bold", zorder=4)
-    ax.set(xlim=(-0.5, width - 0.5), ylim=(-height + 0.4, 0.9), xticks=range(width),
-           xlabel="increments learned (lineage depth, versions)", ylabel="branch", yticks=[],
-           title="Lineage: each edge's operators, parameters added, child accuracy and marginal cost")
+        ax.scatter([x], [y], s=500, c="#4c72b0", zorder=3)
+        ax.text(x, y, f"v{n}", ha="center", va="center", color="white", fontsize=8, weight="bold", zorder=4)
+    ax.set(xlim=(-0.3, branches + 0.7), ylim=(-depth + 0.5, 0.5), yticks=range(0, -int(depth), -1),
+           yticklabels=range(int(depth)), xticks=[], xlabel="branch (versions grown from the same parent)",
+           ylabel="lineage depth (versions)",
+           title="Lineage: operators, parameters added, test accuracy and marginal cost per edge")
     fig.tight_layout()
     return fig
 
@@ -155,6 +157,10 @@ def candidates(trials: pd.DataFrame, rounds: pd.DataFrame) -> Figure:
         budget = rounds.loc[rounds["round"] == r, "budget_flops"].iloc[0]
         if pd.notna(budget):
             ax.axvline(budget / G, color="#c44e52", ls="--", label="round budget")
+        acc = part["val_accuracy"] * 100
+        lo, hi = (acc.min(), acc.max()) if len(acc) else (0, 100)
+        ax.set_ylim(max(0, lo - 5), min(102, hi + 3))
+        ax.set_xlim(left=0)
         ax.set(xlabel="marginal compute (GFLOPs, measured)", ylabel="validation accuracy (%)",
                title=f"Round {r}: candidates, accuracy vs compute")
         ax.legend(fontsize=7, loc="lower right")

@@ -123,7 +123,8 @@ def _build(run, folder: Path, predict: bool, say: Callable[[str], None]) -> tupl
                                                              "candidates.png"),
                                 "Every candidate that ran, at its measured marginal FLOPs; dashed: the round's budget; "
                                 "squares: the feasible Pareto front; star: the committed candidate.",
-                                [("candidates that failed or never started, with the reason", failed)]
+                                [(f"candidates that failed or never started, with the reason: {_reasons(failed)}",
+                                  failed)]
                                 if not failed.empty else []))
         sections.append(Section("Compute per round", save(plots.spend(data.rounds), "spend.png"),
                                 "Marginal compute each round spent, its budget, and what retraining jointly on all "
@@ -145,6 +146,12 @@ def _build(run, folder: Path, predict: bool, say: Callable[[str], None]) -> tupl
     return sections, summary
 
 
+def _reasons(failed: pd.DataFrame) -> str:
+    """'55 over budget, 18 duplicate of trial' from the fail reasons (their text before a colon or number)."""
+    kinds = failed["fail_reason"].fillna("no reason recorded").str.replace(r"[:\d].*$", "", regex=True).str.strip()
+    return ", ".join(f"{n} {k}" for k, n in kinds.value_counts().items())
+
+
 # ---- writers ------------------------------------------------------------------------------------------
 
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1180px;margin:2em auto;
@@ -152,7 +159,7 @@ padding:0 1em;color:#222;line-height:1.45}h1{margin-bottom:.2em}h2{border-bottom
 margin-top:2em}img{max-width:100%;height:auto;display:block;margin:.6em 0;border:1px solid #eee}
 table{border-collapse:collapse;font-size:.8em;margin:.6em 0;display:block;overflow-x:auto}
 td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}th{background:#f4f6fb}.caption{color:#555}
-ul.summary li{margin:.2em 0}nav a{margin-right:1em}"""
+ul.summary li{margin:.2em 0}nav a{margin-right:1em}details{margin:.8em 0}summary{cursor:pointer}"""
 
 
 def _html(name: str, sections: list[Section], summary: list[str], folder: Path) -> str:
@@ -166,7 +173,12 @@ def _html(name: str, sections: list[Section], summary: list[str], folder: Path) 
             body.append(f'<img alt="{esc(s.title)}" src="data:image/png;base64,{data}">')
         body.append(f'<p class="caption">{esc(s.caption)}</p>')
         for title, df in s.tables:
-            body.append(f"<h3>{esc(title)}</h3>" + df.map(_cell).to_html(index=False, border=0, escape=True))
+            table = df.map(_cell).to_html(index=False, border=0, escape=True)
+            if len(df) > 12:  # long lists fold away; the summary line still says what is in them
+                body.append(f"<details><summary><b>{esc(title)}</b> ({len(df)} rows; click to show)</summary>"
+                            f"{table}</details>")
+            else:
+                body.append(f"<h3>{esc(title)}</h3>{table}")
     items = "".join(f"<li>{esc(x)}</li>" for x in summary)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>evo report: {esc(name)}</title>'
             f'<link rel="icon" href="data:,"><style>{_CSS}</style></head><body><h1>evo report: {esc(name)}</h1>'
