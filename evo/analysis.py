@@ -308,6 +308,8 @@ def test_split(run: str | os.PathLike | Run):
         if len(test):
             return test, f"held-out split of {latest['data']} ({len(test)} images), the data version " \
                          f"{run.latest()} learned, reloaded with evo.data.load_source"
+    if latest.get("increment") is None:
+        return None, "no test split: the run has not learned an increment yet"
     return None, "no test split: the run has no scenario in config.json and its latest data is not readable"
 
 
