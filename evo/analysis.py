@@ -9,6 +9,8 @@ from its config and runs each version on it (a few seconds for the small runs; C
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import sqlite3
@@ -385,30 +387,48 @@ def forgetting_per_class(acc: pd.DataFrame) -> pd.DataFrame:
 
 
 def corrections(run: str | os.PathLike | Run) -> pd.DataFrame | None:
-    """The corrections log (RUN/corrections.sqlite) as a table sorted by time, or None when there is none.
+    """The corrections log (RUN/corrections.sqlite) sorted by time, or None when the run has none.
 
-    Read-only (SQLite `mode=ro`). The table is the one holding `created` and `label` columns;
-    `created` may be ISO text or Unix seconds.
+    With `evo.active` installed, the engine opens the log read-only and replays it, so `holds` says
+    whether each live correction still holds on the latest version. Without it the SQLite file is
+    read directly (`mode=ro`) and `holds` is unknown (NA) unless the table stores it.
     """
     run = open_run(run)
     path = run.path / "corrections.sqlite"
     if not path.is_file():
         return None
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for table in tables:
-            cols = [r[1] for r in db.execute(f'PRAGMA table_info("{table}")')]
-            if {"created", "label"} <= set(cols):
-                df = pd.read_sql_query(f'SELECT * FROM "{table}"', db)
-                break
-        else:
-            return None
+    try:
+        from evo.active import Corrections
+    except ImportError:
+        df = _corrections_table(path)
+    else:
+        eng = Corrections.open(run.path, write=False)
+        try:
+            df = pd.DataFrame([dataclasses.asdict(r) for r in eng.list()])
+        finally:
+            eng.close()
+    if df is None or df.empty:
+        return None
     created = df["created"]
     df["created"] = (pd.to_datetime(created, unit="s", utc=True) if pd.api.types.is_numeric_dtype(created)
                      else pd.to_datetime(created, utc=True, format="mixed"))
-    for col in ("holds", "undone"):
-        df[col] = df[col].fillna(0).astype(bool) if col in df else col == "holds"
+    if "undone" not in df:
+        df["undone"] = False
+    elif not pd.api.types.is_bool_dtype(df["undone"]):  # the log stores when it was undone, else NULL
+        df["undone"] = df["undone"].notna() & ~df["undone"].isin([0, "0", "", "false"])
+    df["holds"] = df["holds"].astype("boolean") if "holds" in df else pd.array([pd.NA] * len(df), "boolean")
     return df.sort_values("created").reset_index(drop=True)
+
+
+def _corrections_table(path: Path) -> pd.DataFrame | None:
+    """The table with `created` and `label` columns (image blobs left out), read-only."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
+            cols = [r[1] for r in db.execute(f'PRAGMA table_info("{table}")')]
+            if {"created", "label"} <= set(cols):
+                keep = ", ".join(f'"{c}"' for c in cols if c != "image_png")
+                return pd.read_sql_query(f'SELECT {keep} FROM "{table}"', db)
+    return None
 
 
 # ---- the peer benchmark (benchmarks/peers/results/peers.json) -------------------------------------------

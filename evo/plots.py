@@ -213,10 +213,14 @@ def corrections(log: pd.DataFrame) -> Figure:
     """Cumulative corrections over time: those that still hold, those that no longer hold, those undone."""
     fig, ax = _subplots(figsize=(8, 4))
     t = log["created"]
-    for mask, label, colour in ((~log["undone"] & log["holds"], "holding", "#55a868"),
-                                (~log["undone"] & ~log["holds"], "not holding (conflicting)", "#c44e52"),
-                                (log["undone"], "undone", "0.5")):
-        ax.step(t, mask.cumsum(), where="post", label=label, color=colour)
+    live, holds = ~log["undone"], log["holds"]
+    series = [(live & holds.fillna(False), "holding", "#55a868"),
+              (live & ~holds.fillna(True), "not holding (conflicting)", "#c44e52"),
+              (live & holds.isna(), "live (hold not recorded)", "#4c72b0"),
+              (log["undone"], "undone", "0.5")]
+    for mask, label, colour in series:
+        if mask.any():
+            ax.step(t, mask.astype(int).cumsum(), where="post", label=label, color=colour)
     ax.set(xlabel="time of correction (UTC)", ylabel="corrections (cumulative count)",
            title="Corrections over time: holding vs conflicting vs undone")
     ax.legend(fontsize=8)

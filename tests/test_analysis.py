@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -131,17 +132,33 @@ def test_report_writes_page_pngs_and_summary_elsewhere_without_touching_the_run(
             assert im.size[0] > 300 and im.size[1] > 200
 
 
+def _make_corrections(run: Path) -> None:
+    """Four corrections, one undone: through the corrections engine where it is installed, else as
+    rows in the log's SQLite schema (evo/active/log.py)."""
+    try:
+        from evo.active import Corrections
+    except ImportError:
+        with contextlib.closing(sqlite3.connect(run / "corrections.sqlite")) as db, db:
+            db.execute("CREATE TABLE corrections (id INTEGER PRIMARY KEY AUTOINCREMENT, created TEXT NOT NULL, "
+                       "image_sha256 TEXT NOT NULL, image_png BLOB NOT NULL, previous TEXT NOT NULL, label TEXT "
+                       "NOT NULL, source TEXT NOT NULL, external_id TEXT, version INTEGER NOT NULL, undone TEXT)")
+            db.executemany("INSERT INTO corrections VALUES (?,?,?,?,?,?,?,?,?,?)",
+                           [(i, f"2026-12-01T10:0{i}:00", "ab" * 32, b"", "digit-1", "digit-7", "python", None, 2,
+                             "2026-12-01T11:00:00" if i == 3 else None) for i in range(1, 5)])
+        return
+    test, _ = analysis.test_split(run)
+    with Corrections.open(run) as eng:
+        ids = [eng.correct(test.images[i], test.classes[(test.labels[i] + 1) % len(test.classes)]).id
+               for i in range(4)]
+        eng.undo(ids[2])
+
+
 def test_cli_report_default_folder_replace_and_refusals(run_dir, tmp_path, capsys):
     run = tmp_path / "copy"
     shutil.copytree(run_dir, run)
-    with sqlite3.connect(run / "corrections.sqlite") as db:  # the corrections log, as ACTIVE_API.md lists it
-        db.execute("CREATE TABLE corrections (id INTEGER PRIMARY KEY, created TEXT, image_sha256 TEXT, previous TEXT, "
-                   "label TEXT, weight REAL, holds INTEGER, undone INTEGER, source TEXT, external_id TEXT)")
-        db.executemany("INSERT INTO corrections VALUES (?,?,?,?,?,?,?,?,?,?)",
-                       [(i, f"2026-12-01T10:0{i}:00", "ab" * 32, "digit-1", "digit-7", 1.0, int(i != 2), int(i == 3),
-                         "python", None) for i in range(1, 5)])
+    _make_corrections(run)
     log = analysis.corrections(run)
-    assert len(log) == 4 and log["holds"].sum() == 3 and log["undone"].sum() == 1
+    assert len(log) == 4 and log["undone"].sum() == 1 and log["created"].is_monotonic_increasing
     assert main(["report", str(run), "--no-predict"]) == 0
     files = {p.name for p in (run / "report").iterdir()}
     assert "corrections.png" in files and "confusion.png" not in files
