@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import textwrap
 
+import matplotlib.dates
 import matplotlib.ticker
 import numpy as np
 import pandas as pd
@@ -221,10 +222,13 @@ def corrections(log: pd.DataFrame) -> Figure:
     for mask, label, colour in series:
         if mask.any():
             ax.step(t, mask.astype(int).cumsum(), where="post", label=label, color=colour)
-    ax.set(xlabel="time of correction (UTC)", ylabel="corrections (cumulative count)",
-           title="Corrections over time: holding vs conflicting vs undone")
+    locator = matplotlib.dates.AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(matplotlib.dates.ConciseDateFormatter(locator))
+    ax.set(xlabel="time the correction was made (UTC)", ylabel="corrections made so far (count)",
+           title="Corrections over time, by their state now: holding vs conflicting vs undone")
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.legend(fontsize=8)
-    fig.autofmt_xdate()
     fig.tight_layout()
     return fig
 

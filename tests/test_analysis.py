@@ -165,7 +165,7 @@ def test_cli_report_default_folder_replace_and_refusals(run_dir, tmp_path, capsy
     assert "per increment" in (run / "report" / "index.html").read_text()  # no per-class data: says so
     assert main(["report", str(run)]) == 0  # replaces its own earlier report
     assert {"confusion.png", "corrections.png"} <= {p.name for p in (run / "report").iterdir()}
-    assert not [p for p in run.iterdir() if p.name.startswith(".")]
+    assert not [p for p in run.iterdir() if p.name.startswith(".report")]  # no temp folder left
     capsys.readouterr()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
