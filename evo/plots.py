@@ -249,7 +249,8 @@ def peers(summary: pd.DataFrame, setting: str = "") -> Figure:
     wide = len(ok) and (ok["tflops"] > 0).all() and ok["tflops"].max() / ok["tflops"].min() > 20
     if wide:
         ax.set_xscale("log")
-    ax.set(xlabel="total compute (TFLOPs" + (", log scale)" if wide else ")"), ylabel="final accuracy (%)",
+    ax.set(xlabel="total compute (TFLOPs" + (", log scale)" if wide else ")"),
+           ylabel="final accuracy (%, mean ± std over seeds)",
            title="Final accuracy vs compute: evo and its peers" + (f"\n{setting}" if setting else ""))
     ax.grid(alpha=0.3)
     ax.legend(title="family", fontsize=8)

@@ -251,3 +251,13 @@ def test_report_page_renders_in_headless_chromium(run_dir, tmp_path):
             browser.close()
     assert errors == []
     assert len(images) == len(FIGURES) and all(done and width > 0 for done, width in images)
+
+
+def test_report_on_a_run_that_has_learned_nothing_yet(run_dir, tmp_path):
+    run = tmp_path / "new"
+    (run / "versions").mkdir(parents=True)
+    shutil.copy(run_dir / "config.json", run)
+    shutil.copytree(run_dir / "versions" / "0", run / "versions" / "0")
+    out = write_report(run, say=lambda s: None)
+    assert {p.name for p in out.iterdir()} == {"lineage.png", "architecture.png", "index.html", "summary.md"}
+    assert "has not learned an increment yet" in (out / "summary.md").read_text()
