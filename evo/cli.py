@@ -176,5 +176,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
 
 
+# ---- evo report (issue 11): one block, so it merges beside other helpers' commands ----------------------
+@command("report")
+def cmd_report(args: argparse.Namespace) -> int:
+    from evo.report import write_report
+
+    write_report(args.run_dir, out=args.out, predict=args.predict)
+    return 0
+
+
+_build_parser_before_report = build_parser
+
+
+def build_parser() -> argparse.ArgumentParser:  # noqa: F811  (extends the parser above with `report`)
+    p = _build_parser_before_report()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    rp = sub.add_parser("report", help="write a run's figures as RUN/report/index.html, PNGs and summary.md")
+    rp.add_argument("run_dir", help="the run folder, e.g. runs/fashion_quick")
+    rp.add_argument("--out", default=None, help="report folder (default RUN/report)")
+    rp.add_argument("--predict", action=argparse.BooleanOptionalAction, default=True,
+                    help="run every version on the run's test split for the confusion matrix and per-class "
+                         "forgetting (default: yes)")
+    return p
+
+
 if __name__ == "__main__":
     sys.exit(main())
