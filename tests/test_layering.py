@@ -28,7 +28,8 @@ LAYERS: list[set[str]] = [
     {"evo.learn"},
     {"evo.active"},
     {"evo.search", "evo.serve", "evo.learn_run"},
-    {"evo.analysis", "evo.report"},
+    {"evo.analysis", "evo.plots"},
+    {"evo.report"},
     {"evo.cli"},
 ]
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
