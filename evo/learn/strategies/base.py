@@ -172,6 +172,19 @@ def option_defaults(name: str) -> dict[str, Any]:
     return {f.name: (f.default if f.default is not MISSING else None) for f in fields(STRATEGIES.get(name).Options)}
 
 
+def at_classes(graph: ArchGraph, n_classes: int) -> ArchGraph:
+    """`graph` with a head of (at least) `n_classes` outputs, as `learn` will train it: for pricing,
+    since `add_classes` grows the head before the strategy runs."""
+    head = graph.head
+    if head is None or graph.attrs(head)["out_features"] >= n_classes:
+        return graph
+    g = graph.copy()
+    d = g.attrs(head)["in_features"]
+    g.node(head)["attrs"] = {**g.attrs(head), "out_features": n_classes, "bias": True}
+    g.node(head)["params"] = {"weight": torch.zeros(n_classes, d), "bias": torch.zeros(n_classes)}
+    return g.validate()
+
+
 def split_settings(settings: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """(strategy name, the options it accepts) from a flat settings mapping such as a search
     candidate's training values: `strategy` (default 'evo') plus any options; a setting the chosen

@@ -43,6 +43,7 @@ from evo.learn.strategies.base import (
     Result,
     Strategy,
     Workload,
+    at_classes,
     register_strategy,
     sub_state,
     tensor_state,
@@ -135,11 +136,12 @@ class Evo(Strategy):
         fpi = forward_flops_per_image(net, tuple(graph.input_shape), features_only=True)
         if self.head_.gram_ is None and ctx.memory is not None and len(ctx.memory):
             mem = run_batches(net, ctx.memory.images, ctx.preprocess, _features, ctx.meter,
-                              self.options.batch_size, fpi, ctx.progress, "features (memory)")
+                              self.options.batch_size, fpi, ctx.progress, "features (memory)", ctx.device)
             self._absorb(mem, ctx.memory.labels, len(ctx.classes), ctx)
             info["rebuilt_from_memory"] = True
         feats = run_batches(net, ctx.images, ctx.preprocess, _features, ctx.meter,
-                            self.options.batch_size, fpi, ctx.progress, f"features (increment {ctx.index})")
+                            self.options.batch_size, fpi, ctx.progress, f"features (increment {ctx.index})",
+                            ctx.device)
         self._absorb(feats, ctx.labels, len(ctx.classes), ctx)
         mapping = head_map(graph, head, layout)
         view = self._head_view(mapping, ctx)
@@ -165,7 +167,7 @@ class Evo(Strategy):
         the GCV walk at its cap; after growth, old and new features compared on a few exemplars
         and the statistics possibly rebuilt from memory. The full forward is charged where only the
         features run, and the statistics' spare taps only add pooling (far inside the GCV slack)."""
-        return self._fast_price(self.prepare(graph) if work.first else graph, work)
+        return self._fast_price(at_classes(self.prepare(graph) if work.first else graph, work.n_classes), work)
 
     def _fast_price(self, g: ArchGraph, work: Workload) -> int:
         fwd = g.flops(batch=1)
@@ -317,7 +319,8 @@ def _same_features(old: ArchGraph, new: ArchGraph, layout: list[Tap], ctx: Conte
     for g in (old, new):
         net = tap_graph(g, layout).to_module().eval()
         fpi = forward_flops_per_image(net, tuple(g.input_shape), features_only=True)
-        outs.append(run_batches(net, images, ctx.preprocess, _features, ctx.meter, batch_size, fpi, False))
+        outs.append(run_batches(net, images, ctx.preprocess, _features, ctx.meter, batch_size, fpi, False,
+                                device=ctx.device))
     scale = max(1.0, float(outs[0].abs().max()))
     return bool((outs[0] - outs[1]).abs().max() <= 1e-4 * scale)
 

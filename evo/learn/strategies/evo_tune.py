@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from evo.graph.archgraph import ArchGraph
-from evo.learn.strategies.base import Context, Result, Workload, register_strategy
+from evo.learn.strategies.base import Context, Result, Workload, at_classes, register_strategy
 from evo.learn.strategies.evo import Evo
 from evo.learn.strategies.replay import with_memory
 from evo.learn.train import TrainConfig, fit, step_flops_per_image
@@ -49,7 +49,7 @@ class EvoTune(Evo):
     def price(self, graph: ArchGraph, work: Workload) -> int:
         """The fast path, fine-tuning on increment + memory (capped by `max_flops`), then the features
         of memory and increment again and a second solve."""
-        g = self.prepare(graph) if work.first else graph
+        g = at_classes(self.prepare(graph) if work.first else graph, work.n_classes)
         cfg = self.options.train_config()
         n, m = work.n_train, work.n_memory
         train = cfg.epochs * (n + m) * step_flops_per_image(g, cfg.trainable)
@@ -65,7 +65,7 @@ class EvoTune(Evo):
         net = graph.to_module()
         images, labels = with_memory(ctx)
         stats = fit(net, graph, images, labels, ctx.preprocess, self.options.train_config(), ctx.meter,
-                    progress=ctx.progress, desc=f"evo_tune (increment {ctx.index})")
+                    progress=ctx.progress, desc=f"evo_tune (increment {ctx.index})", device=ctx.device)
         tuned = graph.with_weights(net)
         refit = super().learn(replace(ctx, graph=tuned, backbone_changed=True, stats_graph=None))
         refit.info = {**(refit.info or {}), "train_steps": stats["steps"], "train_flops": stats["flops"],

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from evo.graph.archgraph import ArchGraph
-from evo.learn.strategies.base import Context, Result, Strategy, Workload
+from evo.learn.strategies.base import Context, Result, Strategy, Workload, at_classes
 from evo.learn.train import LossFn, TrainConfig, fit, step_flops_per_image
 
 
@@ -60,6 +60,7 @@ class SGDStrategy(Strategy):
         """Training steps over `training_rows` images per epoch (capped by `max_flops`), each with
         `extra_flops_per_image`, plus `after_training_flops`, plus a forward over the increment and
         twice over the memory (the exemplar selection's features)."""
+        graph = at_classes(graph, work.n_classes)
         cfg = self.options.config()
         per_image = step_flops_per_image(graph, cfg.trainable) + self.extra_flops_per_image(graph)
         train = cfg.epochs * self.training_rows(work) * per_image
@@ -87,7 +88,7 @@ class SGDStrategy(Strategy):
         stats = fit(net, graph, images, labels, ctx.preprocess, self.options.config(), ctx.meter,
                     loss_fn=self.loss_fn(ctx, net), extra_step_flops=self.extra_step_flops(ctx),
                     progress=ctx.progress, desc=f"{self.name} (increment {ctx.index})",
-                    on_epoch_end=self.options.on_epoch_end)
+                    on_epoch_end=self.options.on_epoch_end, device=ctx.device)
         trained = graph.with_weights(net)
         self.after_training(ctx, trained, net)
         return Result(trained, None, {"steps": stats["steps"], "train_flops": stats["flops"],
