@@ -126,6 +126,7 @@ class Evo(Strategy):
                 f"{len(ctx.classes) - len(ctx.new_classes)} classes without statistics; start from a "
                 "fresh head (Learner(head='reset')) or use a gradient strategy such as 'replay'"
             )
+        self.head_.to(ctx.device)  # statistics in fp64 on the learner's device (state_dict is CPU)
         head = head_taps(graph)
         info: dict[str, Any] = {"feature_dim": None, "rebuilt_from_memory": False}
         layout = self._kept_layout(ctx, head, info)
@@ -153,7 +154,7 @@ class Evo(Strategy):
         scale = self._calibrate(weight, bias, feats, ctx)
         out = graph.copy()
         dtype = out.params(out.head)["weight"].dtype
-        out.set_params(out.head, weight=(scale * weight).to(dtype), bias=(scale * bias).to(dtype))
+        out.set_params(out.head, weight=(scale * weight).to("cpu", dtype), bias=(scale * bias).to("cpu", dtype))
         out.meta["head_scale"] = scale
         out.meta[LAYOUT_KEY] = to_meta(layout)
         info.update(feature_dim=d, statistics_dim=self.head_.n_features_in_, ridge=lam,
@@ -236,7 +237,7 @@ class Evo(Strategy):
         """A RidgeHead over the head's own features (the layout's statistics mapped, or the same object)."""
         if mapping is None:
             return self.head_
-        view = RidgeHead(self.head_.ridge)
+        view = RidgeHead(self.head_.ridge, device=self.head_.device)
         view.gram_, view.xty_ = apply_map(mapping, self.head_.gram_, self.head_.xty_)
         nnz, (d_layout, c) = mapping._nnz(), self.head_.xty_.shape  # sparse products: 2 FLOPs per nonzero term
         ctx.meter.add_flops(2 * nnz * (d_layout + view.gram_.shape[0] + c))
@@ -256,7 +257,8 @@ class Evo(Strategy):
                 and not ctx.backbone_changed:
             x = torch.cat([x, torch.from_numpy(mem.features).to(x.dtype)])
             y = torch.cat([y, torch.as_tensor(mem.labels, dtype=torch.int64)])
-        z = x.double() @ weight.T + bias
+        z = x.to(weight.device, torch.float64) @ weight.T + bias
+        y = y.to(weight.device)
         ctx.meter.add_flops(matmul_flops(x.shape[0], x.shape[1], weight.shape[0]))
         return calibrate_scale(z, y)
 
