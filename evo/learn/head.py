@@ -84,7 +84,9 @@ def _solve_psd(a: Tensor, rhs: Tensor) -> Tensor:
     chol, info = torch.linalg.cholesky_ex(a)
     if int(info) == 0:
         return torch.cholesky_solve(rhs, chol)
-    return torch.linalg.lstsq(a, rhs, driver="gelsd").solution
+    if a.device.type == "cpu":
+        return torch.linalg.lstsq(a, rhs, driver="gelsd").solution
+    return torch.linalg.pinv(a, hermitian=True) @ rhs  # CUDA's lstsq (gels) needs full rank
 
 
 @dataclass(frozen=True)
