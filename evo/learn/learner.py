@@ -108,6 +108,9 @@ class Learner:
         tqdm bars during training and feature extraction.
     eval_batch_size : int
         Batch size for evaluation and prediction.
+    device : 'cpu', 'cuda' or 'cuda:N'
+        Where features, training and the closed-form head compute (`evo.learn.device`: AMP on
+        CUDA, statistics in fp64); the graph and the saved state stay on the CPU.
     **options
         Passed to the strategy (e.g. `epochs=3, trainable=2, lr=0.01`, or `taps=..., ridge=...`).
     """
