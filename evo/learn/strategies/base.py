@@ -172,17 +172,14 @@ def option_defaults(name: str) -> dict[str, Any]:
     return {f.name: (f.default if f.default is not MISSING else None) for f in fields(STRATEGIES.get(name).Options)}
 
 
-def at_classes(graph: ArchGraph, n_classes: int) -> ArchGraph:
-    """`graph` with a head of (at least) `n_classes` outputs, as `learn` will train it: for pricing,
-    since `add_classes` grows the head before the strategy runs."""
+def head_growth_flops(graph: ArchGraph, n_classes: int) -> int:
+    """Forward FLOPs per image that `add_classes` adds to the head when it grows to `n_classes`
+    (a training step costs at most 3×: forward, weight and input gradients). Prices add these
+    instead of building the grown graph."""
     head = graph.head
-    if head is None or graph.attrs(head)["out_features"] >= n_classes:
-        return graph
-    g = graph.copy()
-    d = g.attrs(head)["in_features"]
-    g.node(head)["attrs"] = {**g.attrs(head), "out_features": n_classes, "bias": True}
-    g.node(head)["params"] = {"weight": torch.zeros(n_classes, d), "bias": torch.zeros(n_classes)}
-    return g.validate()
+    if head is None:
+        return 0
+    return 2 * graph.attrs(head)["in_features"] * max(n_classes - graph.attrs(head)["out_features"], 0)
 
 
 def split_settings(settings: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:

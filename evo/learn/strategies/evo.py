@@ -43,7 +43,7 @@ from evo.learn.strategies.base import (
     Result,
     Strategy,
     Workload,
-    at_classes,
+    head_growth_flops,
     register_strategy,
     sub_state,
     tensor_state,
@@ -168,10 +168,10 @@ class Evo(Strategy):
         the GCV walk at its cap; after growth, old and new features compared on a few exemplars
         and the statistics possibly rebuilt from memory. The full forward is charged where only the
         features run, and the statistics' spare taps only add pooling (far inside the GCV slack)."""
-        return self._fast_price(at_classes(self.prepare(graph) if work.first else graph, work.n_classes), work)
+        return self._fast_price(self.prepare(graph) if work.first else graph, work)
 
     def _fast_price(self, g: ArchGraph, work: Workload) -> int:
-        fwd = g.flops(batch=1)
+        fwd = g.flops(batch=1) + head_growth_flops(g, work.n_classes)
         d = max(g.attrs(g.head)["in_features"], self.statistics_width(g))
         rebuilt = 2 * work.n_memory + 2 * VERIFY_IMAGES if work.grown else 0
         return int(fwd * (work.n_train + rebuilt) + self._solve_price(work, d))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from evo.graph.archgraph import ArchGraph
-from evo.learn.strategies.base import Context, Result, Workload, at_classes, register_strategy
+from evo.learn.strategies.base import Context, Result, Workload, head_growth_flops, register_strategy
 from evo.learn.strategies.evo import Evo
 from evo.learn.strategies.replay import with_memory
 from evo.learn.train import TrainConfig, fit, step_flops_per_image
@@ -49,14 +49,15 @@ class EvoTune(Evo):
     def price(self, graph: ArchGraph, work: Workload) -> int:
         """The fast path, fine-tuning on increment + memory (capped by `max_flops`), then the features
         of memory and increment again and a second solve."""
-        g = at_classes(self.prepare(graph) if work.first else graph, work.n_classes)
+        g = self.prepare(graph) if work.first else graph
+        grow = head_growth_flops(g, work.n_classes)
         cfg = self.options.train_config()
         n, m = work.n_train, work.n_memory
-        train = cfg.epochs * (n + m) * step_flops_per_image(g, cfg.trainable)
+        train = cfg.epochs * (n + m) * (step_flops_per_image(g, cfg.trainable) + 3 * grow)
         if cfg.max_flops is not None:
             train = min(train, cfg.max_flops)
         d = max(g.attrs(g.head)["in_features"], self.statistics_width(g))
-        refit = g.flops(batch=1) * (n + 3 * m) + self._solve_price(work, d)
+        refit = (g.flops(batch=1) + grow) * (n + 3 * m) + self._solve_price(work, d)
         return int(self._fast_price(g, work) + train + refit)
 
     def learn(self, ctx: Context) -> Result:

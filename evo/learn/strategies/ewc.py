@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
 from evo.learn.device import batch_to
-from evo.learn.strategies.base import Context, Workload, register_strategy
+from evo.learn.strategies.base import Context, Workload, head_growth_flops, register_strategy
 from evo.learn.strategies.sgd import SGDOptions, SGDStrategy
 from evo.learn.train import LossFn, StepPricer, set_trainable, step_flops_per_image, trainable_nodes
 
@@ -88,7 +88,8 @@ class EWC(SGDStrategy):
 
     def after_training_flops(self, graph: ArchGraph, work: Workload) -> int:
         """The Fisher pass: one training step per sampled image."""
-        return min(self.options.fisher_samples, work.n_train) * step_flops_per_image(graph, self.options.trainable)
+        step = step_flops_per_image(graph, self.options.trainable) + 3 * head_growth_flops(graph, work.n_classes)
+        return min(self.options.fisher_samples, work.n_train) * step
 
     def after_training(self, ctx: Context, graph: ArchGraph, net: nn.Module) -> None:
         opts = self.options

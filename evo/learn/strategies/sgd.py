@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from evo.graph.archgraph import ArchGraph
-from evo.learn.strategies.base import Context, Result, Strategy, Workload, at_classes
+from evo.learn.strategies.base import Context, Result, Strategy, Workload, head_growth_flops
 from evo.learn.train import LossFn, TrainConfig, fit, step_flops_per_image
 
 
@@ -60,13 +60,13 @@ class SGDStrategy(Strategy):
         """Training steps over `training_rows` images per epoch (capped by `max_flops`), each with
         `extra_flops_per_image`, plus `after_training_flops`, plus a forward over the increment and
         twice over the memory (the exemplar selection's features)."""
-        graph = at_classes(graph, work.n_classes)
+        grow = head_growth_flops(graph, work.n_classes)
         cfg = self.options.config()
-        per_image = step_flops_per_image(graph, cfg.trainable) + self.extra_flops_per_image(graph)
+        per_image = step_flops_per_image(graph, cfg.trainable) + 3 * grow + self.extra_flops_per_image(graph)
         train = cfg.epochs * self.training_rows(work) * per_image
         if cfg.max_flops is not None:
             train = min(train, cfg.max_flops)
-        upkeep = graph.flops(batch=1) * (work.n_train + 2 * work.n_memory)
+        upkeep = (graph.flops(batch=1) + grow) * (work.n_train + 2 * work.n_memory)
         return int(train + self.after_training_flops(graph, work) + upkeep)
 
     def training_rows(self, work: Workload) -> int:
