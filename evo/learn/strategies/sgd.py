@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
 from evo.learn.strategies.base import Context, Result, Strategy, Workload, head_growth_flops
 from evo.learn.train import LossFn, TrainConfig, fit, step_flops_per_image
@@ -27,6 +28,11 @@ class SGDOptions(TrainConfig):
     costs nothing here)."""
 
     on_epoch_end: Callable[..., Any] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.on_epoch_end is not None and not callable(self.on_epoch_end):
+            raise ConfigError(f"on_epoch_end must be a callable (epoch, net, stats) or None; got {self.on_epoch_end!r}")
 
     def config(self) -> TrainConfig:
         names = {f.name for f in fields(TrainConfig)}
