@@ -84,7 +84,9 @@ def _solve_psd(a: Tensor, rhs: Tensor) -> Tensor:
     chol, info = torch.linalg.cholesky_ex(a)
     if int(info) == 0:
         return torch.cholesky_solve(rhs, chol)
-    return torch.linalg.lstsq(a, rhs, driver="gelsd").solution
+    if a.device.type == "cpu":
+        return torch.linalg.lstsq(a, rhs, driver="gelsd").solution
+    return torch.linalg.pinv(a, hermitian=True) @ rhs  # CUDA's lstsq (gels) needs full rank
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ class RandomProjection:
     def __call__(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_dim:
             raise ConfigError(f"RandomProjection expects {self.in_dim} input features; got {x.shape[-1]}")
-        return ACTIVATIONS[self.activation](x.to(torch.float64) @ self.weight)
+        return ACTIVATIONS[self.activation](x.to(torch.float64) @ self.weight.to(x.device))
 
     def code(self) -> Tensor:
         """The projection as an int64 tensor [in_dim, out_dim, seed, activation code] for state dicts."""
@@ -151,7 +153,8 @@ class RidgeHead:
     `ridge` (λ) is not divided by the sample count, as in scikit-learn's Ridge(alpha=λ).
     """
 
-    def __init__(self, ridge: float = 1.0, projection: RandomProjection | None = None) -> None:
+    def __init__(self, ridge: float = 1.0, projection: RandomProjection | None = None,
+                 device: str | torch.device = "cpu") -> None:
         if (
             not isinstance(ridge, (int, float))
             or isinstance(ridge, bool)
@@ -163,7 +166,17 @@ class RidgeHead:
             raise ConfigError(f"RidgeHead projection must be a RandomProjection or None; got {projection!r}")
         self.ridge = float(ridge)
         self.projection = projection
+        self.device = torch.device(device)
         self.reset()
+
+    def to(self, device: str | torch.device) -> RidgeHead:
+        """Keep the statistics (always fp64) and solve on `device`; returns self."""
+        self.device = torch.device(device)
+        for name in ("gram_", "xty_", "coef_", "intercept_"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.to(self.device))
+        return self
 
     # -- fitting -------------------------------------------------------------------------------
 
@@ -201,12 +214,13 @@ class RidgeHead:
         y = as_labels(labels, x.shape[0], n_classes)
         phi = self._project(x)
         c = max(n_classes or 0, int(y.max()) + 1, self.n_classes_)
-        phi = torch.cat([phi, torch.ones(phi.shape[0], 1, dtype=torch.float64)], dim=1)
-        onehot = torch.zeros(phi.shape[0], c, dtype=torch.float64)
-        onehot[torch.arange(phi.shape[0]), y] = 1.0
+        dev = self.device
+        phi = torch.cat([phi, torch.ones(phi.shape[0], 1, dtype=torch.float64, device=dev)], dim=1)
+        onehot = torch.zeros(phi.shape[0], c, dtype=torch.float64, device=dev)
+        onehot[torch.arange(phi.shape[0], device=dev), y.to(dev)] = 1.0
         if self.gram_ is None:
-            self.gram_ = torch.zeros(phi.shape[1], phi.shape[1], dtype=torch.float64)
-            self.xty_ = torch.zeros(phi.shape[1], 0, dtype=torch.float64)
+            self.gram_ = torch.zeros(phi.shape[1], phi.shape[1], dtype=torch.float64, device=dev)
+            self.xty_ = torch.zeros(phi.shape[1], 0, dtype=torch.float64, device=dev)
         self._grow_classes(c)
         self.gram_ += phi.T @ phi
         self.xty_ += phi.T @ onehot
@@ -229,7 +243,7 @@ class RidgeHead:
 
     def _grow_classes(self, c: int) -> None:
         if c > self.xty_.shape[1]:
-            extra = torch.zeros(self.xty_.shape[0], c - self.xty_.shape[1], dtype=torch.float64)
+            extra = torch.zeros(self.xty_.shape[0], c - self.xty_.shape[1], dtype=torch.float64, device=self.device)
             self.xty_ = torch.cat([self.xty_, extra], dim=1)
 
     def transform(self, features: ArrayLike) -> Tensor:
@@ -240,6 +254,7 @@ class RidgeHead:
         expected = self.n_features_in_ or (self.projection.in_dim if self.projection else None)
         if expected is not None and x.shape[1] != expected:
             raise ConfigError(f"RidgeHead expects {expected} features per sample; got {x.shape[1]}")
+        x = x.to(self.device)
         return self.projection(x) if self.projection else x
 
     # -- solving -------------------------------------------------------------------------------
@@ -259,7 +274,7 @@ class RidgeHead:
 
     def _system(self, ridge: float) -> Tensor:
         self._require_fitted()
-        reg = torch.full((self.gram_.shape[0],), float(ridge), dtype=torch.float64)
+        reg = torch.full((self.gram_.shape[0],), float(ridge), dtype=torch.float64, device=self.gram_.device)
         reg[-1] = 0.0
         return self.gram_ + torch.diag(reg)
 
@@ -392,8 +407,8 @@ class RidgeHead:
         if self.gram_ is None:
             return {}
         sd = {
-            "gram": self.gram_.clone(),
-            "xty": self.xty_.clone(),
+            "gram": self.gram_.cpu().clone(),
+            "xty": self.xty_.cpu().clone(),
             "n_samples": torch.tensor([self.n_samples_], dtype=torch.int64),
             "n_features_in": torch.tensor([self.n_features_in_], dtype=torch.int64),
         }
@@ -426,7 +441,7 @@ class RidgeHead:
                 f"do not match feature width {d} (expected ({d + 1}, {d + 1}) and ({d + 1}, C))"
             )
         self.reset()
-        self.gram_, self.xty_ = gram.clone(), xty.clone()
+        self.gram_, self.xty_ = gram.clone().to(self.device), xty.clone().to(self.device)
         self.n_samples_ = int(state["n_samples"][0])
         self.n_features_in_ = n_in
         return self

@@ -108,6 +108,9 @@ class Learner:
         tqdm bars during training and feature extraction.
     eval_batch_size : int
         Batch size for evaluation and prediction.
+    device : 'cpu', 'cuda' or 'cuda:N'
+        Where features, training and the closed-form head compute (`evo.learn.device`: AMP on
+        CUDA, statistics in fp64); the graph and the saved state stay on the CPU.
     **options
         Passed to the strategy (e.g. `epochs=3, trainable=2, lr=0.01`, or `taps=..., ridge=...`).
     """
@@ -143,6 +146,7 @@ class Learner:
         self.cost_ = Cost()
         self._backbone_changed = False
         self._stats_graph: ArchGraph | None = None  # the graph the strategy's state describes, after with_graph
+        self._first_index = 0  # increments learned before this learner was restored (load_state_dict)
 
     # -- learning -----------------------------------------------------------------------------
 
@@ -158,7 +162,7 @@ class Learner:
         new = [c for c in train.present_classes() if c not in known]
         classes = known + new
         labels = _map_labels(train, classes)
-        index = len(self.reports_)
+        index = self._first_index + len(self.reports_)
         preprocess = self.preprocess
         strategy = self.strategy.clone()  # work on copies: an error leaves the learner unchanged
         graph = self._grow(new, known, strategy)
@@ -222,13 +226,13 @@ class Learner:
             fpi = forward_flops(_FeatureNet(net), torch.empty((1, *result.graph.input_shape)))
             if feats is None:
                 feats = run_batches(net, ctx.images, ctx.preprocess, _features, ctx.meter,
-                                    self.eval_batch_size, fpi, ctx.progress, "features (memory)")
+                                    self.eval_batch_size, fpi, ctx.progress, "features (memory)", self.device)
             stale = mem.features is None or mem.features.shape[1] != feats.shape[1] or ctx.backbone_changed
             if len(mem) and (stale or result.features is None):
                 # the feature space changed: refresh the stored exemplars' features, keep their ranks
                 state = mem.state_dict()
                 state["features"] = run_batches(net, mem.images, ctx.preprocess, _features, ctx.meter,
-                                                self.eval_batch_size, fpi, False).numpy()
+                                                self.eval_batch_size, fpi, False, device=self.device).numpy()
                 mem.load_state_dict(state)
         mem.update(ctx.images, ctx.labels, None if feats is None else feats.numpy())
         return mem
@@ -281,7 +285,7 @@ class Learner:
         images = _as_images(images)
         net = self.graph_.to_module().eval()
         logits = run_batches(net, images, self.preprocess, _logits, None, self.eval_batch_size, None,
-                             self.progress and len(images) > 4 * self.eval_batch_size, "predict")
+                             self.progress and len(images) > 4 * self.eval_batch_size, "predict", self.device)
         return torch.softmax(logits.double(), dim=1).numpy()
 
     def predict(self, images: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -303,7 +307,7 @@ class Learner:
             return np.empty(0, dtype=np.int64)
         net = graph.to_module().eval()
         logits = run_batches(net, images, preprocess, _logits, None, self.eval_batch_size, None,
-                             self.progress, "evaluate")
+                             self.progress, "evaluate", self.device)
         return logits.argmax(dim=1).numpy()
 
     def _evaluate(self, graph: ArchGraph, classes: list[str], tests: tuple[ImageSet, list[ImageSet]] | None,
@@ -355,6 +359,7 @@ class Learner:
         if self.memory_ is not None:
             sd |= tensor_state("memory", self.memory_.state_dict())
         sd |= tensor_state("strategy", self.strategy.state_dict())
+        sd["learner.increments"] = torch.tensor([self._first_index + len(self.reports_)], dtype=torch.int64)
         return sd
 
     def load_state_dict(self, state: Mapping[str, Tensor], graph: ArchGraph) -> Learner:
@@ -368,6 +373,8 @@ class Learner:
                 self.memory_.load_state_dict(mem)
         self.strategy.load_state_dict(sub_state("strategy", state))
         self.graph_, self.classes_ = graph, list(graph.classes)
+        if "learner.increments" in state:  # saved before it was recorded: counts restart at 0
+            self._first_index = int(state["learner.increments"][0])
         return self
 
     def __repr__(self) -> str:

@@ -138,6 +138,7 @@ def apply_map(m: Tensor | None, gram: Tensor, xty: Tensor) -> tuple[Tensor, Tens
     """G and B of the head's features from the layout's: M·G·Mᵀ and M·B."""
     if m is None:
         return gram, xty
+    m = m.to(gram.device)
     mg = torch.sparse.mm(m, gram)
     return torch.sparse.mm(m, mg.T.contiguous()), torch.sparse.mm(m, xty)
 
@@ -146,6 +147,7 @@ def map_features(m: Tensor | None, feats: Tensor) -> Tensor:
     """The head's features from the layout's features (n × d_layout, no bias column)."""
     if m is None:
         return feats
-    ones = torch.ones(feats.shape[0], 1, dtype=torch.float64)
+    m = m.to(feats.device)
+    ones = torch.ones(feats.shape[0], 1, dtype=torch.float64, device=feats.device)
     out = torch.sparse.mm(m, torch.cat([feats.double(), ones], 1).T.contiguous()).T
     return out[:, :-1].to(feats.dtype).contiguous()

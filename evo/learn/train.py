@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from evo.errors import ConfigError, DataError
 from evo.graph.taps import blocks
 from evo.learn.cost import CostMeter, forward_flops, train_flops
+from evo.learn.device import autocast, batch_to, grad_scaler
 
 LossFn = Callable[[nn.Module, Tensor, Tensor, np.ndarray], Tensor]
 OPTIMIZERS = ("sgd", "adamw")
@@ -164,6 +165,7 @@ def fit(
     progress: bool = True,
     desc: str = "train",
     on_epoch_end: Callable[..., Any] | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Train `net` (compiled from `graph`) in place on uint8 NHWC `images` with int `labels`.
 
@@ -171,6 +173,9 @@ def fit(
     `loss_fn(net, x, y, idx)` defaults to cross-entropy; `idx` are the batch's rows in `images`.
     `on_epoch_end(epoch, net, {"steps", "flops"})` runs after each full epoch with `net` in eval
     mode (for measurements; its own compute is not charged to training).
+    `net` is moved to `device`; on CUDA the forward and loss run under autocast (`evo.learn.device`).
+    Dropout draws from torch's generator seeded with `cfg.seed` (forked: the caller's is untouched),
+    so a run is reproducible.
     """
     n = len(labels)
     if n == 0:
@@ -178,6 +183,8 @@ def fit(
     params = set_trainable(net, graph, cfg.trainable)
     if not params:
         raise ConfigError(f"trainable={cfg.trainable!r} leaves no parameter to train in this graph")
+    device = torch.device(device)
+    net.to(device)
     if cfg.channels_last:
         net.to(memory_format=torch.channels_last)
     loss_fn = loss_fn or _cross_entropy
@@ -188,35 +195,42 @@ def fit(
     price = StepPricer(net, tuple(graph.input_shape), cfg.channels_last, extra_step_flops)
     rng = np.random.default_rng(cfg.seed)
     steps, flops, last_loss, capped = 0, 0, math.nan, False
+    scaler = grad_scaler(device)
     bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=desc, disable=not progress, leave=False, unit="step")
-    for _epoch in range(cfg.epochs):
-        train_mode(net, graph, cfg.trainable)
-        order = rng.permutation(n)
-        for start in range(0, n, cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            step_flops = price(len(idx))
-            if cfg.max_flops is not None and flops + step_flops > cfg.max_flops:
-                capped = True
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        for _epoch in range(cfg.epochs):
+            train_mode(net, graph, cfg.trainable)
+            order = rng.permutation(n)
+            for start in range(0, n, cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                step_flops = price(len(idx))
+                if cfg.max_flops is not None and flops + step_flops > cfg.max_flops:
+                    capped = True
+                    break
+                x = batch_to(preprocess, images[idx], device, cfg.channels_last)
+                y = torch.as_tensor(labels[idx], dtype=torch.int64).to(device)
+                with autocast(device):
+                    loss = loss_fn(net, x, y, idx)
+                if not torch.isfinite(loss):
+                    raise DataError(f"training loss became {loss.item()} at step {steps}; lower lr (now {cfg.lr})")
+                opt.zero_grad(set_to_none=True)
+                if scaler is None:
+                    loss.backward()
+                    opt.step()
+                else:  # fp16 autocast: scale the loss so small gradients survive
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                sched.step()
+                steps, flops, last_loss = steps + 1, flops + step_flops, loss.item()
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
+            if capped:
                 break
-            x = preprocess(images[idx])
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = torch.as_tensor(labels[idx], dtype=torch.int64)
-            loss = loss_fn(net, x, y, idx)
-            if not torch.isfinite(loss):
-                raise DataError(f"training loss became {loss.item()} at step {steps}; lower lr (now {cfg.lr})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            steps, flops, last_loss = steps + 1, flops + step_flops, loss.item()
-            bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
-        if capped:
-            break
-        if on_epoch_end is not None:
-            net.eval()
-            on_epoch_end(_epoch + 1, net, {"steps": steps, "flops": flops})
+            if on_epoch_end is not None:
+                net.eval()
+                on_epoch_end(_epoch + 1, net, {"steps": steps, "flops": flops})
     bar.close()
     net.eval()
     for p in net.parameters():
@@ -243,18 +257,22 @@ def run_batches(
     flops_per_image: int | None = None,
     progress: bool = True,
     desc: str = "features",
+    device: str | torch.device = "cpu",
 ) -> Tensor:
     """Apply `fn(net, x)` to every batch of `images` in eval mode; concatenate the outputs (float32 CPU).
 
-    With a `meter`, adds `flops_per_image × len(images)` (priced by the caller) to it.
+    `net` is moved to `device` (autocast on CUDA); the outputs come back as fp32 on the CPU, where
+    the closed-form statistics accumulate them in fp64. With a `meter`, adds
+    `flops_per_image × len(images)` (priced by the caller) to it.
     """
-    net.eval()
+    device = torch.device(device)
+    net.to(device).eval()
     outs = []
     bar = tqdm(total=len(images), desc=desc, disable=not progress, leave=False, unit="img")
     for start in range(0, len(images), batch_size):
-        x = preprocess(images[start : start + batch_size])
-        x = x.contiguous(memory_format=torch.channels_last)
-        out = fn(net, x).float()
+        x = batch_to(preprocess, images[start : start + batch_size], device)
+        with autocast(device):
+            out = fn(net, x).float()
         if not torch.isfinite(out).all():
             raise DataError(
                 f"the model produced NaN/inf for images {start}..{start + len(x) - 1}; its weights are "

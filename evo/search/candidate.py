@@ -45,19 +45,28 @@ class Candidate:
 def growth_base(parent: ArchGraph, parent_meta: dict[str, Any], space: SearchSpace) -> ArchGraph:
     """The graph a round's growth applies to.
 
-    At version 0 (nothing learned yet) with the closed-form strategies, that is the parent already
-    rewired for the head (`Evo.prepare`: its multi-layer taps), so growth such as `add_tap` acts on
-    the features the head will read, and round 0 may choose them with no old statistics to lose.
-    Otherwise it is the parent itself.
+    At version 0 (nothing learned yet), the parent as the space's strategies prepare it
+    (`Strategy.prepare`: the closed-form ones rewire the head onto their multi-layer taps), so growth
+    such as `add_tap` acts on the features the head will read, and round 0 may choose them with no
+    old statistics to lose. When the strategies would prepare it differently, or later, it is the
+    parent itself.
     """
-    strategy = space.training.get("strategy")
-    strategies = set(strategy.values()) if strategy is not None else {"evo"}
-    if parent_meta.get("increment") is not None or not strategies <= {"evo", "evo_tune"}:
+    if parent_meta.get("increment") is not None:
         return parent
-    from evo.learn.strategies import make_strategy
+    from evo.learn.strategies import make_strategy, option_defaults
 
-    taps = space.training.get("taps")
-    return make_strategy("evo", **({"taps": taps.values()[0]} if taps is not None else {})).prepare(parent)
+    strategy = space.training.get("strategy")
+    prepared = []
+    for name in (strategy.values() if strategy is not None else ("evo",)):
+        fixed = {k: r.values()[0] for k, r in space.training.items()
+                 if k != "strategy" and k in option_defaults(name) and r.choices is not None}
+        prepared.append(make_strategy(name, **fixed).prepare(parent))
+    shapes = {_structure(g) for g in prepared}
+    return prepared[0] if len(shapes) == 1 else parent
+
+
+def _structure(graph: ArchGraph) -> tuple:
+    return tuple(graph.nodes()), tuple(sorted(graph.g.edges()))
 
 
 def suggest_candidate(trial, space: SearchSpace, parent: ArchGraph, min_ops: int = 0) -> tuple[Candidate, ArchGraph]:

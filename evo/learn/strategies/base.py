@@ -172,6 +172,16 @@ def option_defaults(name: str) -> dict[str, Any]:
     return {f.name: (f.default if f.default is not MISSING else None) for f in fields(STRATEGIES.get(name).Options)}
 
 
+def head_growth_flops(graph: ArchGraph, n_classes: int) -> int:
+    """Forward FLOPs per image that `add_classes` adds to the head when it grows to `n_classes`
+    (a training step costs at most 3×: forward, weight and input gradients). Prices add these
+    instead of building the grown graph."""
+    head = graph.head
+    if head is None:
+        return 0
+    return 2 * graph.attrs(head)["in_features"] * max(n_classes - graph.attrs(head)["out_features"], 0)
+
+
 def split_settings(settings: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """(strategy name, the options it accepts) from a flat settings mapping such as a search
     candidate's training values: `strategy` (default 'evo') plus any options; a setting the chosen

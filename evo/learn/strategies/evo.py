@@ -43,6 +43,7 @@ from evo.learn.strategies.base import (
     Result,
     Strategy,
     Workload,
+    head_growth_flops,
     register_strategy,
     sub_state,
     tensor_state,
@@ -125,6 +126,7 @@ class Evo(Strategy):
                 f"{len(ctx.classes) - len(ctx.new_classes)} classes without statistics; start from a "
                 "fresh head (Learner(head='reset')) or use a gradient strategy such as 'replay'"
             )
+        self.head_.to(ctx.device)  # statistics in fp64 on the learner's device (state_dict is CPU)
         head = head_taps(graph)
         info: dict[str, Any] = {"feature_dim": None, "rebuilt_from_memory": False}
         layout = self._kept_layout(ctx, head, info)
@@ -135,11 +137,12 @@ class Evo(Strategy):
         fpi = forward_flops_per_image(net, tuple(graph.input_shape), features_only=True)
         if self.head_.gram_ is None and ctx.memory is not None and len(ctx.memory):
             mem = run_batches(net, ctx.memory.images, ctx.preprocess, _features, ctx.meter,
-                              self.options.batch_size, fpi, ctx.progress, "features (memory)")
+                              self.options.batch_size, fpi, ctx.progress, "features (memory)", ctx.device)
             self._absorb(mem, ctx.memory.labels, len(ctx.classes), ctx)
             info["rebuilt_from_memory"] = True
         feats = run_batches(net, ctx.images, ctx.preprocess, _features, ctx.meter,
-                            self.options.batch_size, fpi, ctx.progress, f"features (increment {ctx.index})")
+                            self.options.batch_size, fpi, ctx.progress, f"features (increment {ctx.index})",
+                            ctx.device)
         self._absorb(feats, ctx.labels, len(ctx.classes), ctx)
         mapping = head_map(graph, head, layout)
         view = self._head_view(mapping, ctx)
@@ -151,7 +154,7 @@ class Evo(Strategy):
         scale = self._calibrate(weight, bias, feats, ctx)
         out = graph.copy()
         dtype = out.params(out.head)["weight"].dtype
-        out.set_params(out.head, weight=(scale * weight).to(dtype), bias=(scale * bias).to(dtype))
+        out.set_params(out.head, weight=(scale * weight).to("cpu", dtype), bias=(scale * bias).to("cpu", dtype))
         out.meta["head_scale"] = scale
         out.meta[LAYOUT_KEY] = to_meta(layout)
         info.update(feature_dim=d, statistics_dim=self.head_.n_features_in_, ridge=lam,
@@ -168,7 +171,7 @@ class Evo(Strategy):
         return self._fast_price(self.prepare(graph) if work.first else graph, work)
 
     def _fast_price(self, g: ArchGraph, work: Workload) -> int:
-        fwd = g.flops(batch=1)
+        fwd = g.flops(batch=1) + head_growth_flops(g, work.n_classes)
         d = max(g.attrs(g.head)["in_features"], self.statistics_width(g))
         rebuilt = 2 * work.n_memory + 2 * VERIFY_IMAGES if work.grown else 0
         return int(fwd * (work.n_train + rebuilt) + self._solve_price(work, d))
@@ -234,7 +237,7 @@ class Evo(Strategy):
         """A RidgeHead over the head's own features (the layout's statistics mapped, or the same object)."""
         if mapping is None:
             return self.head_
-        view = RidgeHead(self.head_.ridge)
+        view = RidgeHead(self.head_.ridge, device=self.head_.device)
         view.gram_, view.xty_ = apply_map(mapping, self.head_.gram_, self.head_.xty_)
         nnz, (d_layout, c) = mapping._nnz(), self.head_.xty_.shape  # sparse products: 2 FLOPs per nonzero term
         ctx.meter.add_flops(2 * nnz * (d_layout + view.gram_.shape[0] + c))
@@ -254,7 +257,8 @@ class Evo(Strategy):
                 and not ctx.backbone_changed:
             x = torch.cat([x, torch.from_numpy(mem.features).to(x.dtype)])
             y = torch.cat([y, torch.as_tensor(mem.labels, dtype=torch.int64)])
-        z = x.double() @ weight.T + bias
+        z = x.to(weight.device, torch.float64) @ weight.T + bias
+        y = y.to(weight.device)
         ctx.meter.add_flops(matmul_flops(x.shape[0], x.shape[1], weight.shape[0]))
         return calibrate_scale(z, y)
 
@@ -317,7 +321,8 @@ def _same_features(old: ArchGraph, new: ArchGraph, layout: list[Tap], ctx: Conte
     for g in (old, new):
         net = tap_graph(g, layout).to_module().eval()
         fpi = forward_flops_per_image(net, tuple(g.input_shape), features_only=True)
-        outs.append(run_batches(net, images, ctx.preprocess, _features, ctx.meter, batch_size, fpi, False))
+        outs.append(run_batches(net, images, ctx.preprocess, _features, ctx.meter, batch_size, fpi, False,
+                                device=ctx.device))
     scale = max(1.0, float(outs[0].abs().max()))
     return bool((outs[0] - outs[1]).abs().max() <= 1e-4 * scale)
 

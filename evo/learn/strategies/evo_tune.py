@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from evo.graph.archgraph import ArchGraph
-from evo.learn.strategies.base import Context, Result, Workload, register_strategy
+from evo.learn.strategies.base import Context, Result, Workload, head_growth_flops, register_strategy
 from evo.learn.strategies.evo import Evo
 from evo.learn.strategies.replay import with_memory
 from evo.learn.train import TrainConfig, fit, step_flops_per_image
@@ -50,13 +50,14 @@ class EvoTune(Evo):
         """The fast path, fine-tuning on increment + memory (capped by `max_flops`), then the features
         of memory and increment again and a second solve."""
         g = self.prepare(graph) if work.first else graph
+        grow = head_growth_flops(g, work.n_classes)
         cfg = self.options.train_config()
         n, m = work.n_train, work.n_memory
-        train = cfg.epochs * (n + m) * step_flops_per_image(g, cfg.trainable)
+        train = cfg.epochs * (n + m) * (step_flops_per_image(g, cfg.trainable) + 3 * grow)
         if cfg.max_flops is not None:
             train = min(train, cfg.max_flops)
         d = max(g.attrs(g.head)["in_features"], self.statistics_width(g))
-        refit = g.flops(batch=1) * (n + 3 * m) + self._solve_price(work, d)
+        refit = (g.flops(batch=1) + grow) * (n + 3 * m) + self._solve_price(work, d)
         return int(self._fast_price(g, work) + train + refit)
 
     def learn(self, ctx: Context) -> Result:
@@ -65,7 +66,7 @@ class EvoTune(Evo):
         net = graph.to_module()
         images, labels = with_memory(ctx)
         stats = fit(net, graph, images, labels, ctx.preprocess, self.options.train_config(), ctx.meter,
-                    progress=ctx.progress, desc=f"evo_tune (increment {ctx.index})")
+                    progress=ctx.progress, desc=f"evo_tune (increment {ctx.index})", device=ctx.device)
         tuned = graph.with_weights(net)
         refit = super().learn(replace(ctx, graph=tuned, backbone_changed=True, stats_graph=None))
         refit.info = {**(refit.info or {}), "train_steps": stats["steps"], "train_flops": stats["flops"],

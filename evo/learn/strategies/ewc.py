@@ -21,7 +21,8 @@ from torch.nn import functional as F
 
 from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
-from evo.learn.strategies.base import Context, Workload, register_strategy
+from evo.learn.device import batch_to
+from evo.learn.strategies.base import Context, Workload, head_growth_flops, register_strategy
 from evo.learn.strategies.sgd import SGDOptions, SGDStrategy
 from evo.learn.train import LossFn, StepPricer, set_trainable, step_flops_per_image, trainable_nodes
 
@@ -59,13 +60,13 @@ class EWC(SGDStrategy):
         if not self.fisher_:
             return None
         named = dict(net.named_parameters())
-        terms = [(named[k], f, self.anchor_[k]) for k, f in self.fisher_.items()
+        terms = [(named[k], f.to(ctx.device), self.anchor_[k].to(ctx.device)) for k, f in self.fisher_.items()
                  if k in named and _fits(named[k], f)]
         lam = self.stable_lambda([f for _, f, _ in terms])
 
         def loss(net: nn.Module, x: Tensor, y: Tensor, idx: np.ndarray) -> Tensor:
             penalty = sum(((f * (p[: len(a)] - a) ** 2).sum() for p, f, a in terms if p.requires_grad),
-                          torch.zeros(()))
+                          torch.zeros((), device=x.device))
             return F.cross_entropy(net(x), y) + 0.5 * lam * penalty
 
         return loss
@@ -87,7 +88,8 @@ class EWC(SGDStrategy):
 
     def after_training_flops(self, graph: ArchGraph, work: Workload) -> int:
         """The Fisher pass: one training step per sampled image."""
-        return min(self.options.fisher_samples, work.n_train) * step_flops_per_image(graph, self.options.trainable)
+        step = step_flops_per_image(graph, self.options.trainable) + 3 * head_growth_flops(graph, work.n_classes)
+        return min(self.options.fisher_samples, work.n_train) * step
 
     def after_training(self, ctx: Context, graph: ArchGraph, net: nn.Module) -> None:
         opts = self.options
@@ -102,8 +104,8 @@ class EWC(SGDStrategy):
         flops, batches = 0, 0
         for start in range(0, len(rows), opts.fisher_batch):
             idx = rows[start : start + opts.fisher_batch]
-            x = ctx.preprocess(ctx.images[idx]).contiguous(memory_format=torch.channels_last)
-            y = torch.as_tensor(ctx.labels[idx], dtype=torch.int64)
+            x = batch_to(ctx.preprocess, ctx.images[idx], ctx.device)
+            y = torch.as_tensor(ctx.labels[idx], dtype=torch.int64).to(ctx.device)
             net.zero_grad(set_to_none=True)
             F.cross_entropy(net(x), y).backward()
             for k, p in net.named_parameters():
@@ -117,19 +119,19 @@ class EWC(SGDStrategy):
             p.requires_grad_(True)
             p.grad = None
         n = max(batches, 1)
-        for k, f in fisher.items():
-            f = f / n
+        for k, f in fisher.items():  # kept on the CPU: the state is device-agnostic
+            f = (f / n).cpu()
             old = self.fisher_.get(k)
             if old is not None and _fits(f, old):
                 grown = torch.zeros_like(f)
                 grown[: len(old)] = old * opts.gamma
                 f = f + grown
             self.fisher_[k] = f
-            self.anchor_[k] = dict(net.named_parameters())[k].detach().clone()
+            self.anchor_[k] = dict(net.named_parameters())[k].detach().cpu().clone()
 
     def state_dict(self) -> dict[str, Tensor]:
-        sd: dict[str, Tensor] = {f"fisher.{k}": v.clone() for k, v in self.fisher_.items()}
-        sd |= {f"anchor.{k}": v.clone() for k, v in self.anchor_.items()}
+        sd: dict[str, Tensor] = {f"fisher.{k}": v.detach().cpu().clone() for k, v in self.fisher_.items()}
+        sd |= {f"anchor.{k}": v.detach().cpu().clone() for k, v in self.anchor_.items()}
         return sd
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> EWC:

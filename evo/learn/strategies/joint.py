@@ -28,10 +28,10 @@ class Joint(SGDStrategy):
         super().__init__(**options)
         self.images_: np.ndarray | None = None
         self.labels_ = np.empty(0, dtype=np.int64)
-        self.initial_: ArchGraph | None = None
+        self.initial_: dict[str, dict[str, Tensor]] | None = None  # the initial backbone's tensors by node
 
     def prepare(self, graph: ArchGraph) -> ArchGraph:
-        self.initial_ = graph
+        self.initial_ = {n: dict(graph.params(n)) for n in graph.nodes() if n != graph.head and graph.params(n)}
         return graph
 
     def training_rows(self, work: Workload) -> int:
@@ -46,8 +46,7 @@ class Joint(SGDStrategy):
         """The initial backbone with a head for every class so far: old rows are re-initialised too."""
         start = ctx.graph.copy()
         if self.initial_ is not None:
-            ps = {n: self.initial_.params(n) for n in self.initial_.nodes() if n != self.initial_.head}
-            for n, p in ps.items():
+            for n, p in self.initial_.items():
                 if n in start and {k: v.shape for k, v in p.items()} == {k: v.shape for k, v in start.params(n).items()}:
                     start.node(n)["params"] = dict(p)
         return init_new_rows(start, [i for i in range(len(ctx.classes)) if i not in ctx.new_classes],
@@ -56,10 +55,20 @@ class Joint(SGDStrategy):
     def state_dict(self) -> dict[str, Tensor]:
         if self.images_ is None:
             return {}
-        return {"images": torch.from_numpy(self.images_.copy()), "labels": torch.from_numpy(self.labels_.copy())}
+        sd = {"images": torch.from_numpy(self.images_.copy()), "labels": torch.from_numpy(self.labels_.copy())}
+        for n, ps in (self.initial_ or {}).items():  # restarts from these after a reload too
+            sd |= {f"initial.{n}.{k}": v for k, v in ps.items()}
+        return sd
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> Joint:
         if "images" in state:
             self.images_ = np.asarray(state["images"]).copy()
             self.labels_ = np.asarray(state["labels"]).astype(np.int64)
+        initial: dict[str, dict[str, Tensor]] = {}
+        for key, v in state.items():
+            if key.startswith("initial."):
+                node, _, name = key[len("initial."):].partition(".")
+                initial.setdefault(node, {})[name] = v.clone()
+        if initial:
+            self.initial_ = initial
         return self

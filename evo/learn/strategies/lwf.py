@@ -61,7 +61,7 @@ class LwF(SGDStrategy):
     def _teacher(self, ctx: Context) -> nn.Module | None:
         if ctx.parent is None or self.options.distill_weight == 0:
             return None
-        return ctx.parent.to_module().eval().to(memory_format=torch.channels_last)
+        return ctx.parent.to_module().eval().to(ctx.device, memory_format=torch.channels_last)
 
     def loss_fn(self, ctx: Context, net: nn.Module) -> LossFn | None:
         teacher = self._teacher(ctx)

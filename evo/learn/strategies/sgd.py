@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
-from evo.learn.strategies.base import Context, Result, Strategy, Workload
+from evo.learn.strategies.base import Context, Result, Strategy, Workload, head_growth_flops
 from evo.learn.train import LossFn, TrainConfig, fit, step_flops_per_image
 
 
@@ -27,6 +28,11 @@ class SGDOptions(TrainConfig):
     costs nothing here)."""
 
     on_epoch_end: Callable[..., Any] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.on_epoch_end is not None and not callable(self.on_epoch_end):
+            raise ConfigError(f"on_epoch_end must be a callable (epoch, net, stats) or None; got {self.on_epoch_end!r}")
 
     def config(self) -> TrainConfig:
         names = {f.name for f in fields(TrainConfig)}
@@ -60,12 +66,13 @@ class SGDStrategy(Strategy):
         """Training steps over `training_rows` images per epoch (capped by `max_flops`), each with
         `extra_flops_per_image`, plus `after_training_flops`, plus a forward over the increment and
         twice over the memory (the exemplar selection's features)."""
+        grow = head_growth_flops(graph, work.n_classes)
         cfg = self.options.config()
-        per_image = step_flops_per_image(graph, cfg.trainable) + self.extra_flops_per_image(graph)
+        per_image = step_flops_per_image(graph, cfg.trainable) + 3 * grow + self.extra_flops_per_image(graph)
         train = cfg.epochs * self.training_rows(work) * per_image
         if cfg.max_flops is not None:
             train = min(train, cfg.max_flops)
-        upkeep = graph.flops(batch=1) * (work.n_train + 2 * work.n_memory)
+        upkeep = (graph.flops(batch=1) + grow) * (work.n_train + 2 * work.n_memory)
         return int(train + self.after_training_flops(graph, work) + upkeep)
 
     def training_rows(self, work: Workload) -> int:
@@ -87,7 +94,7 @@ class SGDStrategy(Strategy):
         stats = fit(net, graph, images, labels, ctx.preprocess, self.options.config(), ctx.meter,
                     loss_fn=self.loss_fn(ctx, net), extra_step_flops=self.extra_step_flops(ctx),
                     progress=ctx.progress, desc=f"{self.name} (increment {ctx.index})",
-                    on_epoch_end=self.options.on_epoch_end)
+                    on_epoch_end=self.options.on_epoch_end, device=ctx.device)
         trained = graph.with_weights(net)
         self.after_training(ctx, trained, net)
         return Result(trained, None, {"steps": stats["steps"], "train_flops": stats["flops"],
