@@ -62,6 +62,8 @@ def _open(path: str | os.PathLike) -> Any:
     p = Path(path)
     if not p.is_file():
         raise VideoError(f"video {p} does not exist or is not a file")
+    if p.stat().st_size == 0:
+        raise VideoError(f"video {p} is empty (0 bytes, zero length); remove it or write the file again")
     try:
         return av.open(str(p), mode="r")
     except (av.error.FFmpegError, OSError, ValueError) as e:
@@ -70,13 +72,15 @@ def _open(path: str | os.PathLike) -> Any:
 
 def _video_stream(container: Any, path: str | os.PathLike) -> Any:
     if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
-        raise VideoError(f"{path} has no video stream (it holds: {', '.join(kinds)}); only video files can be read")
+        kinds = sorted({s.type for s in container.streams})
+        if not kinds:
+            raise VideoError(f"{path} holds no streams at all: an empty (zero-length) video; write it again")
+        raise VideoError(f"{path} has no video stream (it holds only: {', '.join(kinds)}); "
+                         "an audio-only file cannot give frames")
     stream = container.streams.video[0]
     ctx = stream.codec_context
     if ctx is None or getattr(ctx, "codec", None) is None:
-        tag = getattr(stream, "codec_tag", "?")
-        raise VideoError(f"{path}: its video codec (tag {tag!r}) cannot be decoded by this FFmpeg build; "
+        raise VideoError(f"{path}: unsupported codec: this FFmpeg build has no decoder for its video stream; "
                          "re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4")
     return stream
 
