@@ -92,6 +92,7 @@ def write_collection(root: str | os.PathLike, images: np.ndarray, labels: np.nda
     rng = np.random.default_rng(seed)
     truth: dict[str, list[SynthShot]] = {}
     for c, name in enumerate(classes):
+        name = str(name).replace("/", "-")  # folder names are the labels
         pool = np.flatnonzero(np.asarray(labels) == c)
         for k in range(clips_per_class):
             pick = rng.choice(pool, size=shots_per_clip, replace=len(pool) < shots_per_clip)
