@@ -7,9 +7,10 @@ import pytest
 
 pytest.importorskip("av")
 
+from videogen import shot_video  # noqa: E402
+
 from evo.data.video import ClipReader, Sampling, VideoError, boundary_scores, iter_frames, probe, read_clip  # noqa: E402
 from evo.errors import ConfigError, UnknownNameError  # noqa: E402
-from videogen import shot_video  # noqa: E402
 
 
 @pytest.fixture(scope="module")
