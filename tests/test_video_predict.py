@@ -124,3 +124,17 @@ def test_cli_predict_learned_run(tmp_path, capsys):
     assert main(["predict", run, str(tmp_path / "coll")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "coll" in err[0]
+
+
+def test_clip_scores_reference():
+    from evo.data import ImageSet
+    from evo.data.video import VideoFrames, clip_scores
+
+    labels, clip = np.array([0, 0, 1, 1]), np.array([0, 0, 1, 1])
+    data = ImageSet(np.zeros((4, 2, 2, 3), np.uint8), labels, ["a", "b"], groups=clip)
+    vf = VideoFrames(data, clip, np.zeros(4, np.int64), np.zeros(4), [])
+    proba = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.7, 0.3]])
+    s = clip_scores(vf, proba, ["a", "b"])
+    assert (s["frame_accuracy"], s["clip_accuracy"]) == (0.5, 1.0)
+    s = clip_scores(vf, proba[:, ::-1], ["b", "a"])  # the model's class order differs: matched by name
+    assert (s["frame_accuracy"], s["clip_accuracy"]) == (0.5, 1.0)

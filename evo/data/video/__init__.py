@@ -5,6 +5,7 @@ Needs the optional `video` extra (PyAV; PySceneDetect for the default `content` 
 
 from evo.data.video.decode import VIDEO_EXTENSIONS, FrameBatch, VideoError, VideoInfo, iter_frames, probe
 from evo.data.video.frames import Clip, VideoFrames, read_videos
+from evo.data.video.predict import clip_scores, predict_video, shot_frames
 from evo.data.video.sample import ClipReader, Sampling, read_clip
 from evo.data.video.shots import DETECTORS, Shot, boundary_scores, make_detector
 
@@ -39,6 +40,9 @@ __all__ = [
     "VideoFrames",
     "VideoInfo",
     "boundary_scores",
+    "clip_scores",
+    "predict_video",
+    "shot_frames",
     "iter_frames",
     "load_videos",
     "make_detector",

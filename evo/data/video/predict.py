@@ -171,3 +171,21 @@ def shot_frames(path: str | os.PathLike, *, shot: int | None = None, at: float |
     if not kept:
         raise DataError(f"{path}: shot {target} yielded no frame")
     return np.stack(kept), reader.shots[target]
+
+
+def clip_scores(frames, proba: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
+    """Frame-level and clip-level accuracy of per-frame probabilities on labelled `VideoFrames`.
+
+    `proba` columns follow `classes` (the model's list); a clip's prediction is the mean of its frames'
+    probabilities. Labels are matched by class name, so the two class lists may differ in order."""
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.shape != (len(frames), len(classes)):
+        raise DataError(f"proba must be ({len(frames)}, {len(classes)}); got {proba.shape}")
+    names = np.array(frames.data.classes)[frames.data.labels]
+    pred = np.array(list(classes))[proba.argmax(1)]
+    ids = np.unique(frames.clip)
+    clip_right = [np.array(list(classes))[proba[frames.clip == c].mean(0).argmax()] == names[frames.clip == c][0]
+                  for c in ids]
+    return {"frame_accuracy": float((pred == names).mean()) if len(names) else float("nan"),
+            "clip_accuracy": float(np.mean(clip_right)) if len(ids) else float("nan"),
+            "frames": len(names), "clips": len(ids)}
