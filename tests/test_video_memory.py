@@ -33,7 +33,7 @@ def _read(*paths) -> list[dict]:
 
 def _check(tmp_path, shots: int, size: int, bound_mb: float) -> None:
     long = shot_video(tmp_path / "long.mp4", shots, seed=1, shot_seconds=(5.0, 7.0), size=size, noise=3.0)
-    short = shot_video(tmp_path / "short.mp4", 3, seed=1, shot_seconds=(5.0, 7.0), size=size, noise=3.0)
+    shot_video(tmp_path / "short.mp4", 3, seed=1, shot_seconds=(5.0, 7.0), size=size, noise=3.0)
     a, b = _read(tmp_path / "short.mp4", tmp_path / "long.mp4")
     n = round(long[-1].end * 25)
     assert b["decoded"] == n and b["kept"] == pytest.approx(long[-1].end, abs=1)
