@@ -137,6 +137,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     learner = run_learner(args.run_dir, args.version)
     result = predict_video_file(learner, args.video, args)
+    if args.strip:
+        from evo.data.video.strip import shot_strip
+
+        shot_strip(result).save(args.strip)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
@@ -145,6 +149,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"{'shot':>4}  {'start':>8}  {'end':>8}  {'class':<24} probability")
     for s in result.shots:
         print(f"{s.index:>4}  {s.start:>7.2f}s  {s.end:>7.2f}s  {s.label:<24} {s.probability:.3f}")
+    if args.strip:
+        print(f"keyframe strip: {args.strip}")
     return 0
 
 
@@ -160,6 +166,7 @@ def add_predict_parser(sub) -> None:
     pr.add_argument("--smooth", type=int, default=0, help="average each shot with this many neighbours a side")
     pr.add_argument("--aggregate", choices=("proba", "features"), default="proba",
                     help="mean of frame probabilities (default) or of features before the head")
+    pr.add_argument("--strip", default=None, help="also save a PNG strip of keyframes captioned with their labels")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -112,8 +112,12 @@ def test_cli_predict_learned_run(tmp_path, capsys):
     assert main(["learn", "small_cnn", "--data", str(tmp_path / "coll"), "--run-dir", run, "--no-progress",
                  "--memory", "50"]) == 0
     capsys.readouterr()
-    assert main(["predict", run, video, "--json"]) == 0
+    assert main(["predict", run, video, "--json", "--strip", str(tmp_path / "strip.png")]) == 0
     doc = json.loads(capsys.readouterr().out)
+    from PIL import Image
+
+    with Image.open(tmp_path / "strip.png") as strip:  # one captioned keyframe per shot
+        assert strip.size == (96 * len(truth), 96 + 28)
     assert len(doc["shots"]) == len(truth)
     assert doc["label"] in {"Pullover", "T-shirt-top", "Trouser"}
     for s, t in zip(doc["shots"], truth, strict=True):
