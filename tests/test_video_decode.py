@@ -108,3 +108,10 @@ def test_empty_window_is_reported(video):
 def test_boundary_scores_reference():
     s = boundary_scores([1.0, 2.05, 5.0], [1.0, 2.0, 3.0, 4.0], tolerance=0.1)
     assert (s["precision"], s["recall"]) == (pytest.approx(2 / 3), 0.5)
+
+
+def test_uniform_segment_running_past_the_end_is_clamped(video):
+    path, truth = video
+    end = truth[-1].end
+    _, times, _, _ = read_clip(path, Sampling(mode="uniform", frames=6, detector=None), start=end - 2, end=end + 100)
+    assert len(times) == 6 and times.min() >= end - 2 and times.max() < end

@@ -126,18 +126,19 @@ class ClipReader:
         if s.mode == "fps":
             return (self.start + k / s.fps for k in range(10**12))
         if s.mode == "uniform":
-            stop = self.end if self.end is not None else last
+            stop = last if last is not None else self.end
             span = max(stop - self.start, self._period)
             return iter([self.start + (k + 0.5) * span / s.frames for k in range(s.frames)])
         return iter([sh.start + (k + 0.5) * (sh.end - sh.start) / s.frames
                      for sh in self.shots for k in range(s.frames)])
 
     def _clip_end(self) -> float:
-        """The clip's end when the container does not say (a demux-only pass: no decoding)."""
+        """The clip's end: `end` clamped to the video's duration; when the container gives no duration,
+        one extra decode pass at 2x2 pixels finds the last frame."""
+        if self.info.duration is not None and self.info.duration > 0:
+            return min(self.end, self.info.duration) if self.end is not None else self.info.duration
         if self.end is not None:
             return self.end
-        if self.info.duration is not None:
-            return self.info.duration
         last = 0.0
         for b in iter_frames(self.path, self.start, None, (2, 2), self.batch):
             last = float(b.time[-1]) + self._period
