@@ -115,3 +115,20 @@ def test_uniform_segment_running_past_the_end_is_clamped(video):
     end = truth[-1].end
     _, times, _, _ = read_clip(path, Sampling(mode="uniform", frames=6, detector=None), start=end - 2, end=end + 100)
     assert len(times) == 6 and times.min() >= end - 2 and times.max() < end
+
+
+def test_mpeg_ts_with_a_nonzero_start_pts_and_inexact_seeking(tmp_path):
+    import av
+
+    path = tmp_path / "t.ts"
+    with av.open(str(path), "w") as o:
+        s = o.add_stream("mpeg2video", rate=25)
+        s.width = s.height = 32
+        s.pix_fmt = "yuv420p"
+        for i in range(50):
+            o.mux(s.encode(av.VideoFrame.from_ndarray(np.full((32, 32, 3), 4 * i, np.uint8), format="rgb24")))
+        o.mux(s.encode(None))
+    t = np.concatenate([b.time for b in iter_frames(path)])
+    assert np.allclose(t, np.arange(50) / 25)  # times from the first frame, not the container's clock
+    t = np.concatenate([b.time for b in iter_frames(path, start=1.0)])
+    assert np.allclose(t, np.arange(25, 50) / 25)  # no frame lost to a seek that overshot

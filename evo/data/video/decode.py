@@ -103,6 +103,28 @@ def probe(path: str | os.PathLike) -> VideoInfo:
                          duration, int(stream.frames or 0), stream.codec_context.codec.name)
 
 
+def _seek(container: Any, stream: Any, start: float, origin: float, fps: float) -> Iterator[Any]:
+    """Decoded frames from at or before `start`. Seeking lands on a keyframe before the target in
+    indexed containers, but can overshoot in MPEG-TS and friends: then it backs off (1, 2, 4 ... s)
+    and finally decodes from the beginning."""
+    import itertools
+
+    av = require_av()
+    back = 0.0
+    while True:
+        target = max(start - back, 0.0)
+        try:
+            container.seek(int((target + origin) / stream.time_base), stream=stream, backward=True, any_frame=False)
+        except av.error.FFmpegError:
+            container.seek(0, stream=stream)
+            return container.decode(stream)
+        frames = container.decode(stream)
+        first = next(frames, None)
+        if first is None or first.time is None or target == 0.0 or float(first.time) - origin <= start + 0.5 / fps:
+            return itertools.chain([first] if first is not None else [], frames)
+        back = 1.0 if back == 0 else back * 2
+
+
 def iter_frames(
     path: str | os.PathLike,
     start: float = 0.0,
@@ -125,18 +147,16 @@ def iter_frames(
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
         fps = float(stream.average_rate or stream.guessed_rate or 25)
-        if start > 0:
-            try:
-                container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
-            except av.error.FFmpegError:
-                container.seek(0, stream=stream)
+        # times count from the stream's first frame (MPEG-TS and some MP4s start at a nonzero pts)
+        origin = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
+        decoded = _seek(container, stream, start, origin, fps) if start > 0 else container.decode(stream)
         kw = {} if size is None else {"height": int(size[0]), "width": int(size[1])}
         frames: list[np.ndarray] = []
         times: list[float] = []
         n = 0
         try:
-            for i, frame in enumerate(container.decode(stream)):
-                t = float(frame.time) if frame.time is not None else i / fps
+            for i, frame in enumerate(decoded):
+                t = float(frame.time) - origin if frame.time is not None else i / fps
                 if t < start - 1e-6:
                     continue
                 if end is not None and t >= end - 1e-6:
