@@ -47,3 +47,13 @@ def test_learner_learns_video_increments_and_scores_clips(root):
     scores = clip_scores(test, learner.predict_proba(test.data.images), learner.classes_)
     assert scores["clips"] == len(np.unique(test.clip)) and scores["frames"] == len(test)
     assert 0 <= scores["clip_accuracy"] <= 1 and 0 <= scores["frame_accuracy"] <= 1
+
+
+def test_data_incremental_brings_new_clips_of_known_classes(root):
+    from evo.data import data_incremental
+
+    stream = data_incremental(root, increments=2, seed=0, source_opts=OPTS)
+    a, b = stream[0].train, stream[1].train
+    assert a.present_classes() == b.present_classes() == stream.classes
+    assert not set(a.groups.tolist()) & set(b.groups.tolist())  # each clip arrives once, whole
+    assert all((a.groups == g).sum() == 4 for g in np.unique(a.groups))
