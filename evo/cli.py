@@ -105,6 +105,82 @@ def _site_text(site: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in site.items())
 
 
+# -- evo predict RUN VIDEO: per-shot and whole-clip predictions (video block) -----------------------
+
+
+def run_learner(run_dir: str, version: int | None = None):
+    """A Learner restored from a run's version (default: the latest) that can `predict_proba`."""
+    from evo.learn import Learner
+    from evo.runs import Run
+
+    graph, _, state = Run.open(run_dir).load_version(version)
+    if graph.head is None or not graph.classes:
+        raise EvoError(f"run {run_dir}: its version has no class list to predict; learn an increment first")
+    # prediction reads only the version's graph; "naive" keeps no strategy state or memory to restore
+    return Learner(graph, memory=1, strategy="naive", progress=False).load_state_dict(state, graph)
+
+
+def predict_video_file(learner, path: str, args: argparse.Namespace):
+    import numpy as np
+    import torch
+
+    from evo.data.video.predict import predict_video
+
+    embed = head = None
+    if args.aggregate == "features":
+        net, pre = learner.graph_.to_module().eval(), learner.preprocess
+
+        def embed(frames: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return net.forward_features(pre(frames)).double().numpy()
+
+        def head(features: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return torch.softmax(net.forward_head(torch.as_tensor(features).float()).double(), 1).numpy()
+
+    return predict_video(path, learner.predict_proba, learner.classes_, fps=args.fps, detector=args.detector,
+                         threshold=args.threshold, smooth=args.smooth, aggregate=args.aggregate, embed=embed,
+                         head=head)
+
+
+@command("predict")
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    learner = run_learner(args.run_dir, args.version)
+    result = predict_video_file(learner, args.video, args)
+    if args.strip:
+        from evo.data.video.strip import shot_strip
+
+        shot_strip(result).save(args.strip)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"{result.path}: {result.label} ({result.probability:.1%}) over {len(result.shots)} shots, "
+          f"{result.frames} frames sampled of {result.decoded} decoded in {result.seconds:.1f} s")
+    print(f"{'shot':>4}  {'start':>8}  {'end':>8}  {'class':<24} probability")
+    for s in result.shots:
+        print(f"{s.index:>4}  {s.start:>7.2f}s  {s.end:>7.2f}s  {s.label:<24} {s.probability:.3f}")
+    if args.strip:
+        print(f"keyframe strip: {args.strip}")
+    return 0
+
+
+def add_predict_parser(sub) -> None:
+    pr = sub.add_parser("predict", help="per-shot and whole-clip predictions for a video with a run's model")
+    pr.add_argument("run_dir", help="a run folder; its latest version predicts")
+    pr.add_argument("video", help="a video file (mp4, mkv, avi, mov, webm, ...)")
+    pr.add_argument("--json", action="store_true", help="machine-readable output")
+    pr.add_argument("--version", type=int, default=None, help="model version (default: the latest)")
+    pr.add_argument("--fps", type=float, default=2.0, help="frames sampled per second (default 2)")
+    pr.add_argument("--detector", default="content", help="shot detector: content (PySceneDetect) or histogram")
+    pr.add_argument("--threshold", type=float, default=None, help="shot-cut threshold (default: the detector's)")
+    pr.add_argument("--smooth", type=int, default=0, help="average each shot with this many neighbours a side")
+    pr.add_argument("--aggregate", choices=("proba", "features"), default="proba",
+                    help="mean of frame probabilities (default) or of features before the head")
+    pr.add_argument("--strip", default=None, help="also save a PNG strip of keyframes captioned with their labels")
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (exit code 2), like every other evo error."""
 
@@ -154,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--no-progress", action="store_true", help="no progress bars")
     st = sub.add_parser("status", help="print a run's lineage and latest metrics")
     st.add_argument("run_dir")
+    add_predict_parser(sub)
     return p
 
 

@@ -40,12 +40,16 @@ class ImageSet:
     """Images with integer labels; label i means `classes[i]`.
 
     `skipped` lists files the source could not read (corrupt, missing); they are not in the set.
+    `groups`, when set, gives each sample a group id (e.g. the video clip a frame came from):
+    `holdout_split` then keeps every group whole on one side, so near-duplicate frames of one
+    clip never sit on both sides of a split.
     """
 
     images: np.ndarray
     labels: np.ndarray
     classes: list[str]
     skipped: list[str] = field(default_factory=list)
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         images, labels = np.asarray(self.images), np.asarray(self.labels)
@@ -71,6 +75,15 @@ class ImageSet:
         object.__setattr__(self, "labels", _readonly(labels.astype(np.int64, copy=False)))
         object.__setattr__(self, "classes", classes)
         object.__setattr__(self, "skipped", list(self.skipped))
+        if self.groups is not None:
+            groups = np.asarray(self.groups)
+            if groups.shape != labels.shape or (groups.size and not np.issubdtype(groups.dtype, np.integer)):
+                raise DataError(f"ImageSet.groups must be integers of shape ({len(labels)},); got "
+                                f"{groups.dtype} {groups.shape}")
+            object.__setattr__(self, "groups", _readonly(groups.astype(np.int64, copy=False)))
+
+    def _groups_at(self, idx: np.ndarray) -> np.ndarray | None:
+        return None if self.groups is None else self.groups[idx]
 
     @classmethod
     def from_arrays(
@@ -107,7 +120,8 @@ class ImageSet:
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise DataError(f"subset indices must lie in [0, {len(self)}); got [{idx.min()}, {idx.max()}]")
-        return ImageSet(self.images[idx], self.labels[idx], list(classes or self.classes), self.skipped)
+        return ImageSet(self.images[idx], self.labels[idx], list(classes or self.classes), self.skipped,
+                        self._groups_at(idx))
 
     def select_classes(self, names: Sequence[str]) -> ImageSet:
         """Only the samples of `names`, relabelled so that label i means `names[i]`."""
@@ -120,7 +134,7 @@ class ImageSet:
             mapping[self.classes.index(name)] = new
         new_labels = mapping[self.labels]
         keep = np.flatnonzero(new_labels >= 0)
-        return ImageSet(self.images[keep], new_labels[keep], names, self.skipped)
+        return ImageSet(self.images[keep], new_labels[keep], names, self.skipped, self._groups_at(keep))
 
     def relabel(self, classes: Sequence[str]) -> ImageSet:
         """Same samples, labels re-expressed in a class list that contains every present class."""
@@ -130,13 +144,13 @@ class ImageSet:
             raise DataError(f"relabel: classes {missing} have samples but are not in the new class list")
         index = {c: i for i, c in enumerate(classes)}
         mapping = np.array([index.get(c, -1) for c in self.classes], dtype=np.int64)
-        return ImageSet(self.images, mapping[self.labels], classes, self.skipped)
+        return ImageSet(self.images, mapping[self.labels], classes, self.skipped, self.groups)
 
     def resized(self, size: tuple[int, int]) -> ImageSet:
         """Every image resized to (height, width) with antialiased bilinear; same labels."""
         from evo.data.transforms import resize_uint8
 
-        return ImageSet(resize_uint8(self.images, size), self.labels, self.classes, self.skipped)
+        return ImageSet(resize_uint8(self.images, size), self.labels, self.classes, self.skipped, self.groups)
 
     def _check_known(self, names: Sequence[str]) -> None:
         unknown = [n for n in names if n not in self.classes]
@@ -159,13 +173,18 @@ def concat(sets: Sequence[ImageSet]) -> ImageSet:
             )
     skipped = [p for s in sets for p in s.skipped]
     images = np.concatenate([s.images for s in sets])
-    return ImageSet(images, np.concatenate([s.labels for s in sets]), first.classes, skipped)
+    groups = None  # group ids are kept only when every set has them (they are the sources' own numbering)
+    if all(s.groups is not None for s in sets):
+        groups = np.concatenate([s.groups for s in sets])
+    return ImageSet(images, np.concatenate([s.labels for s in sets]), first.classes, skipped, groups)
 
 
 def holdout_split(data: ImageSet, test_fraction: float, seed: int = 0) -> tuple[ImageSet, ImageSet]:
     """Seeded per-class split: round(fraction * n) of each class to test, keeping >= 1 on each side.
 
     A class with a single sample stays in train. `test_fraction=0` gives an empty test set.
+    With `data.groups` set, whole groups are drawn instead of samples (round(fraction * groups) of
+    each class's groups, >= 1 on each side), so no group is split.
     """
     if not 0.0 <= float(test_fraction) < 1.0:
         raise ConfigError(f"test_fraction must be in [0, 1); got {test_fraction!r}")
@@ -173,6 +192,9 @@ def holdout_split(data: ImageSet, test_fraction: float, seed: int = 0) -> tuple[
     test_idx: list[np.ndarray] = []
     for label in range(len(data.classes)):
         idx = rng.permutation(np.flatnonzero(data.labels == label))
+        if data.groups is not None:
+            test_idx.append(_group_holdout(data.groups, idx, test_fraction, rng))
+            continue
         n_test = 0
         if test_fraction > 0 and len(idx) >= 2:
             n_test = min(max(round(test_fraction * len(idx)), 1), len(idx) - 1)
@@ -180,3 +202,12 @@ def holdout_split(data: ImageSet, test_fraction: float, seed: int = 0) -> tuple[
     test = np.sort(np.concatenate(test_idx)) if test_idx else np.zeros(0, np.int64)
     train = np.setdiff1d(np.arange(len(data)), test)
     return data.subset(train), data.subset(test)
+
+
+def _group_holdout(groups: np.ndarray, idx: np.ndarray, test_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """The rows of `idx` whose groups were drawn for test."""
+    ids = rng.permutation(np.unique(groups[idx]))
+    n_test = 0
+    if test_fraction > 0 and len(ids) >= 2:
+        n_test = min(max(round(test_fraction * len(ids)), 1), len(ids) - 1)
+    return idx[np.isin(groups[idx], ids[:n_test])]

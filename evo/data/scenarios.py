@@ -183,7 +183,13 @@ def _pool(data: ImageSet, order: list[str], limit: int | None, rng: np.random.Ge
 
 
 def _chunks(pool: ImageSet, label: int, parts: int, rng: np.random.Generator) -> list[np.ndarray]:
-    return np.array_split(rng.permutation(np.flatnonzero(pool.labels == label)), parts)
+    """A class's samples dealt into `parts` chunks; with `pool.groups` (e.g. video clips) whole groups
+    are dealt, so each increment brings new clips rather than more frames of old ones."""
+    rows = np.flatnonzero(pool.labels == label)
+    if pool.groups is None:
+        return np.array_split(rng.permutation(rows), parts)
+    dealt = np.array_split(rng.permutation(np.unique(pool.groups[rows])), parts)
+    return [rows[np.isin(pool.groups[rows], ids)] for ids in dealt]
 
 
 def _steps_from(

@@ -7,7 +7,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from evo.data.sources import digits, fashion_mnist, folder, manifest  # noqa: F401  (registers the sources)
+from evo.data.sources import (  # noqa: F401  (registers the sources)
+    digits,
+    fashion_mnist,
+    folder,
+    manifest,
+    video_folder,
+    video_manifest,
+)
 from evo.data.sources.base import SOURCES, Split
 from evo.errors import ConfigError, DataError
 
@@ -34,10 +41,10 @@ def _resolve(source: str | os.PathLike, names: bool) -> tuple[str, dict[str, Any
         return name, {}
     path = Path(source)
     if path.exists():
-        if path.is_dir():
-            return "folder", {"path": path}
-        if path.suffix.lower() == ".csv":
-            return "csv", {"path": path}
+        if path.is_dir():  # `video_folder` when its class folders hold videos and no images
+            return ("video_folder" if _holds_videos(path) else "folder"), {"path": path}
+        if path.suffix.lower() == ".csv":  # `video_csv` when its first row names a video
+            return ("video_csv" if _lists_videos(path) else "csv"), {"path": path}
         raise DataError(f"{path} is a file but not a .csv manifest; pass an image folder (one subfolder per class) "
                         "or a CSV of path,label rows")
     if path.suffix.lower() == ".csv":
@@ -46,6 +53,28 @@ def _resolve(source: str | os.PathLike, names: bool) -> tuple[str, dict[str, Any
         return source, {}  # a path-taking source (folder, csv) then needs its `path=` option
     raise DataError(f"{str(source)!r} is not an image folder or .csv manifest that exists; built-in datasets are "
                     f"named {builtins}")
+
+
+def _holds_videos(root: Path) -> bool:
+    from evo.data.sources._images import IMAGE_EXTENSIONS
+    from evo.data.video.decode import VIDEO_EXTENSIONS
+
+    suffixes = {p.suffix.lower() for d in root.iterdir() if d.is_dir() for p in d.rglob("*")}
+    return bool(suffixes & VIDEO_EXTENSIONS) and not suffixes & IMAGE_EXTENSIONS
+
+
+def _lists_videos(path: Path) -> bool:
+    from evo.data.video.decode import VIDEO_EXTENSIONS
+
+    try:
+        with path.open(encoding="utf-8-sig") as f:
+            for line in f:
+                first = line.split(",")[0].strip().strip('"')
+                if first and first.lower() not in {"path", "file", "filename", "image", "video", "filepath"}:
+                    return Path(first).suffix.lower() in VIDEO_EXTENSIONS
+    except (OSError, UnicodeDecodeError):
+        return False  # the csv source reports the unreadable file
+    return False
 
 
 def load_source(source: str | os.PathLike, names: bool = True, **options: Any) -> Split:
