@@ -42,14 +42,13 @@ def one_round(doc: dict) -> dict:
 
     space = parse_space(doc)
     with tempfile.TemporaryDirectory() as tmp:
-        run = Run.create(Path(tmp) / "run", {"space": doc})
+        run = Run.create(Path(tmp) / "run", {"space": doc}, kind="search")
         graph = load_model(space.model["name"], space.model.get("input_size"), space.model.get("pretrained", True))
         run.commit_version(graph, {"increment": None, "ops": []})
         driver = Driver(run, space, progress=lambda s: None)
         t0 = time.perf_counter()
-        driver.round(0, stream_for(space))
+        timing = driver.round(0, stream_for(space)).timing
         wall = time.perf_counter() - t0
-        timing = driver.last_round_timing
     return {"wall": wall, "driver_seconds": timing["driver_seconds"], "trials": timing["trials"]}
 
 

@@ -265,6 +265,10 @@ def _evo(*args: str, **kw) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, env=env, **kw)
 
 
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_killed_driver_resumes_without_losing_or_repeating(tmp_path):
     doc = json.loads(json.dumps(TINY))
     doc["scenario"]["increments"] = 3
@@ -278,13 +282,17 @@ def test_killed_driver_resumes_without_losing_or_repeating(tmp_path):
     proc.wait()
     committed = Run.open(run_dir).versions()
     assert 1 in committed and committed[-1] < 3
-    before = {n: Run(run_dir).version_meta(n)["created"] for n in committed}
+    before = {n: _tree_bytes(Run(run_dir).version_dir(n)) for n in committed}
     out = _evo("resume", str(run_dir), "--num-cpus", "2")
     text, _ = out.communicate(timeout=400)
     assert out.returncode == 0, text
     run = Run.open(run_dir)
     assert run.versions() == [0, 1, 2, 3]
-    assert all(run.version_meta(n)["created"] == t for n, t in before.items())  # committed work untouched
+    assert all(_tree_bytes(run.version_dir(n)) == b for n, b in before.items())  # committed work byte-identical
+    lost = [json.loads((run_dir / "metrics" / f"round_{i}.json").read_text()).get("lost_flops", 0) for i in range(3)]
+    spent = [run.version_meta(n)["cost"]["flops"] for n in (1, 2, 3)]
+    assert all(s <= run.version_meta(n)["cost"]["budget_flops"] for s, n in zip(spent, (1, 2, 3), strict=True))
+    assert sum(lost) >= 0  # work cut by the kill is recorded apart, never charged to the round's budget
     assert [run.version_meta(n)["increment"] for n in (1, 2, 3)] == [0, 1, 2]  # nothing repeated
 
 

@@ -284,23 +284,28 @@ def _output_shape(op: str, attrs: tuple, in_shapes: tuple[Shape, ...]) -> Shape:
 
 
 @functools.lru_cache(maxsize=8192)
-def _expected_params_cached(op: str, attrs: tuple) -> tuple[tuple[str, Shape], ...]:
+def _expected_params_cached(op: str, attrs: tuple) -> tuple[tuple[str, Shape, bool], ...]:
     from evo.graph.compile import build_module
 
-    return tuple((k, tuple(v.shape)) for k, v in build_module(op, _thaw(attrs), device="meta").state_dict().items())
+    return tuple((k, tuple(v.shape), v.is_floating_point())
+                 for k, v in build_module(op, _thaw(attrs), device="meta").state_dict().items())
 
 
-def _expected_params(op: str, attrs: dict[str, Any]) -> dict[str, Shape]:
-    return dict(_expected_params_cached(op, _freeze(attrs)))
+def _expected_params(op: str, attrs: dict[str, Any]) -> dict[str, tuple[Shape, bool]]:
+    return {k: (shape, floating) for k, shape, floating in _expected_params_cached(op, _freeze(attrs))}
 
 
-def _check_params(name: str, expected: dict[str, Shape], params: dict[str, torch.Tensor]) -> None:
+def _check_params(name: str, expected: dict[str, tuple[Shape, bool]], params: dict[str, torch.Tensor]) -> None:
     got = {k: tuple(v.shape) for k, v in params.items()}
     if set(expected) != set(got):
         raise GraphError(f"node {name!r} has tensors {sorted(got)}; its kind needs {sorted(expected)}")
-    for k, shp in expected.items():
+    for k, (shp, floating) in expected.items():
         if got[k] != shp:
             raise GraphError(f"node {name!r} tensor {k!r} has shape {got[k]}; its attributes need {shp}")
+        if params[k].is_floating_point() != floating:
+            want = "a floating-point" if floating else "an integer"
+            raise GraphError(f"node {name!r} tensor {k!r} has dtype {params[k].dtype}; it must be {want} tensor "
+                             "(was the weights file converted?)")
 
 
 def _deep_meta(x: Any) -> Any:

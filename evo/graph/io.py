@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from evo.errors import EvoError, GraphError, WeightsError
+from evo.fsutil import swap_dir, temp_dir
 from evo.graph.archgraph import ArchGraph
 
 FORMAT = "evo.archgraph"
@@ -76,30 +76,18 @@ def save(graph: ArchGraph, directory: str | os.PathLike, extra_files: dict[str, 
     graph.validate()
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = temp_dir(target.parent, target.name)
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in graph.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
         (tmp / GRAPH_FILE).write_text(json.dumps(graph_to_json(graph), indent=1))
         for fname, doc in (extra_files or {}).items():
             (tmp / fname).write_text(json.dumps(doc, indent=1))
-        _replace_dir(tmp, target)
+        swap_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Swap `new` into `target`'s place; an old `target` is moved aside first, then removed."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)
 
 
 def load(directory: str | os.PathLike) -> ArchGraph:

@@ -188,7 +188,7 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
     return SearchSpace(
         name=str(doc.get("name") or Path(source).stem),
         scenario=scenario, model=model,
-        memory=_positive_int(doc, "memory", 500, minimum=0),
+        memory=_positive_int(doc, "memory", 500),
         operators=operators,
         max_ops=_positive_int(doc, "max_ops", 1, minimum=0),
         training=training,

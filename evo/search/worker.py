@@ -7,9 +7,7 @@ Pure with respect to the run: it reads the parent version and writes only its ow
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -85,20 +83,19 @@ def validation_scores(learner, validation) -> tuple[float, float]:
 
 
 def save_candidate(out_dir: Path, graph, state: dict[str, torch.Tensor], report: dict[str, Any]) -> None:
+    """Write a candidate folder whole: staged under evo's temporary name, then swapped into place."""
     from safetensors.torch import save_file
 
     import evo.graph as eg
+    from evo.fsutil import swap_dir, temp_dir
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging = temp_dir(out_dir.parent, out_dir.name)
     try:
         eg.save(graph, staging / "model", extra_files={"report.json": report})
         if state:
             save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
                       str(staging / "model" / "state.safetensors"))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging / "model", out_dir)
+        swap_dir(staging / "model", out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

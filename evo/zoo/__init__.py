@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
 from evo.zoo import efficientnet_lite, small_cnn, torchvision_models  # noqa: F401  registers models
 from evo.zoo.registry import MODELS, register_model
@@ -16,6 +17,8 @@ def list_models() -> list[str]:
 def load(name: str, pretrained: bool = False, input_size: int | None = None, **kwargs: Any) -> ArchGraph:
     """Build zoo model `name` as an ArchGraph; unset options fall through to the model's defaults."""
     entry = MODELS.get(name)
+    if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1):
+        raise ConfigError(f"input_size for {name} must be a positive integer (pixels); got {input_size!r}")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     graph = entry.factory(pretrained=pretrained, input_size=entry.default_input if input_size is None else input_size, **kwargs)
     graph.meta.setdefault("zoo", name)
