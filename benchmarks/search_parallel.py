@@ -34,11 +34,11 @@ def space_doc(trials: int, concurrency: int, model: str) -> dict:
 
 
 def one_round(doc: dict) -> dict:
-    from evo.cli import load_model
     from evo.runs import Run
     from evo.search.driver import Driver
     from evo.search.scenario import stream_for
     from evo.search.space import parse_space
+    from evo.zoo import resolve as load_model
 
     space = parse_space(doc)
     with tempfile.TemporaryDirectory() as tmp:

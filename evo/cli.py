@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from evo.errors import EvoError
 
@@ -22,26 +22,12 @@ def command(name: str) -> Callable[[Command], Command]:
     return deco
 
 
-def load_model(spec: str, input_size: int | None = None, pretrained: bool = True):
-    """A saved model folder, or a zoo name (pretrained where the zoo ships weights)."""
-    import evo.graph as eg
-    import evo.zoo as zoo
-
-    path = Path(spec)
-    if path.is_dir():
-        return eg.load(path)
-    if spec in zoo.MODELS:
-        entry = zoo.MODELS.get(spec)
-        return zoo.load(spec, pretrained=pretrained and entry.has_pretrained, input_size=input_size)
-    raise EvoError(f"{spec!r} is neither a saved model folder nor a zoo model; zoo models: "
-                   f"{', '.join(zoo.list_models())}")
-
-
 @command("inspect")
 def cmd_inspect(args: argparse.Namespace) -> int:
     import evo.ops as ops
+    from evo.zoo import resolve
 
-    graph = load_model(args.model, args.input_size, pretrained=not args.random_init)
+    graph = resolve(args.model, args.input_size, pretrained=not args.random_init)
     say(graph.summary() if args.layers else graph.summary().split("\n")[0])
     if graph.classes:
         shown = ", ".join(graph.classes[:8]) + (" ..." if len(graph.classes) > 8 else "")
@@ -276,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Library warnings (e.g. each unreadable image) stay off the terminal: commands report a summary,
+    # and an error is one line.
+    logging.getLogger("evo").setLevel(logging.ERROR)
     try:
         return _COMMANDS[args.command](args)
     except EvoError as e:

@@ -62,9 +62,9 @@ def learn_from_data(model: str, data: str | os.PathLike, run_dir: str | os.PathL
         raise RunError(f"{path} is neither an evo run folder (no run.json) nor a saved model folder (no graph.json)")
     target = Path(run_dir) if run_dir else Path("runs") / f"learn-{path.name}"
     check_new_run_dir(target)
-    from evo.cli import load_model
+    from evo.zoo import resolve
 
-    graph0 = load_model(model, input_size)
+    graph0 = resolve(model, input_size)
     opts = _options(strategy, memory, head, DEFAULTS)
     learned = _learn(graph0, {}, {"increment": None}, data, opts, allow_duplicates, progress, say, options)
     run = Run.create(target, {"learn": {"model": model, **vars(opts)}}, kind="learn")

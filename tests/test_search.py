@@ -64,6 +64,12 @@ def test_shipped_spaces_parse(name):
     (lambda d: d.update(objective=["params"]), "objective"),
     (lambda d: d.update(policy="greedy"), "policy must be one of search, random, fast_path"),
     (lambda d: d.update(validation_per_class=0), "validation_per_class"),
+    # training keys come from the strategies' option schemas: none silently dropped
+    (lambda d: d["training"].update(alpha=0.5), r"training.alpha: no strategy of this space \(evo, evo_tune\)"),
+    (lambda d: d["training"].update(strategy="sgd_plus"), "unknown strategy 'sgd_plus'.*replay"),
+    (lambda d: d["training"].update(epochs=[1, -1]), "training.epochs:.*epochs"),
+    (lambda d: d["training"].update(strategy="evo", epochs=1), "training.epochs: no strategy of this space \\(evo\\)"),
+    (lambda d: d.update(training={"strategy": "lwf", "temperature": 0}), "training.temperature:.*> 0"),
 ])
 def test_malformed_space_names_the_key(edit, message):
     doc = json.loads(json.dumps(TINY))
@@ -140,7 +146,7 @@ def test_validation_split_holds_out_every_seen_class_and_never_the_test_split():
 
 def test_round_zero_grows_the_graph_the_head_will_read():
     import evo
-    from evo.learn.features import is_tapped
+    from evo.graph.taps import is_tapped
     from evo.search.candidate import growth_base
 
     g = evo.zoo.load("efficientnet_lite0", pretrained=True, input_size=64)
@@ -231,12 +237,13 @@ def test_search_tries_the_spare_tap_and_it_keeps_every_statistic(ray_cluster, tm
 
 
 def test_a_candidate_is_never_evaluated_twice(ray_cluster, tmp_path):
-    """Optuna may propose the same computation again (no growth, knobs the fast path ignores): it is skipped."""
+    """Optuna may propose the same computation again (no growth, nothing else to choose): it is skipped.
+    (A knob the fast path ignores, such as lr, is refused by the space when no strategy reads it.)"""
     from evo.search.candidate import Candidate
     from evo.search.launch import launch
 
     doc = {**json.loads(json.dumps(TINY)), "max_ops": 0, "trials": 3,
-           "training": {"strategy": "evo", "lr": [0.01, 0.1], "taps": "features"}}
+           "training": {"strategy": "evo", "taps": "features"}}
     results = launch(_write(tmp_path, doc), run_dir=tmp_path / "run", say=lambda s: None)
     for r in results:
         ran = [t for t in r.trials if t["state"] == "COMPLETE"]

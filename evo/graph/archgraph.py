@@ -31,14 +31,17 @@ class ArchGraph:
 
     # ---- construction -------------------------------------------------------------------------
     def add_node(self, name: str, op: str, attrs: dict[str, Any] | None = None,
-                 params: dict[str, torch.Tensor] | None = None, source: str | None = None) -> str:
+                 params: dict[str, torch.Tensor] | None = None, source: str | None = None,
+                 role: str | None = None) -> str:
+        """Add a node. `source` is its module path (blocks group by it); `role` marks nodes that
+        graph surgery added for a purpose (e.g. "tap", see evo.graph.taps); both are saved."""
         if name in self.g:
             raise GraphError(f"node {name!r} already exists")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise GraphError(f"node name {name!r} must be a Python identifier (letters, digits, _)")
         KINDS.get(op)
         self.g.add_node(name, op=op, attrs=dict(attrs or {}), params=dict(params or {}),
-                        source=source or name, shape=None)
+                        source=source or name, role=role, shape=None)
         return name
 
     def add_edge(self, src: str, dst: str, index: int = 0) -> None:
@@ -78,7 +81,7 @@ class ArchGraph:
         out = ArchGraph(meta=_deep_meta(self.meta))
         for n, d in self.g.nodes(data=True):
             out.g.add_node(n, op=d["op"], attrs=_deep_meta(d["attrs"]), params=dict(d["params"]),
-                           source=d["source"], shape=d["shape"])
+                           source=d["source"], role=d.get("role"), shape=d["shape"])
         for u, v, d in self.g.edges(data=True):
             out.g.add_edge(u, v, **d)
         return out

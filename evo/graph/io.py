@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from evo.errors import EvoError, GraphError, WeightsError
 from evo.fsutil import swap_dir, temp_dir
 from evo.graph.archgraph import ArchGraph
+from evo.graph.taps import LEGACY_TAP_SOURCE, TAP_ROLE
 
 FORMAT = "evo.archgraph"
 VERSION = 1
@@ -28,6 +29,7 @@ WEIGHTS_FILE = "weights.safetensors"
 
 def graph_to_json(graph: ArchGraph) -> dict[str, Any]:
     nodes = [{"name": n, "op": graph.op(n), "attrs": graph.attrs(n), "source": graph.node(n)["source"],
+              **({"role": graph.node(n)["role"]} if graph.node(n).get("role") else {}),
               "params": sorted(graph.params(n))} for n in graph.nodes()]
     edges = [{"src": u, "dst": v, "index": d["index"]} for u, v, d in graph.g.edges(data=True)]
     return {"format": FORMAT, "version": VERSION, "meta": graph.meta, "nodes": nodes, "edges": edges}
@@ -54,8 +56,13 @@ def graph_from_json(doc: Any, tensors: dict[str, torch.Tensor], where: str = "gr
                 raise WeightsError(f"weights file lacks tensor {key!r} that {where} declares; the files do not match")
             params[p] = tensors[key]
             used.add(key)
+        role = nd.get("role")
+        if role is not None and not isinstance(role, str):
+            raise GraphError(f"{where}: node #{i} ({name!r}): 'role' must be a string; got {role!r}")
+        if role is None and str(nd.get("source") or "").startswith(LEGACY_TAP_SOURCE):
+            role = TAP_ROLE  # saved before node roles: tap nodes were marked by their source prefix
         try:
-            graph.add_node(name, nd["op"], nd.get("attrs") or {}, params, source=nd.get("source"))
+            graph.add_node(name, nd["op"], nd.get("attrs") or {}, params, source=nd.get("source"), role=role)
         except EvoError as e:
             raise GraphError(f"{where}: node #{i}: {e}") from None
     for i, ed in enumerate(doc["edges"]):

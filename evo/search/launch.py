@@ -14,7 +14,7 @@ from evo.search.space import SearchSpace, SpaceError, load_space, parse_space
 
 
 def _initial_model(space: SearchSpace):
-    from evo.cli import load_model
+    from evo.zoo import resolve as load_model
 
     m = space.model
     return load_model(m["name"], m.get("input_size"), pretrained=m.get("pretrained", True))

@@ -42,8 +42,8 @@ def _resolve(source: str | os.PathLike, names: bool) -> tuple[str, dict[str, Any
                         "or a CSV of path,label rows")
     if path.suffix.lower() == ".csv":
         raise DataError(f"manifest {path} does not exist")
-    if names and isinstance(source, str) and source in SOURCES and not _takes_path(source):
-        return source, {}
+    if names and isinstance(source, str) and source in SOURCES:
+        return source, {}  # a path-taking source (folder, csv) then needs its `path=` option
     raise DataError(f"{str(source)!r} is not an image folder or .csv manifest that exists; built-in datasets are "
                     f"named {builtins}")
 
