@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from evo.errors import EvoError
 
@@ -69,6 +70,14 @@ def cmd_learn(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("report")
+def cmd_report(args: argparse.Namespace) -> int:
+    from evo.report import write_report
+
+    write_report(args.run_dir, out=args.out, predict=args.predict)
+    return 0
+
+
 @command("status")
 def cmd_status(args: argparse.Namespace) -> int:
     from evo.search.launch import status
@@ -101,84 +110,193 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    """argparse type: seconds, as `12.5` or `12.5s`."""
+    try:
+        value = float(text.removesuffix("s"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds such as 12.5s; got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds; got {text!r}")
+    return value
+
+
 def _site_text(site: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in site.items())
 
 
-# -- evo predict RUN VIDEO: per-shot and whole-clip predictions (video block) -----------------------
+# ---- prediction, corrections and active learning (evo.active; videos through evo.data.video) ----------
 
 
-def run_learner(run_dir: str, version: int | None = None):
-    """A Learner restored from a run's version (default: the latest) that can `predict_proba`."""
-    from evo.learn import Learner
-    from evo.runs import Run
+def _is_video(path: str) -> bool:
+    from evo.data.video import VIDEO_EXTENSIONS
 
-    graph, _, state = Run.open(run_dir).load_version(version)
-    if graph.head is None or not graph.classes:
-        raise EvoError(f"run {run_dir}: its version has no class list to predict; learn an increment first")
-    # prediction reads only the version's graph; "naive" keeps no strategy state or memory to restore
-    return Learner(graph, memory=1, strategy="naive", progress=False).load_state_dict(state, graph)
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS and Path(path).is_file()
 
 
-def predict_video_file(learner, path: str, args: argparse.Namespace):
-    import numpy as np
+def _video_callables(eng, aggregate: str):
+    """predict_proba (and embed/head for feature averaging) from the corrections engine, so a video's
+    predictions see every live correction."""
     import torch
 
+    def proba(frames):
+        return torch.softmax(eng.logits(eng.features(frames)), dim=1).numpy()
+
+    if aggregate != "features":
+        return proba, None, None
+    return proba, (lambda frames: eng.features(frames).double().numpy()), \
+        (lambda feats: torch.softmax(eng.logits(torch.as_tensor(feats).float()), dim=1).numpy())
+
+
+def _predict_video(eng, path: str, args: argparse.Namespace):
     from evo.data.video.predict import predict_video
 
-    embed = head = None
-    if args.aggregate == "features":
-        net, pre = learner.graph_.to_module().eval(), learner.preprocess
-
-        def embed(frames: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return net.forward_features(pre(frames)).double().numpy()
-
-        def head(features: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return torch.softmax(net.forward_head(torch.as_tensor(features).float()).double(), 1).numpy()
-
-    return predict_video(path, learner.predict_proba, learner.classes_, fps=args.fps, detector=args.detector,
-                         threshold=args.threshold, smooth=args.smooth, aggregate=args.aggregate, embed=embed,
-                         head=head)
+    proba, embed, head = _video_callables(eng, args.aggregate)
+    return predict_video(path, proba, eng.classes, fps=args.fps, detector=args.detector, threshold=args.threshold,
+                         smooth=args.smooth, aggregate=args.aggregate, embed=embed, head=head)
 
 
 @command("predict")
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    learner = run_learner(args.run_dir, args.version)
-    result = predict_video_file(learner, args.video, args)
-    if args.strip:
-        from evo.data.video.strip import shot_strip
+    from evo.active import Corrections
+    from evo.active.engine import predict_paths
 
-        shot_strip(result).save(args.strip)
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
-        return 0
-    print(f"{result.path}: {result.label} ({result.probability:.1%}) over {len(result.shots)} shots, "
-          f"{result.frames} frames sampled of {result.decoded} decoded in {result.seconds:.1f} s")
-    print(f"{'shot':>4}  {'start':>8}  {'end':>8}  {'class':<24} probability")
-    for s in result.shots:
-        print(f"{s.index:>4}  {s.start:>7.2f}s  {s.end:>7.2f}s  {s.label:<24} {s.probability:.3f}")
-    if args.strip:
-        print(f"keyframe strip: {args.strip}")
+    videos = [p for p in args.inputs if _is_video(p)]
+    images = [p for p in args.inputs if p not in videos]
+    with Corrections.open(args.run_dir, write=False, version=args.version) as eng:
+        found = predict_paths(eng, images) if images else []
+        clips = [_predict_video(eng, v, args) for v in videos]
+        if args.strip:
+            from evo.data.video.strip import shot_strip
+
+            for i, clip in enumerate(clips):
+                target = args.strip if len(clips) == 1 else str(Path(args.strip).with_suffix(f".{i}.png"))
+                shot_strip(clip).save(target)
+        if args.json:
+            say(json.dumps({"model_version": eng.model_version, "predictions": [
+                {"image": path, "label": p.label, "probability": p.probability,
+                 "top": [{"label": c, "probability": v} for c, v in p.top]} for path, p in found],
+                "videos": [c.to_dict() for c in clips]}, indent=1))
+            return 0
+        for path, p in found:
+            top = ", ".join(f"{c} {v:.3f}" for c, v in p.top)
+            say(f"{path}\t{p.label}\t{p.probability:.3f}\t(top: {top})")
+        for clip in clips:
+            say(f"{clip.path}: {clip.label} ({clip.probability:.1%}) over {len(clip.shots)} shots, "
+                f"{clip.frames} frames sampled of {clip.decoded} decoded in {clip.seconds:.1f} s")
+            say(f"{'shot':>4}  {'start':>8}  {'end':>8}  {'class':<24} probability")
+            for sh in clip.shots:
+                say(f"{sh.index:>4}  {sh.start:>7.2f}s  {sh.end:>7.2f}s  {sh.label:<24} {sh.probability:.3f}")
     return 0
 
 
-def add_predict_parser(sub) -> None:
-    pr = sub.add_parser("predict", help="per-shot and whole-clip predictions for a video with a run's model")
-    pr.add_argument("run_dir", help="a run folder; its latest version predicts")
-    pr.add_argument("video", help="a video file (mp4, mkv, avi, mov, webm, ...)")
+def _shot_correction(eng, args: argparse.Namespace):
+    """A video shot's correction: its keyframes' mean feature (the shot as the head sees it when it
+    averages features), logged with the middle keyframe as the image."""
+    from evo.data.video.predict import shot_frames
+
+    if (args.shot is None) == (args.at is None):
+        raise EvoError(f"{args.image} is a video: give the shot to correct with --shot N or --at SECONDS")
+    frames, shot = shot_frames(args.image, shot=args.shot, at=args.at)
+    feats = eng.features(frames).mean(dim=0)
+    return eng.correct(frames[len(frames) // 2], args.label, source="cli",
+                       external_id=f"{args.image}#shot{shot.index}", features=feats), shot
+
+
+@command("correct")
+def cmd_correct(args: argparse.Namespace) -> int:
+    from evo.active import Corrections
+
+    with Corrections.open(args.run_dir) as eng:
+        if _is_video(args.image):
+            r, shot = _shot_correction(eng, args)
+            say(f"{args.image}: shot {shot.index} ({shot.start:.2f}-{shot.end:.2f} s)")
+        else:
+            if args.shot is not None or args.at is not None:
+                raise EvoError("--shot and --at apply to a video; this is an image")
+            r = eng.correct(args.image, args.label, source="cli")
+        live = sum(1 for c in eng.list() if not c.undone and c.id != r.id)
+        say(f"correction {r.id}: {args.image} {r.previous} -> {r.label}, now predicted {r.predicted} "
+              f"(p={r.probability:.3f}), weight {r.weight:.3g}, {1000 * r.seconds:.1f} ms [{eng.model_version}]")
+        if not r.holds:
+            say(f"correction {r.id} does not hold: it needs more than the weight cap")
+        say(f"earlier corrections: {live - len(r.broken)}/{live} hold" +
+              (f"; no longer holding: {', '.join(map(str, r.broken))}" if r.broken else ""))
+        for a, b in r.conflicts:
+            say(f"conflict: correction {a} conflicts with correction {b}")
+    return 0
+
+
+@command("undo")
+def cmd_undo(args: argparse.Namespace) -> int:
+    from evo.active import Corrections
+
+    with Corrections.open(args.run_dir) as eng:
+        broken = eng.undo(args.id)
+        say(f"undid correction {args.id} [{eng.model_version}]" +
+              (f"; no longer holding: {', '.join(map(str, broken))}" if broken else ""))
+    return 0
+
+
+@command("corrections")
+def cmd_corrections(args: argparse.Namespace) -> int:
+    from evo.active import Corrections
+
+    with Corrections.open(args.run_dir, write=False) as eng:
+        rows = eng.list()
+        say(f"{len(rows)} correction(s) [{eng.model_version}]")
+        say(f"{'id':>4}  {'time':<19}  {'image':<12}  {'from -> to':<32}  {'weight':>8}  state")
+        for c in rows:
+            state = "undone" if c.undone else ("holds" if c.holds else "does not hold")
+            say(f"{c.id:>4}  {c.created:<19}  {c.image_sha256[:12]:<12}  "
+                  f"{(c.previous + ' -> ' + c.label)[:32]:<32}  {c.weight:>8.3g}  {state}")
+    return 0
+
+
+@command("suggest")
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from evo.active import Corrections
+
+    with Corrections.open(args.run_dir, write=False) as eng:
+        for rank, s in enumerate(eng.suggest(args.pool, k=args.k, strategy=args.strategy, seed=args.seed), 1):
+            say(f"{rank:>3}  {s.path}\t{s.predicted} ({s.probability:.3f})\tscore {s.score:.4f}")
+    return 0
+
+
+def _active_parsers(sub: argparse._SubParsersAction) -> None:
+    from evo.active import QUERIES
+
+    pr = sub.add_parser("predict", help="predict images or videos with a run's model (latest version + corrections)")
+    pr.add_argument("run_dir")
+    pr.add_argument("inputs", nargs="+", help="image files or folders, and/or video files (per-shot predictions)")
     pr.add_argument("--json", action="store_true", help="machine-readable output")
     pr.add_argument("--version", type=int, default=None, help="model version (default: the latest)")
-    pr.add_argument("--fps", type=float, default=2.0, help="frames sampled per second (default 2)")
-    pr.add_argument("--detector", default="content", help="shot detector: content (PySceneDetect) or histogram")
-    pr.add_argument("--threshold", type=float, default=None, help="shot-cut threshold (default: the detector's)")
-    pr.add_argument("--smooth", type=int, default=0, help="average each shot with this many neighbours a side")
+    pr.add_argument("--fps", type=float, default=2.0, help="videos: frames sampled per second (default 2)")
+    pr.add_argument("--detector", default="content", help="videos: shot detector, content (PySceneDetect) or histogram")
+    pr.add_argument("--threshold", type=float, default=None, help="videos: shot-cut threshold (default: the detector's)")
+    pr.add_argument("--smooth", type=int, default=0, help="videos: average each shot with this many neighbours a side")
     pr.add_argument("--aggregate", choices=("proba", "features"), default="proba",
-                    help="mean of frame probabilities (default) or of features before the head")
-    pr.add_argument("--strip", default=None, help="also save a PNG strip of keyframes captioned with their labels")
+                    help="videos: mean of frame probabilities (default) or of features before the head")
+    pr.add_argument("--strip", default=None, help="videos: save a PNG strip of keyframes captioned with their labels")
+    co = sub.add_parser("correct", help="fix the model's prediction of one image (or a video's shot), in milliseconds")
+    co.add_argument("run_dir")
+    co.add_argument("image", help="an image, or a video with --shot N / --at SECONDS")
+    co.add_argument("--label", required=True, help="the right class (a new name adds the class)")
+    co.add_argument("--shot", type=int, default=None, help="videos: the shot number to correct")
+    co.add_argument("--at", type=_seconds, default=None, help="videos: correct the shot playing at this time, e.g. 12.5s")
+    un = sub.add_parser("undo", help="take one correction back out exactly")
+    un.add_argument("run_dir")
+    un.add_argument("id", type=int)
+    cs = sub.add_parser("corrections", help="list a run's corrections")
+    cs.add_argument("run_dir")
+    su = sub.add_parser("suggest", help="rank unlabelled images by how much labelling them is worth")
+    su.add_argument("run_dir")
+    su.add_argument("--pool", required=True, nargs="+", help="folder(s) or files of unlabelled images")
+    su.add_argument("-k", type=int, default=20)
+    su.add_argument("--strategy", default="margin", choices=QUERIES.names())
+    su.add_argument("--seed", type=int, default=0)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -230,7 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--no-progress", action="store_true", help="no progress bars")
     st = sub.add_parser("status", help="print a run's lineage and latest metrics")
     st.add_argument("run_dir")
-    add_predict_parser(sub)
+    rp = sub.add_parser("report", help="write a run's figures as RUN/report/index.html, PNGs and summary.md")
+    rp.add_argument("run_dir", help="the run folder, e.g. runs/fashion_quick")
+    rp.add_argument("--out", default=None, help="report folder (default RUN/report)")
+    rp.add_argument("--predict", action=argparse.BooleanOptionalAction, default=True,
+                    help="run every version on the run's test split for the confusion matrix and per-class "
+                         "forgetting (default: yes)")
+    _active_parsers(sub)
     return p
 
 
@@ -251,30 +375,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
-
-
-# ---- evo report (issue 11): one block, so it merges beside other helpers' commands ----------------------
-@command("report")
-def cmd_report(args: argparse.Namespace) -> int:
-    from evo.report import write_report
-
-    write_report(args.run_dir, out=args.out, predict=args.predict)
-    return 0
-
-
-_build_parser_before_report = build_parser
-
-
-def build_parser() -> argparse.ArgumentParser:  # noqa: F811  (extends the parser above with `report`)
-    p = _build_parser_before_report()
-    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-    rp = sub.add_parser("report", help="write a run's figures as RUN/report/index.html, PNGs and summary.md")
-    rp.add_argument("run_dir", help="the run folder, e.g. runs/fashion_quick")
-    rp.add_argument("--out", default=None, help="report folder (default RUN/report)")
-    rp.add_argument("--predict", action=argparse.BooleanOptionalAction, default=True,
-                    help="run every version on the run's test split for the confusion matrix and per-class "
-                         "forgetting (default: yes)")
-    return p
 
 
 if __name__ == "__main__":
