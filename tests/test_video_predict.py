@@ -113,7 +113,7 @@ def test_cli_predict_learned_run(tmp_path, capsys):
                  "--memory", "50"]) == 0
     capsys.readouterr()
     assert main(["predict", run, video, "--json", "--strip", str(tmp_path / "strip.png")]) == 0
-    doc = json.loads(capsys.readouterr().out)
+    doc = json.loads(capsys.readouterr().out)["videos"][0]  # `evo predict` answers images and videos together
     from PIL import Image
 
     with Image.open(tmp_path / "strip.png") as strip:  # one captioned keyframe per shot
@@ -142,3 +142,29 @@ def test_clip_scores_reference():
     assert (s["frame_accuracy"], s["clip_accuracy"]) == (0.5, 1.0)
     s = clip_scores(vf, proba[:, ::-1], ["b", "a"])  # the model's class order differs: matched by name
     assert (s["frame_accuracy"], s["clip_accuracy"]) == (0.5, 1.0)
+
+
+def test_cli_correct_a_video_shot(tmp_path, capsys):
+    """`evo correct RUN VIDEO --shot N` is one correction (the shot's keyframes' mean feature), undone exactly."""
+    from evo.active import Corrections
+
+    collection(tmp_path / "coll", n_classes=3, clips_per_class=3, shots_per_clip=1, size=32)
+    shot_video(tmp_path / "q.mp4", 3, seed=5, size=32)
+    run, video = str(tmp_path / "run"), str(tmp_path / "q.mp4")
+    assert main(["learn", "small_cnn", "--data", str(tmp_path / "coll"), "--run-dir", run, "--no-progress",
+                 "--memory", "50"]) == 0
+    with Corrections.open(run, write=False) as eng:
+        before = eng.head_weight.clone()
+    capsys.readouterr()
+    assert main(["correct", run, video, "--shot", "1", "--label", "Sandal"]) == 0  # a new class, too
+    out = capsys.readouterr().out
+    assert "shot 1" in out and "now predicted Sandal" in out
+    with Corrections.open(run, write=False) as eng:
+        (c,) = eng.list()
+        assert c.external_id.endswith("#shot1") and c.label == "Sandal" and "Sandal" in eng.classes
+    assert main(["correct", run, video, "--at", "99s", "--label", "Sandal"]) == 2
+    assert main(["correct", run, video, "--label", "Sandal"]) == 2  # which shot?
+    assert main(["undo", run, str(c.id)]) == 0
+    with Corrections.open(run, write=False) as eng:
+        after = eng.head_weight[:, : before.shape[1]]
+        assert float((after - before).abs().max()) <= 1e-6 * max(1.0, float(before.abs().max()))
