@@ -66,6 +66,39 @@ class Pad(nn.Module):
         return F.pad(x, self.pad, value=self.value)
 
 
+class Reshape(nn.Module):
+    """Per-sample reshape to `shape` (batch dimension kept): a traced view/reshape at the import size."""
+
+    def __init__(self, shape: list[int]) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+
+class Permute(nn.Module):
+    """Reorder the dimensions after the batch (`dims` lists all of them, starting with 0)."""
+
+    def __init__(self, dims: list[int]) -> None:
+        super().__init__()
+        self.dims = tuple(dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(self.dims)
+
+
+class Slice(nn.Module):
+    """Elements start..end-1 along `dim` (>= 1): one piece of a traced chunk/split."""
+
+    def __init__(self, dim: int, start: int, end: int) -> None:
+        super().__init__()
+        self.dim, self.start, self.end = dim, start, end
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.narrow(self.dim, self.start, self.end - self.start)
+
+
 @dataclass(frozen=True)
 class LayerKind:
     """One node kind: its builder, how many inputs it takes, and its required attributes."""
@@ -128,6 +161,9 @@ _kind("dropout", nn.Dropout, defaults={"p": 0.5})
 _kind("identity", nn.Identity)
 _kind("pad", Pad, required=("pad",), defaults={"value": 0.0})
 _kind("mean", Mean, required=("dims",), defaults={"keepdim": False})
+_kind("reshape", Reshape, required=("shape",))
+_kind("permute", Permute, required=("dims",))
+_kind("slice", Slice, required=("dim", "start", "end"))
 _kind("add", Add, arity=(2, -1))
 _kind("mul", Mul, arity=(2, 2))
 _kind("cat", Cat, arity=(2, -1), defaults={"dim": 1})
