@@ -50,3 +50,59 @@ def assert_unchanged(g: ArchGraph, snap: tuple) -> None:
     assert set(now) == set(tensors) and len(g) == n and sorted(g.g.edges(data="index")) == edges
     for k, v in tensors.items():
         assert torch.equal(now[k], v), f"parent tensor {k} changed"
+
+
+# ---- the classifier families users start from (issue 13): import, then every op on sampled sites ----
+# "library:architecture" -> input side. Random init (nothing is downloaded), 10 classes, small inputs.
+FAMILIES: dict[str, int] = {
+    "torchvision:densenet121": 32, "torchvision:efficientnet_b0": 32, "timm:mobilenetv3_large_100": 32,
+    "torchvision:resnext50_32x4d": 32, "torchvision:regnet_x_400mf": 32, "torchvision:regnet_y_400mf": 32,
+    "torchvision:mnasnet0_5": 32, "torchvision:squeezenet1_1": 32, "torchvision:shufflenet_v2_x0_5": 32,
+    "torchvision:mobilenet_v3_large": 32, "torchvision:googlenet": 32,
+    "timm:resnet18": 32, "timm:efficientnet_b0": 32, "timm:tf_efficientnet_b0": 32,
+    "timm:tf_efficientnetv2_b0": 32, "timm:regnety_002": 32, "timm:densenet121": 32,
+}
+# Too heavy for the default suite on a shared 2-core box (tens of millions of parameters to initialise,
+# or a large input): run with `-m slow`.
+HEAVY_FAMILIES: dict[str, int] = {
+    "torchvision:wide_resnet50_2": 32, "torchvision:efficientnet_v2_s": 32, "torchvision:vgg11_bn": 32,
+    "torchvision:inception_v3": 75, "timm:resnet50d": 32, "timm:efficientnetv2_rw_t": 32,
+}
+
+
+def build_family(name: str) -> torch.nn.Module:
+    """The source module of a family member, seeded, eval mode, with random BN statistics."""
+    lib, arch = name.split(":")
+    torch.manual_seed(0)
+    if lib == "torchvision":
+        import torchvision
+
+        kw = {"aux_logits": False, "init_weights": False} if arch in ("googlenet", "inception_v3") else {}
+        net = getattr(torchvision.models, arch)(weights=None, num_classes=10, **kw)
+    else:
+        timm = pytest.importorskip("timm")
+        net = timm.create_model(arch, pretrained=False, num_classes=10)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.affine and m.track_running_stats:
+                c = m.num_features
+                m.weight.copy_(0.5 + torch.rand(c, generator=gen))
+                m.bias.copy_(0.2 * torch.randn(c, generator=gen))
+                m.running_mean.copy_(0.2 * torch.randn(c, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
+    return net.eval()
+
+
+@functools.cache
+def family_parent(name: str) -> tuple[ArchGraph, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(imported graph, seeded inputs, graph logits, source module logits); the source is not kept."""
+    from evo.graph.trace import from_module
+
+    size = {**FAMILIES, **HEAVY_FAMILIES}[name]
+    net = build_family(name)
+    g = from_module(net, (3, size, size), name=name)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        source = net(x)
+    return g, x, logits(g, x), source

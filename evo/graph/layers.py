@@ -110,6 +110,18 @@ class LayerKind:
     defaults: dict[str, Any] = field(default_factory=dict)
     activation: bool = False  # elementwise nonlinearity
     idempotent: bool = False  # f(f(x)) == f(x): deepen may repeat it after an identity layer
+    same_shape: bool = False  # output shape = input shape (shape inference skips running it)...
+    ranks: tuple[int, ...] | None = None  # ...when the input has one of these ranks (no batch; None = any)
+    channels: str | None = None  # ...and this attribute equals the input's channels
+
+    def output_shape(self, attrs: dict[str, Any], in_shapes: tuple[tuple[int, ...], ...]) -> tuple[int, ...] | None:
+        """The output shape where the kind declares it (elementwise layers, batch norm), else None (run it)."""
+        if not self.same_shape or len(in_shapes) != 1:
+            return None
+        (s,) = in_shapes
+        if (self.ranks is not None and len(s) not in self.ranks) or (self.channels and (not s or attrs.get(self.channels) != s[0])):
+            return None  # running the module gives the precise error
+        return s
 
     def make(self, attrs: dict[str, Any]) -> nn.Module:
         if self.build is None:
@@ -143,22 +155,24 @@ _kind("output", None)
 _kind("conv2d", _conv, required=("in_channels", "out_channels", "kernel_size"),
       defaults={"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "bias": True})
 _kind("linear", nn.Linear, required=("in_features", "out_features"), defaults={"bias": True})
-_kind("batchnorm2d", nn.BatchNorm2d, required=("num_features",), defaults={"eps": 1e-5, "momentum": 0.1})
-_kind("batchnorm1d", nn.BatchNorm1d, required=("num_features",), defaults={"eps": 1e-5, "momentum": 0.1})
-_kind("relu", nn.ReLU, defaults={"inplace": False}, activation=True, idempotent=True)
-_kind("relu6", nn.ReLU6, defaults={"inplace": False}, activation=True, idempotent=True)
-_kind("silu", nn.SiLU, defaults={"inplace": False}, activation=True)
-_kind("hardswish", nn.Hardswish, defaults={"inplace": False}, activation=True)
-_kind("hardsigmoid", nn.Hardsigmoid, defaults={"inplace": False}, activation=True)
-_kind("sigmoid", nn.Sigmoid, activation=True)
+_kind("batchnorm2d", nn.BatchNorm2d, required=("num_features",), defaults={"eps": 1e-5, "momentum": 0.1},
+      same_shape=True, ranks=(3,), channels="num_features")
+_kind("batchnorm1d", nn.BatchNorm1d, required=("num_features",), defaults={"eps": 1e-5, "momentum": 0.1},
+      same_shape=True, ranks=(1, 2), channels="num_features")
+_kind("relu", nn.ReLU, defaults={"inplace": False}, activation=True, same_shape=True, idempotent=True)
+_kind("relu6", nn.ReLU6, defaults={"inplace": False}, activation=True, same_shape=True, idempotent=True)
+_kind("silu", nn.SiLU, defaults={"inplace": False}, activation=True, same_shape=True)
+_kind("hardswish", nn.Hardswish, defaults={"inplace": False}, activation=True, same_shape=True)
+_kind("hardsigmoid", nn.Hardsigmoid, defaults={"inplace": False}, activation=True, same_shape=True)
+_kind("sigmoid", nn.Sigmoid, activation=True, same_shape=True)
 _kind("maxpool2d", nn.MaxPool2d, required=("kernel_size",),
       defaults={"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False})
 _kind("avgpool2d", nn.AvgPool2d, required=("kernel_size",),
       defaults={"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True})
 _kind("adaptiveavgpool2d", nn.AdaptiveAvgPool2d, required=("output_size",))
 _kind("flatten", nn.Flatten, defaults={"start_dim": 1, "end_dim": -1})
-_kind("dropout", nn.Dropout, defaults={"p": 0.5})
-_kind("identity", nn.Identity)
+_kind("dropout", nn.Dropout, defaults={"p": 0.5}, same_shape=True)
+_kind("identity", nn.Identity, same_shape=True)
 _kind("pad", Pad, required=("pad",), defaults={"value": 0.0})
 _kind("mean", Mean, required=("dims",), defaults={"keepdim": False})
 _kind("reshape", Reshape, required=("shape",))

@@ -1,8 +1,8 @@
 """Import any torch.fx-traceable nn.Module into an ArchGraph.
 
 Each fx node maps to one layer kind (a library layer such as timm's BatchNormAct2d to a few, see
-`_leaves`), to nothing when it is the identity in eval mode (contiguous, stochastic depth, a one-tensor
-cat), or to a constant when it is shape arithmetic (`x.size()`, `_assert(x.ndim == 4)`; see `_static`),
+`_leaves`), to nothing when it is the identity in eval mode (nn.Identity, contiguous, stochastic depth, a
+one-tensor cat), or to a constant when it is shape arithmetic (`x.size()`, `_assert(x.ndim == 4)`; see `_static`),
 which is folded at the import size. Anything else stops the import with the op and its module path.
 Weights are cloned, so the imported graph never aliases the source module.
 """
@@ -161,6 +161,9 @@ class _Importer:
     def _import_module(self, traced: fx.GraphModule, n: fx.Node) -> None:
         m = traced.get_submodule(n.target)
         (src,) = _tensor_args(n)
+        if type(m) is nn.Identity:  # e.g. timm's post-classifier flatten: the head stays the final Linear
+            self._alias(n, src)
+            return
         specs = module_specs(m, self._shape(src))
         prev: fx.Node | str = src
         for spec in specs:
