@@ -5,7 +5,8 @@ fx cannot or should not trace; they are leaves too, recognised by their exact qu
 never imports timm:
   * timm `BatchNormAct2d`: a functional batch norm (parameters outside a module) then its activation;
   * timm `Conv2dSame`: TF "same" padding computed from the input size in Python; static at the import size;
-  * timm `Linear`: nn.Linear with an AMP cast that is a no-op in fp32.
+  * timm `Linear`: nn.Linear with an AMP cast that is a no-op in fp32;
+  * torchvision `LayerNorm2d` (ConvNeXt): layer norm over channels, written as permute, layer_norm, permute.
 A subclass not named here is traced through, so an unknown forward is never mistaken for its base's.
 """
 
@@ -22,12 +23,14 @@ from evo.errors import TraceError
 
 _ACTIVATIONS: dict[type, str] = {
     nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu", nn.Hardswish: "hardswish",
-    nn.Hardsigmoid: "hardsigmoid", nn.Sigmoid: "sigmoid",
+    nn.Hardsigmoid: "hardsigmoid", nn.Sigmoid: "sigmoid", nn.GELU: "gelu",
+    nn.LeakyReLU: "leakyrelu",
 }
 _BN_ACT = "timm.layers.norm_act.BatchNormAct2d"
 _CONV_SAME = "timm.layers.conv2d_same.Conv2dSame"
 _LINEAR = "timm.layers.linear.Linear"
-LIBRARY_LEAVES = frozenset({_BN_ACT, _CONV_SAME, _LINEAR})
+_LN2D = "torchvision.models.convnext.LayerNorm2d"
+LIBRARY_LEAVES = frozenset({_BN_ACT, _CONV_SAME, _LINEAR, _LN2D})
 
 
 @dataclass
@@ -69,8 +72,15 @@ def module_specs(m: nn.Module, in_shape: tuple[int, ...]) -> list[Spec]:
         if not isinstance(m.act, nn.Identity):
             specs += [Spec(*_activation(m.act), suffix="act")]
         return specs
+    if name == _LN2D:
+        if len(m.normalized_shape) != 1 or not m.elementwise_affine or m.bias is None:
+            raise TraceError("LayerNorm2d over more than the channels, or without affine weight and bias, is not supported")
+        return [Spec("layernorm2d", {"num_channels": m.normalized_shape[0], "eps": m.eps}, _own(m))]
     if isinstance(m, nn.Conv2d):
         return _conv(m, in_shape)
+    if type(m) is nn.LayerNorm:
+        return [Spec("layernorm", {"normalized_shape": list(m.normalized_shape), "eps": m.eps,
+                                   "elementwise_affine": m.elementwise_affine, "bias": m.bias is not None}, _own(m))]
     if isinstance(m, nn.Linear):
         return [Spec("linear", dict(in_features=m.in_features, out_features=m.out_features, bias=m.bias is not None),
                      _own(m))]
@@ -84,6 +94,10 @@ def module_specs(m: nn.Module, in_shape: tuple[int, ...]) -> list[Spec]:
 def _activation(m: nn.Module) -> tuple[str, dict[str, Any]]:
     if type(m) not in _ACTIVATIONS:
         raise TraceError(f"unsupported activation {qualname(m)}")
+    if isinstance(m, nn.GELU):
+        return "gelu", {"approximate": m.approximate}
+    if isinstance(m, nn.LeakyReLU):
+        return "leakyrelu", {"negative_slope": m.negative_slope}
     return _ACTIVATIONS[type(m)], {}
 
 

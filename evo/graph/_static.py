@@ -1,6 +1,6 @@
 """What every node of a traced module computes at the import size: tensor shapes and folded shape arithmetic.
 
-The module runs twice on zeros, at batch 1 and at batch 2 (eval mode, no gradients). A tensor is kept
+The module runs twice on zeros (in its parameters' dtype), at batch 1 and at batch 2 (eval mode, no gradients). A tensor is kept
 as its shape. A Python value (`x.size()`, `c // groups`, an assertion on `x.ndim`) is kept as is: when
 it comes only from shapes it is a constant of the import size, and when it differs between the two
 runs it depends on the batch size. The importer folds the constants into the nodes that use them and
@@ -47,11 +47,12 @@ def _summary(v: Any) -> Any:
 
 def record(gm: fx.GraphModule, input_shape: Sequence[int]) -> dict[fx.Node, tuple[Any, Any]]:
     """node -> (value at batch 1, value at batch 2); raises what the module raises."""
+    dtype = next((p.dtype for p in gm.parameters() if p.is_floating_point()), torch.get_default_dtype())
     runs = []
     for b in BATCHES:
         rec = _Recorder(gm)
         with torch.no_grad():
-            rec.run(torch.zeros((b, *input_shape)))
+            rec.run(torch.zeros((b, *input_shape), dtype=dtype))
         runs.append(rec.seen)
     return {n: (runs[0][n], runs[1][n]) for n in runs[0]}
 

@@ -99,6 +99,28 @@ class Slice(nn.Module):
         return x.narrow(self.dim, self.start, self.end - self.start)
 
 
+class LayerNorm2d(nn.LayerNorm):
+    """Layer norm over the channels of a (N, C, H, W) map, at every position (ConvNeXt's downsampling norm)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__(num_channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class Scale(nn.Module):
+    """Elementwise product with a learned tensor of `shape` (broadcast; no batch dimension): a layer scale."""
+
+    def __init__(self, shape: list[int]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+
 @dataclass(frozen=True)
 class LayerKind:
     """One node kind: its builder, how many inputs it takes, and its required attributes."""
@@ -165,6 +187,14 @@ _kind("silu", nn.SiLU, defaults={"inplace": False}, activation=True, same_shape=
 _kind("hardswish", nn.Hardswish, defaults={"inplace": False}, activation=True, same_shape=True)
 _kind("hardsigmoid", nn.Hardsigmoid, defaults={"inplace": False}, activation=True, same_shape=True)
 _kind("sigmoid", nn.Sigmoid, activation=True, same_shape=True)
+_kind("leakyrelu", nn.LeakyReLU, defaults={"negative_slope": 0.01, "inplace": False}, activation=True,
+      same_shape=True)
+_kind("gelu", nn.GELU, defaults={"approximate": "none"}, activation=True, same_shape=True)
+_kind("layernorm", nn.LayerNorm, required=("normalized_shape",),
+      defaults={"eps": 1e-5, "elementwise_affine": True, "bias": True})
+_kind("layernorm2d", LayerNorm2d, required=("num_channels",), defaults={"eps": 1e-6},
+      same_shape=True, ranks=(3,), channels="num_channels")
+_kind("scale", Scale, required=("shape",))
 _kind("maxpool2d", nn.MaxPool2d, required=("kernel_size",),
       defaults={"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False})
 _kind("avgpool2d", nn.AvgPool2d, required=("kernel_size",),

@@ -33,9 +33,9 @@ _RESHAPES = {torch.reshape, torch.flatten, torch.squeeze, torch.unsqueeze, "view
 _PERMUTES = {torch.transpose, torch.permute, "transpose", "permute"}
 _SPLITS = {torch.chunk, torch.split, "chunk", "split"}
 _NO_OPS = {"contiguous"}
-_SUPPORTED = ("conv, batch norm, ReLU/ReLU6/SiLU/Hardswish/Hardsigmoid/Sigmoid, pooling, linear, flatten, add, mul, "
-              "cat, mean, dropout, pad, stochastic depth (eval), view/reshape/transpose/permute that keep the batch "
-              "dimension first, chunk/split")
+_SUPPORTED = ("conv, batch/layer norm, ReLU/ReLU6/LeakyReLU/SiLU/GELU/Hardswish/Hardsigmoid/Sigmoid, pooling, "
+              "linear, flatten, add, mul, layer scale, cat, mean, dropout, pad, stochastic depth (eval), "
+              "view/reshape/transpose/permute keeping the batch first, chunk/split, x[:, a:b]")
 
 
 def _jsonable(v: Any) -> Any:
@@ -65,10 +65,12 @@ class _Importer:
         except Exception as e:  # noqa: BLE001 - fx raises many kinds; all mean "not traceable"
             raise TraceError(f"cannot trace {type(self.module).__name__} with torch.fx: {e}. evo imports modules "
                              "without data-dependent control flow; wrap or rewrite the offending forward") from None
+        self.traced = traced
         try:
             self.values = record(traced, self.input_shape)
         except Exception as e:  # noqa: BLE001
-            raise TraceError(f"{type(self.module).__name__} does not run on input shape {self.input_shape}: {e}") from None
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TraceError(f"{type(self.module).__name__} does not run on input shape {self.input_shape}: {first}") from None
         for node in traced.graph.nodes:
             try:
                 self._import(traced, node)
@@ -144,8 +146,7 @@ class _Importer:
             name = self.graph.add_node("output", "output")
             self.graph.add_edge(self.names[n.args[0]], name)
         elif n.op == "get_attr":
-            if is_tensor(v1) and n.users:
-                raise TraceError("parameters used outside a module are not supported")
+            pass  # a parameter used outside a module: its user imports it (a layer scale) or refuses it
         elif n.op in ("call_function", "call_method") and not (is_tensor(v1) or is_tensors(v1)):
             self._check_static(n)  # folded into its users; refused if it reads tensor data
         elif is_tensors(v1):
@@ -177,6 +178,9 @@ class _Importer:
             return
         cargs, ckw = self._const(n.args), self._const(n.kwargs)
         args = [a for a in cargs if isinstance(a, fx.Node)]
+        if any(a.op == "get_attr" for a in args):
+            self._import_scale(n, args)
+            return
         nonten = [a for a in cargs if not isinstance(a, (fx.Node, list, tuple))]
         if t in (operator.add, torch.add, "add", operator.iadd) and len(args) == 2 and not ckw:
             self._add(n, "add", {}, args)
@@ -190,6 +194,8 @@ class _Importer:
             self._alias(n, args[0])
         elif t is operator.getitem and args and is_tensors(self.values[args[0]][0]):
             self._import_piece(n, args[0], cargs[1])
+        elif t is operator.getitem and len(args) == 1 and args[0] is cargs[0]:
+            self._import_index(n, args[0], cargs[1])
         elif t is torch.cat:
             dim = ckw.get("dim", cargs[1] if len(cargs) > 1 else 0)
             parts = list(cargs[0])
@@ -221,6 +227,11 @@ class _Importer:
             if 0 in dims:
                 raise TraceError("mean over the batch dimension is not supported")
             self._add(n, "mean", {"dims": dims, "keepdim": bool(keep)}, args)
+        elif t is F.leaky_relu:
+            slope = ckw.get("negative_slope", cargs[1] if len(cargs) > 1 else 0.01)
+            self._add(n, "leakyrelu", {"negative_slope": float(slope)}, args)
+        elif t is F.gelu:
+            self._add(n, "gelu", {"approximate": ckw.get("approximate", "none")}, args)
         elif t in (F.dropout, "dropout"):
             self._add(n, "dropout", {"p": float(ckw.get("p", nonten[0] if nonten else 0.5))}, args)
         elif t in (F.pad,):
@@ -228,6 +239,22 @@ class _Importer:
             self._add(n, "pad", {"pad": list(pad), "value": float(ckw.get("value", 0.0))}, args)
         else:
             raise TraceError(f"unsupported operation; evo supports {_SUPPORTED}")
+
+    def _import_scale(self, n: fx.Node, args: list[fx.Node]) -> None:
+        """`p * x` with a parameter p used outside a module (ConvNeXt's layer scale): a `scale` node holding p."""
+        params = [a for a in args if a.op == "get_attr"]
+        where = ", ".join(str(p.target) for p in params)
+        if n.target not in (operator.mul, torch.mul, "mul") or len(args) != 2 or len(params) != 1 or n.kwargs:
+            raise TraceError(f"uses parameter {where} outside a module; evo supports that only as a layer scale "
+                             "(x * p); move the computation into a module")
+        (x,) = [a for a in args if a.op != "get_attr"]
+        if self._shape(n) != self._shape(x) or not self._batched(n):
+            raise TraceError(f"the layer scale {where} changes the shape of its input; it must broadcast over it")
+        p: Any = self.traced
+        for part in str(params[0].target).split("."):
+            p = getattr(p, part)
+        self._add(n, "scale", {"shape": list(p.shape)}, [x], {"weight": p.detach().clone()},
+                  source=str(params[0].target))
 
     def _import_reshape(self, n: fx.Node, src: fx.Node) -> None:
         """Any view/reshape/flatten that keeps the batch first: the per-sample shape recorded at the import size."""
@@ -272,6 +299,24 @@ class _Importer:
             raise TraceError(f"index {index!r} into chunks must be an integer")
         start = sum(sizes[:index % len(sizes)])
         self._add(n, "slice", {"dim": dim, "start": start, "end": start + sizes[index % len(sizes)]}, [split])
+
+    def _import_index(self, n: fx.Node, src: fx.Node, index: Any) -> None:
+        """`x[:, a:b]` (GhostNet, ReXNet): one slice node per sliced dimension; the batch stays whole."""
+        index = index if isinstance(index, tuple) else (index,)
+        shape = self._shape(src)
+        if not all(isinstance(i, slice) for i in index) or len(index) > len(shape) + 1:
+            raise TraceError(f"indexing with {index!r} is not supported; evo supports slices x[:, a:b, ...]")
+        if index and index[0] != slice(None):
+            raise TraceError(f"indexing {index!r} slices the batch dimension; keep it whole (x[:, ...])")
+        prev: fx.Node | str = src
+        for dim, sl in enumerate(index[1:], start=1):
+            start, end, step = sl.indices(shape[dim - 1])
+            if step != 1:
+                raise TraceError(f"slices with a step ({sl!r}) are not supported")
+            if (start, end) != (0, shape[dim - 1]):
+                prev = self._add(n, "slice", {"dim": dim, "start": start, "end": max(start, end)}, [prev])
+        if prev is src:
+            self._alias(n, src)
 
     def _import_stochastic_depth(self, n: fx.Node, src: fx.Node, cargs: list, ckw: dict) -> None:
         """torchvision's stochastic_depth(x, p, mode, training) is x in eval mode (or at p = 0)."""
