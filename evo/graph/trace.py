@@ -173,14 +173,14 @@ class _Importer:
 
     def _import_function(self, n: fx.Node) -> None:  # noqa: C901 - one branch per supported op
         t = n.target
+        if any(a.op == "get_attr" for a in _tensor_args(n)):
+            self._import_scale(n, _tensor_args(n))
+            return
         if t in _RESHAPES:  # its shape arguments may hold the batch size; the recorded shapes say it all
             self._import_reshape(n, _tensor_args(n)[0])
             return
         cargs, ckw = self._const(n.args), self._const(n.kwargs)
         args = [a for a in cargs if isinstance(a, fx.Node)]
-        if any(a.op == "get_attr" for a in args):
-            self._import_scale(n, args)
-            return
         nonten = [a for a in cargs if not isinstance(a, (fx.Node, list, tuple))]
         if t in (operator.add, torch.add, "add", operator.iadd) and len(args) == 2 and not ckw:
             self._add(n, "add", {}, args)
@@ -244,7 +244,8 @@ class _Importer:
         """`p * x` with a parameter p used outside a module (ConvNeXt's layer scale): a `scale` node holding p."""
         params = [a for a in args if a.op == "get_attr"]
         where = ", ".join(str(p.target) for p in params)
-        if n.target not in (operator.mul, torch.mul, "mul") or len(args) != 2 or len(params) != 1 or n.kwargs:
+        if n.target not in (operator.mul, torch.mul, "mul") or len(args) != 2 or len(params) != 1 or n.kwargs \
+                or any(not isinstance(a, fx.Node) for a in n.args):
             raise TraceError(f"uses parameter {where} outside a module; evo supports that only as a layer scale "
                              "(x * p); move the computation into a module")
         (x,) = [a for a in args if a.op != "get_attr"]
