@@ -126,3 +126,13 @@ def test_same_padding_conv_at_stride_2_is_made_static():
     g = _same(net, (3, 7, 7))  # 1 and 1: the conv's own padding
     assert [g.op(n) for n in g.nodes()][1:3] == ["conv2d", "flatten"] and g.attrs("n_0")["padding"] == [1, 1]
     assert timm
+
+
+@pytest.mark.parametrize("net", [Shuffle(), LayerScale()])
+def test_new_kinds_round_trip_through_save_and_load(net, tmp_path):
+    g = _same(net)
+    eg.save(g, tmp_path / "g")
+    loaded = eg.load(tmp_path / "g")
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(loaded.to_module().eval()(x), g.to_module().eval()(x))
