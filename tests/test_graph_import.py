@@ -136,3 +136,43 @@ def test_new_kinds_round_trip_through_save_and_load(net, tmp_path):
     x = torch.randn(2, 8, 6, 6)
     with torch.no_grad():
         assert torch.equal(loaded.to_module().eval()(x), g.to_module().eval()(x))
+
+
+class ShapeBranch(nn.Module):
+    """timm's VGG pre-logits: pool up to 4×4 only when the map is smaller (a Python branch on the shape)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4 * 4 * 4, 5)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if x.shape[-2] < 4 or x.shape[-1] < 4:
+            x = nn.functional.adaptive_avg_pool2d(x, (max(4, x.shape[-2]), max(4, x.shape[-1])))
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_a_branch_on_shapes_is_taken_as_at_the_import_size():
+    g = _same(ShapeBranch(), (3, 5, 5))  # 3×3 after the conv: pooled up to 4×4
+    assert "adaptiveavgpool2d" in {g.op(n) for n in g.nodes()}
+    g = _same(ShapeBranch(), (3, 6, 6))  # 4×4 after the conv: the branch is not taken
+    assert "adaptiveavgpool2d" not in {g.op(n) for n in g.nodes()}
+
+
+class DataBranch(nn.Module):
+    def forward(self, x):
+        return torch.relu(x) if x.mean((1, 2, 3)).max() > 0 else x
+
+
+class BatchBranch(nn.Module):
+    def forward(self, x):
+        return torch.relu(x) if x.shape[0] > 1 else x
+
+
+@pytest.mark.parametrize(("net", "match"), [(DataBranch(), "branches on tensor data"),
+                                            (BatchBranch(), "branches on the batch size")])
+def test_a_branch_on_data_or_batch_size_is_refused(net, match):
+    with pytest.raises(TraceError, match=match) as e:
+        eg.from_module(net.eval(), (3, 4, 4))
+    assert "\n" not in str(e.value)

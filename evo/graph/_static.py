@@ -70,3 +70,38 @@ def is_shape_query(n: fx.Node) -> bool:
     if n.op == "call_function" and n.target is getattr:
         return len(n.args) > 1 and n.args[1] in SHAPE_ATTRS
     return n.op == "call_method" and n.target in SHAPE_METHODS
+
+
+def check_shape_only(values: dict[fx.Node, tuple[Any, Any]], n: fx.Node) -> None:
+    """Refuse a Python value computed from tensor data: only shape queries may turn tensors into values."""
+    from evo.errors import TraceError
+
+    reads_tensor = any(is_tensor(values[a][0]) or is_tensors(values[a][0]) for a in n.all_input_nodes)
+    if reads_tensor and not is_tensor(values[n][0]) and not is_tensors(values[n][0]) and not is_shape_query(n):
+        raise TraceError(f"computes a Python value from tensor data ({values[n][0]!r}); evo imports graphs whose "
+                         "control values depend on shapes only")
+
+
+def concrete_condition(root: torch.nn.Module, graph: fx.Graph, node: fx.Node, input_shape: Sequence[int]) -> bool:
+    """The value of a traced condition at the import size (`if x.shape[-1] < 7:`), so that tracing can take
+    the branch the module takes at that size. Refused when it reads tensor data or depends on the batch size."""
+    from evo.errors import TraceError
+
+    prefix, env = fx.Graph(), {}
+    for n in graph.nodes:
+        env[n] = prefix.node_copy(n, lambda a: env[a])
+        if n is node:
+            break
+    prefix.output(env[node])
+    gm = fx.GraphModule(root, prefix)
+    values = record(gm, input_shape)
+    for n in gm.graph.nodes:
+        if n.op in ("call_function", "call_method"):
+            check_shape_only(values, n)
+    v1, v2 = values[env[node]]
+    if is_tensor(v1) or is_tensors(v1):
+        raise TraceError(f"branches on tensor data ({node.name}); evo imports graphs whose control flow depends "
+                         "on shapes only")
+    if v1 != v2:
+        raise TraceError(f"branches on the batch size ({node.name} is {v1} at batch 1, {v2} at batch 2)")
+    return bool(v1)

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from evo.errors import TraceError
 from evo.graph._leaves import is_library_leaf, module_specs
-from evo.graph._static import is_shape_query, is_tensor, is_tensors, record
+from evo.graph._static import check_shape_only, concrete_condition, is_tensor, is_tensors, record
 from evo.graph.archgraph import ArchGraph
 
 _FN_ACTIVATIONS: dict[Any, str] = {
@@ -44,11 +44,28 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+try:  # private, but made for this: lift fx's patches while real code runs during a trace
+    from torch.fx._symbolic_trace import _maybe_revert_all_patches as _unpatched
+except ImportError:  # pragma: no cover
+    _unpatched = None
+
+
 class _Tracer(fx.Tracer):
-    """torch.fx's tracer, with the library layers of `evo.graph._leaves` kept whole."""
+    """torch.fx's tracer, with the library layers of `evo.graph._leaves` kept whole, and Python branches on
+    shapes (`if x.shape[-1] < 7:`) taken as the module takes them at the import size."""
+
+    def __init__(self, input_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.input_shape = input_shape
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return is_library_leaf(m) or super().is_leaf_module(m, module_qualified_name)
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        if _unpatched is None:  # a torch without the hook: such a branch stays untraceable
+            return super().to_bool(obj)
+        with _unpatched():  # run real modules, not the tracer's patched Module.__call__
+            return concrete_condition(self.root, self.graph, obj.node, self.input_shape)
 
 
 class _Importer:
@@ -61,7 +78,7 @@ class _Importer:
 
     def run(self) -> ArchGraph:
         try:
-            traced = fx.GraphModule(self.module, _Tracer().trace(self.module))
+            traced = fx.GraphModule(self.module, _Tracer(self.input_shape).trace(self.module))
         except Exception as e:  # noqa: BLE001 - fx raises many kinds; all mean "not traceable"
             raise TraceError(f"cannot trace {type(self.module).__name__} with torch.fx: {e}. evo imports modules "
                              "without data-dependent control flow; wrap or rewrite the offending forward") from None
@@ -102,13 +119,6 @@ class _Importer:
             return v1
         return fx.node.map_arg(a, one)
 
-    def _check_static(self, n: fx.Node) -> None:
-        """A Python value must be computed from shapes and constants only; one read from tensor data is refused."""
-        reads_tensor = any(is_tensor(self.values[a][0]) or is_tensors(self.values[a][0]) for a in n.all_input_nodes)
-        if reads_tensor and not is_shape_query(n):
-            raise TraceError(f"computes a Python value from tensor data ({self.values[n][0]!r}); evo imports "
-                             "graphs whose control values depend on shapes only")
-
     # ---- graph construction -------------------------------------------------------------------
     def _add(self, fx_node: fx.Node, op: str, attrs: dict[str, Any], inputs: list[fx.Node | str],
              params: dict[str, torch.Tensor] | None = None, source: str | None = None) -> str:
@@ -148,7 +158,7 @@ class _Importer:
         elif n.op == "get_attr":
             pass  # a parameter used outside a module: its user imports it (a layer scale) or refuses it
         elif n.op in ("call_function", "call_method") and not (is_tensor(v1) or is_tensors(v1)):
-            self._check_static(n)  # folded into its users; refused if it reads tensor data
+            check_shape_only(self.values, n)  # folded into its users; refused if it reads tensor data
         elif is_tensors(v1):
             if n.target not in _SPLITS:
                 raise TraceError("returns several tensors; evo supports that for chunk and split only")
