@@ -68,8 +68,8 @@ def _forward_flops(graph, n: str, batch: int) -> int:
         out = graph.shape(n)
         kh, kw = (a["kernel_size"], a["kernel_size"]) if isinstance(a["kernel_size"], int) else a["kernel_size"]
         return 2 * batch * math.prod(out) * (a["in_channels"] // a.get("groups", 1)) * kh * kw
-    if op == "linear":
-        return 2 * batch * a["in_features"] * a["out_features"]
+    if op == "linear":  # on every position of a (..., in_features) tensor, e.g. ConvNeXt's channels-last MLP
+        return 2 * batch * math.prod(graph.shape(n)[:-1]) * a["in_features"] * a["out_features"]
     return 0
 
 

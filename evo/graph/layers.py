@@ -66,6 +66,61 @@ class Pad(nn.Module):
         return F.pad(x, self.pad, value=self.value)
 
 
+class Reshape(nn.Module):
+    """Per-sample reshape to `shape` (batch dimension kept): a traced view/reshape at the import size."""
+
+    def __init__(self, shape: list[int]) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+
+class Permute(nn.Module):
+    """Reorder the dimensions after the batch (`dims` lists all of them, starting with 0)."""
+
+    def __init__(self, dims: list[int]) -> None:
+        super().__init__()
+        self.dims = tuple(dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(self.dims)
+
+
+class Slice(nn.Module):
+    """Elements start..end-1 along `dim` (>= 1): one piece of a traced chunk/split."""
+
+    def __init__(self, dim: int, start: int, end: int) -> None:
+        super().__init__()
+        self.dim, self.start, self.end = dim, start, end
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.narrow(self.dim, self.start, self.end - self.start)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """Layer norm over the channels of a (N, C, H, W) map, at every position (ConvNeXt's downsampling norm)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__(num_channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class Scale(nn.Module):
+    """Elementwise product with a learned tensor of `shape` (broadcast; no batch dimension): a layer scale."""
+
+    def __init__(self, shape: list[int]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+
 @dataclass(frozen=True)
 class LayerKind:
     """One node kind: its builder, how many inputs it takes, and its required attributes."""
@@ -77,6 +132,18 @@ class LayerKind:
     defaults: dict[str, Any] = field(default_factory=dict)
     activation: bool = False  # elementwise nonlinearity
     idempotent: bool = False  # f(f(x)) == f(x): deepen may repeat it after an identity layer
+    same_shape: bool = False  # output shape = input shape (shape inference skips running it)...
+    ranks: tuple[int, ...] | None = None  # ...when the input has one of these ranks (no batch; None = any)
+    channels: str | None = None  # ...and this attribute equals the input's channels
+
+    def output_shape(self, attrs: dict[str, Any], in_shapes: tuple[tuple[int, ...], ...]) -> tuple[int, ...] | None:
+        """The output shape where the kind declares it (elementwise layers, batch norm), else None (run it)."""
+        if not self.same_shape or len(in_shapes) != 1:
+            return None
+        (s,) = in_shapes
+        if (self.ranks is not None and len(s) not in self.ranks) or (self.channels and (not s or attrs.get(self.channels) != s[0])):
+            return None  # running the module gives the precise error
+        return s
 
     def make(self, attrs: dict[str, Any]) -> nn.Module:
         if self.build is None:
@@ -110,24 +177,37 @@ _kind("output", None)
 _kind("conv2d", _conv, required=("in_channels", "out_channels", "kernel_size"),
       defaults={"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "bias": True})
 _kind("linear", nn.Linear, required=("in_features", "out_features"), defaults={"bias": True})
-_kind("batchnorm2d", nn.BatchNorm2d, required=("num_features",), defaults={"eps": 1e-5, "momentum": 0.1})
-_kind("batchnorm1d", nn.BatchNorm1d, required=("num_features",), defaults={"eps": 1e-5, "momentum": 0.1})
-_kind("relu", nn.ReLU, defaults={"inplace": False}, activation=True, idempotent=True)
-_kind("relu6", nn.ReLU6, defaults={"inplace": False}, activation=True, idempotent=True)
-_kind("silu", nn.SiLU, defaults={"inplace": False}, activation=True)
-_kind("hardswish", nn.Hardswish, defaults={"inplace": False}, activation=True)
-_kind("hardsigmoid", nn.Hardsigmoid, defaults={"inplace": False}, activation=True)
-_kind("sigmoid", nn.Sigmoid, activation=True)
+_kind("batchnorm2d", nn.BatchNorm2d, required=("num_features",), defaults={"eps": 1e-5, "momentum": 0.1},
+      same_shape=True, ranks=(3,), channels="num_features")
+_kind("batchnorm1d", nn.BatchNorm1d, required=("num_features",), defaults={"eps": 1e-5, "momentum": 0.1},
+      same_shape=True, ranks=(1, 2), channels="num_features")
+_kind("relu", nn.ReLU, defaults={"inplace": False}, activation=True, same_shape=True, idempotent=True)
+_kind("relu6", nn.ReLU6, defaults={"inplace": False}, activation=True, same_shape=True, idempotent=True)
+_kind("silu", nn.SiLU, defaults={"inplace": False}, activation=True, same_shape=True)
+_kind("hardswish", nn.Hardswish, defaults={"inplace": False}, activation=True, same_shape=True)
+_kind("hardsigmoid", nn.Hardsigmoid, defaults={"inplace": False}, activation=True, same_shape=True)
+_kind("sigmoid", nn.Sigmoid, activation=True, same_shape=True)
+_kind("leakyrelu", nn.LeakyReLU, defaults={"negative_slope": 0.01, "inplace": False}, activation=True,
+      same_shape=True)
+_kind("gelu", nn.GELU, defaults={"approximate": "none"}, activation=True, same_shape=True)
+_kind("layernorm", nn.LayerNorm, required=("normalized_shape",),
+      defaults={"eps": 1e-5, "elementwise_affine": True, "bias": True})
+_kind("layernorm2d", LayerNorm2d, required=("num_channels",), defaults={"eps": 1e-6},
+      same_shape=True, ranks=(3,), channels="num_channels")
+_kind("scale", Scale, required=("shape",))
 _kind("maxpool2d", nn.MaxPool2d, required=("kernel_size",),
       defaults={"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False})
 _kind("avgpool2d", nn.AvgPool2d, required=("kernel_size",),
       defaults={"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True})
 _kind("adaptiveavgpool2d", nn.AdaptiveAvgPool2d, required=("output_size",))
 _kind("flatten", nn.Flatten, defaults={"start_dim": 1, "end_dim": -1})
-_kind("dropout", nn.Dropout, defaults={"p": 0.5})
-_kind("identity", nn.Identity)
+_kind("dropout", nn.Dropout, defaults={"p": 0.5}, same_shape=True)
+_kind("identity", nn.Identity, same_shape=True)
 _kind("pad", Pad, required=("pad",), defaults={"value": 0.0})
 _kind("mean", Mean, required=("dims",), defaults={"keepdim": False})
+_kind("reshape", Reshape, required=("shape",))
+_kind("permute", Permute, required=("dims",))
+_kind("slice", Slice, required=("dim", "start", "end"))
 _kind("add", Add, arity=(2, -1))
 _kind("mul", Mul, arity=(2, 2))
 _kind("cat", Cat, arity=(2, -1), defaults={"dim": 1})

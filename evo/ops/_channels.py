@@ -26,7 +26,7 @@ from evo.graph.layers import is_depthwise
 Segment = tuple[int, int]  # (space id, block: contiguous features per channel)
 Layout = tuple[Segment, ...] | None
 
-_ELEMENTWISE = {"relu", "relu6", "silu", "hardswish", "hardsigmoid", "sigmoid", "dropout", "identity"}
+_ELEMENTWISE = {"relu", "relu6", "leakyrelu", "silu", "gelu", "hardswish", "hardsigmoid", "sigmoid", "dropout", "identity"}
 _POOLS = {"maxpool2d", "avgpool2d", "adaptiveavgpool2d"}
 _NORMS = {"batchnorm2d", "batchnorm1d"}
 
