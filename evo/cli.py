@@ -127,7 +127,33 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--no-progress", action="store_true", help="no progress bars")
     st = sub.add_parser("status", help="print a run's lineage and latest metrics")
     st.add_argument("run_dir")
+    _add_serve_parser(sub)
     return p
+
+
+# ---- evo serve (Label Studio ML backend) -------------------------------------------------------------
+@command("serve")
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from evo.serve import serve
+
+    serve(args.run_dir, host=args.host, port=args.port, token=args.token or os.environ.get("EVO_SERVE_TOKEN"),
+          ls_url=args.ls_url or os.environ.get("LABEL_STUDIO_URL"),
+          ls_key=args.ls_key or os.environ.get("LABEL_STUDIO_API_KEY"))
+    return 0
+
+
+def _add_serve_parser(sub) -> None:
+    sv = sub.add_parser("serve", help="serve a run as a Label Studio ML backend that learns from every annotation")
+    sv.add_argument("run_dir", help="the run folder to serve, e.g. runs/NAME")
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=9090, help="port (default 9090)")
+    sv.add_argument("--token", default=None, help="require this token on every request (or EVO_SERVE_TOKEN)")
+    sv.add_argument("--ls-url", default=None, help="Label Studio URL for images (or LABEL_STUDIO_URL; "
+                    "default: the hostname Label Studio sends in /setup)")
+    sv.add_argument("--ls-key", default=None, help="Label Studio API key or personal access token "
+                    "(or LABEL_STUDIO_API_KEY; default: the token sent in /setup)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

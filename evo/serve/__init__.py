@@ -1,0 +1,45 @@
+"""`evo serve`: a Label Studio ML backend over the corrections engine (evo.active).
+
+    from evo.serve import open_backend, create_app
+    backend = open_backend("runs/NAME")            # holds the run's writer lock until backend.close()
+    app = create_app(backend, token="secret")      # an ASGI app: uvicorn.run(app, host="127.0.0.1", port=9090)
+
+Label Studio calls /health, /setup, /predict, /versions, /train and /webhook (see protocol.py). Every
+annotation becomes a correction (`correct`), an updated one replaces it, a deleted one is undone.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from evo.serve.app import create_app
+from evo.serve.backend import Backend, external_id
+from evo.serve.errors import BadRequest, ImageFetchError, NotConnected, ServeError, Unauthorized
+from evo.serve.images import LabelStudioSource
+
+__all__ = ["Backend", "BadRequest", "ImageFetchError", "LabelStudioSource", "NotConnected", "ServeError",
+           "Unauthorized", "create_app", "external_id", "open_backend", "serve"]
+
+
+def open_backend(run_dir: str | os.PathLike, ls_url: str | None = None, ls_key: str | None = None) -> Backend:
+    """A Backend on the run's corrections engine, opened for writing (the run's writer lock is held)."""
+    from evo.serve.engine import Corrections
+
+    source = LabelStudioSource(ls_url, ls_key) if ls_url else None
+    return Backend(Corrections.open(run_dir, write=True), source)
+
+
+def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 9090, token: str | None = None,
+          ls_url: str | None = None, ls_key: str | None = None, say: Any = print) -> None:
+    """Run the backend until interrupted; the engine (and its writer lock) is closed on the way out."""
+    import uvicorn
+
+    backend = open_backend(run_dir, ls_url, ls_key)
+    try:
+        say(f"evo serve: {run_dir} ({backend.engine.model_version}, {len(backend.engine.classes)} classes) on "
+            f"http://{host}:{port}" + (" (token required)" if token else ""))
+        uvicorn.run(create_app(backend, token), host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        backend.close()
+        backend.engine.close()

@@ -1,0 +1,184 @@
+"""What the server does for each Label Studio call, without HTTP: connections, predictions, corrections.
+
+One `Backend` wraps one corrections engine. Label Studio annotation ids map to corrections through the
+engine's `external_id` ("labelstudio:<project>/<annotation>"), so the mapping lives in the engine's
+durable log. `_update` serialises every change and every prediction: a prediction never sees a
+replaced annotation half-way (undone but not yet re-corrected).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+
+from evo.serve import protocol as P
+from evo.serve.errors import BadRequest, NotConnected
+from evo.serve.images import LabelStudioSource
+from evo.serve.labelconfig import ImageChoices, parse_label_config
+
+HANDLED = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
+
+
+@dataclass
+class Connection:
+    project: int
+    config: ImageChoices
+    source: LabelStudioSource | None
+
+
+def external_id(project: int, annotation: int) -> str:
+    return f"labelstudio:{project}/{annotation}"
+
+
+class Backend:
+    """The Label Studio ML backend over a corrections engine (`evo.active.Corrections` API).
+
+    `source`: a Label Studio URL + key given to `evo serve`; it overrides what /setup sends.
+    """
+
+    def __init__(self, engine: Any, source: LabelStudioSource | None = None, fetch_workers: int = 8) -> None:
+        self.engine, self.source = engine, source
+        self.connections: dict[int, Connection] = {}
+        self._update = threading.Lock()
+        self._http = httpx.Client(follow_redirects=False)
+        self._pool = ThreadPoolExecutor(fetch_workers, thread_name_prefix="evo-fetch")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        self._http.close()
+
+    # ---- ML API ---------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        return {"status": "UP", "model_class": "evo", "model_version": self.engine.model_version}
+
+    def setup(self, doc: dict[str, Any]) -> dict[str, Any]:
+        pid = P.project_id(doc.get("project"), "/setup")
+        config = parse_label_config(doc.get("schema"))
+        if not config.single:
+            raise BadRequest(f'<Choices name="{config.from_name}" choice="multiple">: evo predicts one class per '
+                             'image; use choice="single"')
+        source = self.source
+        if source is None and doc.get("hostname"):
+            token = doc.get("access_token")
+            source = LabelStudioSource(str(doc["hostname"]), token if isinstance(token, str) and token else None)
+        self.connections[pid] = Connection(pid, config, source)
+        return {"model_version": self.engine.model_version}
+
+    def connection(self, pid: int, endpoint: str) -> Connection:
+        conn = self.connections.get(pid)
+        if conn is None:
+            raise NotConnected(f"{endpoint}: project {pid} is not connected to this evo backend; add the backend in "
+                               "the project's Settings > Model (Label Studio then calls /setup)")
+        return conn
+
+    def predict(self, doc: dict[str, Any]) -> dict[str, Any]:
+        pid = P.project_id(doc.get("project"), "/predict")
+        conn = self.connection(pid, "/predict")
+        if doc.get("label_config"):
+            config = parse_label_config(doc["label_config"])  # the project's config may have changed
+            conn = Connection(pid, config, conn.source)
+        tasks = P.parse_tasks(doc, conn.config)
+        images = self._fetch_all(conn, [t.image_url for t in tasks])
+        with self._update:
+            preds, version = self._predict_images(images), self.engine.model_version
+        return {"results": [self._result(conn.config, p, version) for p in preds], "model_version": version}
+
+    def _predict_images(self, images: list[np.ndarray]) -> list[Any]:
+        """One engine call per image size (Label Studio projects mix sizes; each batch is one array)."""
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, im in enumerate(images):
+            groups[im.shape].append(i)
+        out: list[Any] = [None] * len(images)
+        for idx in groups.values():
+            for i, p in zip(idx, self.engine.predict(np.stack([images[i] for i in idx])), strict=True):
+                out[i] = p
+        return out
+
+    @staticmethod
+    def _result(config: ImageChoices, pred: Any, version: str) -> dict[str, Any]:
+        return {"result": [{"from_name": config.from_name, "to_name": config.to_name, "type": "choices",
+                            "value": {"choices": [pred.label]}, "score": float(pred.probability)}],
+                "score": float(pred.probability), "model_version": version,
+                "top": [[name, float(p)] for name, p in pred.top]}
+
+    def _fetch_all(self, conn: Connection, urls: list[str]) -> list[np.ndarray]:
+        source = conn.source
+        if source is None:
+            need = [u for u in urls if not u.startswith(("data:", "http://", "https://"))]
+            if need:
+                raise NotConnected(f"image {need[0]!r} is a Label Studio path but no Label Studio hostname is known; "
+                                   "set HOST in Label Studio or pass --ls-url/--ls-key to evo serve")
+            source = LabelStudioSource("http://invalid.localhost")  # only absolute URLs, no credentials
+        fetch: Callable[[str], np.ndarray] = lambda u: source.fetch(self._http, u)  # noqa: E731
+        return list(self._pool.map(fetch, urls)) if len(urls) > 1 else [fetch(urls[0])]
+
+    def versions(self) -> dict[str, Any]:
+        return {"versions": [self.engine.model_version]}
+
+    def train(self) -> dict[str, Any]:
+        return {"status": "ok", "model_version": self.engine.model_version,
+                "message": "evo learns from each annotation as it arrives (webhook); there is nothing to train"}
+
+    # ---- webhook --------------------------------------------------------------------------------
+    def webhook(self, doc: dict[str, Any]) -> dict[str, Any]:
+        action = doc.get("action")
+        if not isinstance(action, str) or not action:
+            raise BadRequest("/webhook: 'action' (e.g. ANNOTATION_CREATED) is missing")
+        if action not in HANDLED:
+            return {"status": "ignored", "action": action}
+        pid = P.project_id(doc.get("project"), f"/webhook {action}")
+        conn = self.connection(pid, f"/webhook {action}")
+        if action == "ANNOTATIONS_DELETED":
+            return self._deleted(pid, P.deleted_ids(doc))
+        anns, tasks = doc.get("annotation"), doc.get("task")
+        if action == "ANNOTATIONS_CREATED":
+            if not isinstance(anns, list) or not isinstance(tasks, list):
+                raise BadRequest("/webhook ANNOTATIONS_CREATED: 'annotation' and 'task' must be lists")
+            by_id = {t.get("id"): t for t in tasks if isinstance(t, dict)}
+            pairs = [(a, by_id.get(a.get("task") if isinstance(a, dict) else None)) for a in anns]
+        else:
+            pairs = [(anns, tasks)]
+        return self._annotated(action, conn, pairs)
+
+    def _annotated(self, action: str, conn: Connection, pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+        where = f"/webhook {action}"
+        parsed = [P.parse_annotation(a, conn.config, where) for a, _ in pairs]
+        todo = [(ann, P.parse_task(t, conn.config, f"{where}: task of annotation {ann.id}"))
+                for ann, (_, t) in zip(parsed, pairs, strict=True) if ann.label is not None]
+        images = self._fetch_all(conn, [t.image_url for _, t in todo]) if todo else []
+        done: list[dict[str, Any]] = []
+        with self._update:  # everything is validated and fetched: now change the model, one reference swap each
+            for ann in parsed:
+                if ann.label is None and (cid := self.engine.find(external_id(conn.project, ann.id))) is not None:
+                    self.engine.undo(cid)
+                    done.append({"annotation": ann.id, "undone": cid, "reason": ann.reason})
+            for (ann, _), image in zip(todo, images, strict=True):
+                ext = external_id(conn.project, ann.id)
+                old = self.engine.find(ext)
+                # correct first, then undo the replaced one: a refused correction leaves the old one in place
+                r = self.engine.correct(image, ann.label, source="labelstudio", external_id=ext)
+                if old is not None:
+                    self.engine.undo(old)
+                done.append({"annotation": ann.id, "correction": r.id, "label": r.label, "previous": r.previous,
+                             "replaced": old, "holds": r.holds, "seconds": r.seconds})
+            version = self.engine.model_version
+        return {"status": "ok", "action": action, "corrections": done, "model_version": version,
+                "ignored": [{"annotation": a.id, "reason": a.reason} for a in parsed if a.label is None]}
+
+    def _deleted(self, pid: int, ids: list[int]) -> dict[str, Any]:
+        undone = []
+        with self._update:
+            for aid in ids:
+                cid = self.engine.find(external_id(pid, aid))
+                if cid is not None:
+                    self.engine.undo(cid)
+                    undone.append({"annotation": aid, "undone": cid})
+            version = self.engine.model_version
+        return {"status": "ok", "action": "ANNOTATIONS_DELETED", "undone": undone, "model_version": version}
