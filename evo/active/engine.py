@@ -1,0 +1,548 @@
+"""`Corrections`: a flagged error fixed in milliseconds, every fix kept, any fix undone.
+
+    with Corrections.open("runs/fashion") as eng:        # latest version + the log replayed; holds the run lock
+        r = eng.correct("shoe.png", "Sandal")              # r.holds, r.weight, r.seconds, r.broken, r.conflicts
+        eng.undo(r.id)                                     # the exact downdate
+        eng.predict(images)                                # [Prediction(label, probability, top)]
+        eng.suggest("pool/", k=20, strategy="margin")      # what to label next
+
+The model is the run's latest committed version (graph + the closed-form head's statistics) plus
+the corrections log replayed (`evo.active.log`). Its head is kept as A⁻¹ and W = A⁻¹B of the head's
+own features (the statistics' layout mapped by `evo.learn.tracked`) and changes only by rank-one
+updates (`evo.active.ridge`). A correction gets the smallest weight (≥ 1, capped) that makes its
+image win by `margin` nats of the calibrated logits. Then the regression guard re-checks every live
+correction: one that flipped is re-weighted the same way. A correction that cannot hold is reported
+as a conflict: with a near-duplicate (same hash, or feature cosine > 0.99) of another label, or with
+the correction whose update broke it.
+
+Python without a run: `Corrections.from_learner(learner)` (in memory, no log, no lock). The
+engine lives above `evo.learn` (which never imports it), so `Learner` has no `correct` method.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import evo.ops
+from evo.active.errors import CorrectionError
+from evo.active.images import as_image, as_images, check_label, from_png, image_files, sha256, to_png
+from evo.active.lock import run_lock
+from evo.active.log import CorrectionLog, Row
+from evo.active.queries import QUERIES
+from evo.active.ridge import RankOneHead, weight_needed
+from evo.data.transforms import Preprocess
+from evo.graph.archgraph import ArchGraph
+from evo.learn.strategies.base import sub_state
+from evo.learn.tracked import apply_map, from_meta, head_map, head_taps
+from evo.runs import Run, RunError
+
+INACTIVE_LOGIT = -1e4  # a class without data yet (added by a correction later undone), as add_classes sets it
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    probability: float
+    top: list[tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class CorrectionResult:
+    id: int
+    label: str
+    previous: str
+    predicted: str
+    probability: float
+    weight: float
+    holds: bool
+    seconds: float
+    broken: list[int] = field(default_factory=list)
+    conflicts: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CorrectionRecord:
+    id: int
+    created: str
+    image_sha256: str
+    previous: str
+    label: str
+    weight: float
+    holds: bool
+    undone: bool
+    source: str
+    external_id: str | None
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    index: int
+    path: str | None
+    score: float
+    predicted: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class _Live:
+    """A live correction as the head sees it: bias-augmented features, label index, total weight."""
+
+    phi: Tensor
+    label: int
+    weight: float
+    sha: str
+    unit: Tensor  # features / ‖features‖, for the near-duplicate test
+
+
+@dataclass(frozen=True)
+class _State:
+    """Everything a prediction reads; replaced whole (one reference swap) by each correct/undo."""
+
+    head: RankOneHead
+    classes: tuple[str, ...]
+    active: Tensor  # bool (C,): classes with data (base statistics or a live correction)
+    live: dict[int, _Live]
+    seq: int
+    graph: ArchGraph
+
+
+@dataclass
+class Options:
+    """`margin`: how far (nats of the calibrated logits) a corrected image's label must beat the
+    runner-up. `min_weight`: a correction counts at least as this many samples. `max_weight`: the
+    cap; a correction that needs more is reported as not holding. `duplicate_cosine`: feature cosine
+    above which two images are near-duplicates. `guard_rounds`: re-check passes per update."""
+
+    margin: float = 1.0
+    min_weight: float = 1.0
+    max_weight: float = 1000.0
+    duplicate_cosine: float = 0.99
+    guard_rounds: int = 8
+    batch_size: int = 128
+
+
+class Corrections:
+    """The corrections engine over one model version; see the module docstring."""
+
+    def __init__(self, graph: ArchGraph, state: dict[str, Tensor], *, version: int | None = None,
+                 log: CorrectionLog | None = None, **options: Any) -> None:
+        self.options = Options(**options)
+        self.version, self._log = version, log
+        self._lock = threading.RLock()
+        self._exit = contextlib.ExitStack()
+        self.scale = float(graph.meta.get("head_scale", 1.0))
+        self._delta = self.options.margin / self.scale
+        meta = graph.meta.get("preprocess")
+        c, h, _ = graph.input_shape
+        self.preprocess = Preprocess.from_dict(meta) if meta else Preprocess(int(h), (0.5,) * c, (0.5,) * c, channels=c)
+        self._net = graph.to_module().eval()
+        head = _head_statistics(graph, state)
+        classes = tuple(graph.classes or [])
+        support = head[1].abs().sum(dim=0) > 0
+        self._base_support = support
+        rank = RankOneHead.solve(head[0], head[1], head[2])
+        self._state = _State(rank, classes, support.clone(), {}, 0, graph)
+        self._next_id = 1
+
+    # ---- opening ----------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, run_dir: str | os.PathLike, write: bool = True, version: int | None = None,
+             **options: Any) -> Corrections:
+        """The run's latest version (or `version`, read-only) plus the log replayed.
+
+        `write=True` holds the run's writer lock until `close()`; a search round holding it makes
+        this raise `RunBusyError`. Corrections made on an older version and still live are applied
+        again (re-featurised from their stored images) on the first writable open of a newer one.
+        """
+        path = Path(run_dir)
+        if not (path / "config.json").is_file():
+            raise RunError(f"{path} is not an evo run folder (no config.json); pass a run made by "
+                           "`evo learn` or `evo launch`")
+        run = Run(path)
+        exit_stack = contextlib.ExitStack()
+        try:
+            if write:
+                exit_stack.enter_context(run_lock(run, "correct"))
+            latest = run.latest()
+            if latest is None:
+                raise RunError(f"run {path} has no committed version yet; learn one with `evo learn`")
+            if version is not None and version not in run.versions():
+                raise RunError(f"run {path} has no version {version}; versions: {run.versions()}")
+            if write and version not in (None, latest):
+                raise CorrectionError(f"corrections go to the latest version ({latest}); "
+                                      f"version {version} can only be read (write=False)")
+            n = latest if version is None else version
+            graph, _, state = run.load_version(n)
+            log = CorrectionLog(path, write)
+            exit_stack.callback(log.close)
+            eng = cls(graph, state, version=n, log=log, **options)
+            eng._exit = exit_stack
+            eng._replay(rebase=n == latest)
+            return eng
+        except BaseException:
+            exit_stack.close()
+            raise
+
+    @classmethod
+    def from_learner(cls, learner: Any, **options: Any) -> Corrections:
+        """An in-memory engine over a fitted `evo.Learner` using the `evo` strategy (no log, no lock)."""
+        if getattr(learner, "graph_", None) is None:
+            raise CorrectionError("the learner has not learned anything yet; call learner.learn(...) first")
+        return cls(learner.graph_, learner.state_dict(), **options)
+
+    def close(self) -> None:
+        self._exit.close()
+
+    def __enter__(self) -> Corrections:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- reading --------------------------------------------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        return list(self._state.classes)
+
+    @property
+    def model_version(self) -> str:
+        """The committed version plus the log position it reflects, e.g. "v5+c17"."""
+        st = self._state
+        base = f"v{self.version}" if self.version is not None else "memory"
+        return f"{base}+c{st.seq}" if st.seq else base
+
+    @property
+    def graph(self) -> ArchGraph:
+        """The model with the corrected head written into its final Linear (scaled as committed)."""
+        st = self._state
+        g = st.graph.copy()
+        w = self.scale * st.head.weight
+        weight, bias = w[:-1].T.clone(), w[-1].clone()
+        weight[~st.active], bias[~st.active] = 0.0, INACTIVE_LOGIT
+        dtype = g.params(g.head)["weight"].dtype
+        g.set_params(g.head, weight=weight.to(dtype), bias=bias.to(dtype))
+        return g
+
+    @property
+    def head_weight(self) -> Tensor:
+        """W = A⁻¹B (d + 1, C), float64: the ridge solution the head holds (× head_scale)."""
+        return self._state.head.weight
+
+    def features(self, images: Any) -> Tensor:
+        """The head's input features (n, d), float32, of images (arrays or paths), with the version's preprocessing."""
+        imgs = as_images(images)
+        outs = []
+        with torch.inference_mode():
+            for i in range(0, len(imgs), self.options.batch_size):
+                x = torch.cat([self.preprocess(im[None]) for im in imgs[i:i + self.options.batch_size]])
+                out = self._net.forward_features(x.contiguous(memory_format=torch.channels_last)).float()
+                if not torch.isfinite(out).all():
+                    raise CorrectionError("the model produced NaN/inf features for these images; its weights are broken")
+                outs.append(out)
+        return torch.cat(outs)
+
+    def logits(self, feats: Tensor, state: _State | None = None) -> Tensor:
+        """Calibrated logits (n, C), float64, from features (n, d)."""
+        st = self._state if state is None else state
+        z = self.scale * st.head.outputs(_augment(feats))
+        z[:, ~st.active] = INACTIVE_LOGIT
+        return z
+
+    def predict(self, images: Any) -> list[Prediction]:
+        """Label, probability and top-3 for each image: uint8 (N, H, W[, C]) arrays or image paths."""
+        st = self._state  # one snapshot: never a half-updated head
+        proba = torch.softmax(self.logits(self.features(images), st), dim=1)
+        out = []
+        for row in proba:
+            top = torch.topk(row, min(3, len(row)))
+            pairs = [(st.classes[int(i)], float(v)) for v, i in zip(top.values, top.indices, strict=True)]
+            out.append(Prediction(pairs[0][0], pairs[0][1], pairs))
+        return out
+
+    def list(self) -> list[CorrectionRecord]:
+        """Every correction in the log (undone ones too), with whether each live one still holds."""
+        st = self._state
+        rows = self._log.rows() if self._log is not None else []
+        held = self._holding(st)
+        return [CorrectionRecord(r.id, r.created, r.image_sha256, r.previous, r.label,
+                                 st.live[r.id].weight if r.id in st.live else 0.0, held.get(r.id, False),
+                                 r.undone is not None, r.source, r.external_id) for r in rows]
+
+    def find(self, external_id: str) -> int | None:
+        """The live correction made for `external_id` (e.g. a Label Studio annotation id), if any."""
+        if self._log is None:
+            return None
+        live = self._state.live
+        hits = [r.id for r in self._log.rows() if r.external_id == str(external_id) and r.id in live]
+        return hits[-1] if hits else None
+
+    # ---- correcting -----------------------------------------------------------------------------
+    def correct(self, image: Any, label: str, *, source: str = "python", external_id: str | None = None,
+                features: Tensor | None = None) -> CorrectionResult:
+        """Record that `image` is a `label` and update the model so it predicts it (see the module doc).
+
+        A label that is not a class yet adds it (`add_classes`). Returns once the correction is
+        committed to the log. `features` (the image's, precomputed) skips the forward pass.
+        """
+        t0 = time.perf_counter()
+        img = as_image(image)
+        label = check_label(label)
+        self._require_write()
+        with self._lock:
+            st = self._state
+            x = self.features([img])[0] if features is None else torch.as_tensor(features, dtype=torch.float32)
+            previous = st.classes[int(self.logits(x[None], st)[0].argmax())]
+            cid = self._log.next_id() if self._log is not None else self._next_id
+            st, ops, broken, conflicts = self._apply_new(st, cid, x, label, sha256(img))
+            row = {"id": cid, "sha256": sha256(img), "png": to_png(img), "previous": previous, "label": label,
+                   "source": str(source), "external_id": None if external_id is None else str(external_id)}
+            st = self._commit(st, row, [(cid, x.numpy())], ops)
+            self._next_id = cid + 1
+        z = self.logits(x[None], st)[0]
+        proba = torch.softmax(z, dim=0)
+        best = int(z.argmax())
+        holds = self._holding(st).get(cid, False)
+        return CorrectionResult(cid, label, previous, st.classes[best], float(proba[best]), st.live[cid].weight,
+                                holds, time.perf_counter() - t0, broken, conflicts)
+
+    def undo(self, cid: int) -> list[int]:
+        """Take correction `cid` back out exactly (A −= wφφᵀ, B −= wφyᵀ with its total weight).
+
+        Returns the live corrections that no longer hold afterwards (nothing is re-weighted, so the
+        model equals one that never saw `cid`, given the other corrections' weights)."""
+        self._require_write()
+        if isinstance(cid, bool) or not isinstance(cid, (int, np.integer)):
+            raise CorrectionError(f"correction id must be an integer; got {cid!r}")
+        cid = int(cid)
+        with self._lock:
+            st = self._state
+            row = self._log.row(cid) if self._log is not None else None
+            if cid not in st.live:
+                if (row is not None and row.undone) or (self._log is None and 0 < cid < self._next_id):
+                    raise CorrectionError(f"correction {cid} was already undone; see `evo corrections`")
+                raise CorrectionError(f"there is no correction {cid}; list them with `evo corrections RUN`")
+            live = st.live[cid]
+            st = self._apply_op(st, "undo", cid, -live.weight, live.phi, live.label)
+            st = self._commit(st, None, [], [("undo", cid, -live.weight, st.classes[live.label])], undone=cid)
+        held = self._holding(st)
+        return [i for i, ok in held.items() if not ok]
+
+    # ---- what to label next -----------------------------------------------------------------------
+    def suggest(self, pool: Any, k: int = 20, strategy: str = "margin", seed: int = 0) -> list[Suggestion]:
+        """The `k` images of `pool` (a folder, image paths, or a uint8 batch) most worth a person's look."""
+        fn = QUERIES.get(strategy)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise CorrectionError(f"k must be an integer >= 1; got {k!r}")
+        paths = None
+        if isinstance(pool, (str, os.PathLike)) or (isinstance(pool, (list, tuple)) and pool
+                                                     and isinstance(pool[0], (str, os.PathLike))):
+            names = [pool] if isinstance(pool, (str, os.PathLike)) else list(pool)
+            paths = image_files(names)
+            if not paths:
+                raise CorrectionError(f"pool {', '.join(map(str, names))} holds no images; point --pool at a "
+                                      "folder of .png/.jpg files")
+            pool = paths
+        feats = self.features(pool)
+        st = self._state
+        proba = torch.softmax(self.logits(feats, st), dim=1)
+        order, scores = fn(proba, feats, min(k, len(feats)), np.random.default_rng(seed))
+        best = proba.argmax(dim=1)
+        return [Suggestion(int(i), None if paths is None else str(paths[i]), float(s), st.classes[int(best[i])],
+                           float(proba[i, best[i]])) for i, s in zip(order, scores, strict=True)]
+
+    # ---- internals ------------------------------------------------------------------------------
+    def _require_write(self) -> None:
+        if self._log is not None and not self._log.write:
+            raise CorrectionError("this engine was opened read-only; open it with write=True to correct or undo")
+
+    def _apply_op(self, st: _State, kind: str, cid: int, w: float, phi: Tensor, label: int) -> _State:
+        """One logged rank-one change (the only way the head moves, live or in a replay)."""
+        live = dict(st.live)
+        if kind == "undo":
+            del live[cid]
+        else:
+            old = live[cid]
+            live[cid] = replace(old, weight=old.weight + w)
+        head = st.head.updated(phi, label, w)
+        labels = {v.label for v in live.values()}
+        active = self._base_support.clone()
+        if len(active) < len(st.classes):
+            active = torch.cat([active, torch.zeros(len(st.classes) - len(active), dtype=torch.bool)])
+        active[list(labels)] = True
+        return replace(st, head=head, live=live, active=active)
+
+    def _with_class(self, st: _State, label: str) -> _State:
+        graph = evo.ops.apply(st.graph, "add_classes", names=[label])
+        return replace(st, head=st.head.with_class(), classes=(*st.classes, label), graph=graph,
+                       active=torch.cat([st.active, torch.zeros(1, dtype=torch.bool)]))
+
+    def _apply_new(self, st: _State, cid: int, x: Tensor, label: str, sha: str):
+        """Add correction `cid` (features x) at its needed weight, then run the guard."""
+        ops: list[tuple[str, int, float | None, str]] = []
+        if label not in st.classes:
+            st = self._with_class(st, label)
+            ops.append(("class", None, None, label))
+        y = st.classes.index(label)
+        phi = _augment(x[None])[0]
+        norm = float(x.double().norm())
+        unit = x.double() / (norm if norm > 0 else 1.0)
+        conflicts = [(cid, j) for j in self._duplicates(st, sha, unit, y)]
+        entry = _Live(phi, y, 0.0, sha, unit)
+        st = replace(st, live={**st.live, cid: entry})
+        active = st.active.clone()
+        active[y] = True
+        need = weight_needed(st.head.outputs(phi[None])[0], y, st.head.leverage(phi), self._delta, active)
+        w = min(max(self.options.min_weight, need), self.options.max_weight)
+        st = self._apply_op(st, "add", cid, w, phi, y)
+        ops.append(("add", cid, w, label))
+        st, more, broken, found = self._guard(st, cid)
+        ops += more
+        for pair in found:
+            if pair not in conflicts and pair[::-1] not in conflicts:
+                conflicts.append(pair)
+        return st, ops, broken, conflicts
+
+    def _duplicates(self, st: _State, sha: str, unit: Tensor, label: int, skip: int | None = None) -> list[int]:
+        """Live corrections of another label whose image is the same (hash) or nearly (feature cosine)."""
+        out = []
+        for j, e in st.live.items():
+            if j != skip and e.label != label and (e.sha == sha or float(e.unit @ unit) > self.options.duplicate_cosine):
+                out.append(j)
+        return out
+
+    def _holding(self, st: _State) -> dict[int, bool]:
+        if not st.live:
+            return {}
+        ids = list(st.live)
+        z = _masked(st.head.outputs(torch.stack([st.live[i].phi for i in ids])), st.active)
+        best = z.argmax(dim=1)
+        return {i: int(best[n]) == st.live[i].label for n, i in enumerate(ids)}
+
+    def _guard(self, st: _State, culprit: int):
+        """Re-check every live correction; re-weight those that flipped; report those that cannot hold."""
+        ops, conflicts, given_up = [], [], set()
+        for _ in range(self.options.guard_rounds):
+            failing = [i for i, ok in self._holding(st).items() if not ok and i not in given_up]
+            if not failing:
+                break
+            for i in failing:
+                e = st.live[i]
+                p = st.head.outputs(e.phi[None])[0]
+                if int(_masked(p[None], st.active)[0].argmax()) == e.label:
+                    continue  # an earlier re-weighting in this pass fixed it
+                dup = self._duplicates(st, e.sha, e.unit, e.label, skip=i)
+                need = weight_needed(p, e.label, st.head.leverage(e.phi), self._delta, st.active)
+                if dup or e.weight + need > self.options.max_weight:
+                    given_up.add(i)
+                    other = dup[-1] if dup else (culprit if i != culprit else self._nearest_other(st, i))
+                    if other is not None:
+                        conflicts.append((i, other))
+                    continue
+                st = self._apply_op(st, "reweight", i, need, e.phi, e.label)
+                ops.append(("reweight", i, need, st.classes[e.label]))
+        broken = sorted(i for i, ok in self._holding(st).items() if not ok and i != culprit)
+        return st, ops, broken, conflicts
+
+    def _nearest_other(self, st: _State, i: int) -> int | None:
+        e = st.live[i]
+        others = [(float(o.unit @ e.unit), j) for j, o in st.live.items() if j != i and o.label != e.label]
+        return max(others)[1] if others else None
+
+    def _commit(self, st: _State, row: dict | None, feats: list, ops: list, undone: int | None = None) -> _State:
+        """Write the action to the log (acknowledged on return), then swap the state in."""
+        if self._log is not None:
+            _, seq = self._log.commit(self.version, row, feats, ops, undone=undone)
+        else:
+            seq = st.seq + len(ops)
+        st = replace(st, seq=seq)
+        self._state = st
+        return st
+
+    def _replay(self, rebase: bool) -> None:
+        """Apply the log's ops for this version in order; then re-apply live corrections made on an
+        older version (the run moved on) through the normal path, logged when writable."""
+        log, st = self._log, self._state
+        rows = {r.id: r for r in log.rows()}
+        feats = log.features(self.version)
+        for op in log.ops(self.version):
+            if op.kind == "class":
+                st = self._with_class(st, op.label)
+            elif op.kind == "add":
+                x = torch.from_numpy(feats[op.cid])
+                norm = float(x.double().norm())
+                phi = _augment(x[None])[0]
+                st = replace(st, live={**st.live, op.cid: _Live(phi, st.classes.index(op.label), 0.0,
+                                                                  rows[op.cid].image_sha256,
+                                                                  x.double() / (norm if norm > 0 else 1.0))})
+                st = self._apply_op(st, "add", op.cid, op.weight, phi, st.classes.index(op.label))
+            else:
+                e = st.live[op.cid]
+                st = self._apply_op(st, op.kind, op.cid, op.weight, e.phi, e.label)
+            st = replace(st, seq=op.seq)
+        self._state = st
+        self._next_id = log.next_id()
+        if rebase:
+            self._rebase(rows, feats)
+
+    def _rebase(self, rows: dict[int, Row], feats: dict[int, np.ndarray]) -> None:
+        st = self._state
+        done = {op.cid for op in self._log.ops(self.version) if op.cid is not None}
+        for r in rows.values():
+            if r.undone is None and r.id not in done and r.version < self.version:
+                img = from_png(self._log.image_png(r.id))
+                x = self.features([img])[0]
+                st, ops, _, _ = self._apply_new(st, r.id, x, r.label, r.image_sha256)
+                if self._log.write:
+                    st = self._commit(st, None, [(r.id, x.numpy())], ops)
+                else:
+                    self._state = st
+        self._state = st
+
+
+def _augment(x: Tensor) -> Tensor:
+    """Bias-augmented float64 rows [x 1]."""
+    x = x.to(torch.float64)
+    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=torch.float64)], dim=1)
+
+
+def _masked(z: Tensor, active: Tensor) -> Tensor:
+    z = z.clone()
+    z[:, ~active] = -torch.inf
+    return z
+
+
+def _head_statistics(graph: ArchGraph, state: dict[str, Tensor]) -> tuple[Tensor, Tensor, float]:
+    """(G, B, λ) of the head's own features, read off the version's strategy state."""
+    st = sub_state("strategy", state)
+    if "head.gram" not in st or "ridge" not in st:
+        raise CorrectionError("this model version keeps no closed-form head statistics; corrections need a run "
+                              "learnt with the `evo` strategy (e.g. `evo learn MODEL --data DIR`)")
+    if "head.projection" in st:
+        raise CorrectionError("corrections do not support a head with a random projection yet")
+    head = head_taps(graph)
+    layout = from_meta(graph) or head
+    gram, xty = apply_map(head_map(graph, head, layout), st["head.gram"].double(), st["head.xty"].double())
+    d, c = graph.attrs(graph.head)["in_features"], graph.attrs(graph.head)["out_features"]
+    if tuple(gram.shape) != (d + 1, d + 1) or tuple(xty.shape) != (d + 1, c):
+        raise CorrectionError(f"the version's head statistics ({tuple(xty.shape)}) do not match its head "
+                              f"({d} features, {c} classes); the run is inconsistent")
+    return gram, xty, float(st["ridge"][0])
+
+
+def predict_paths(eng: Corrections, paths: Sequence[str | os.PathLike]) -> list[tuple[str, Prediction]]:
+    """Predictions for image files and folders (the CLI's `evo predict`)."""
+    files = image_files(list(paths))
+    if not files:
+        raise CorrectionError(f"no images found in {', '.join(map(str, paths))}")
+    return list(zip(map(str, files), eng.predict(files), strict=True))
