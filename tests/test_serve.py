@@ -249,3 +249,20 @@ def test_predictions_during_updates_see_whole_versions(served):
         t.join()
     assert seen and set(seen) <= reported, set(seen) - reported
     assert json.dumps(seen)  # plain strings
+
+
+def test_server_corrections_are_in_the_runs_durable_log(run_dir, ls_files):
+    from evo.active import Corrections
+
+    backend = open_backend(run_dir)
+    with TestClient(create_app(backend)) as client:
+        client.post("/setup", json={"project": "3.1", "schema": CONFIG, "hostname": ls_files, "access_token": KEY})
+        r = hook(client, "ANNOTATION_CREATED", 1001, 11, "Sneaker", project=3)
+        assert r.status_code == 200, r.text
+        version = r.json()["model_version"]
+    backend.close()
+    backend.engine.close()  # releases the run's writer lock
+    with Corrections.open(run_dir) as eng:  # what `evo correct` opens
+        rec = [c for c in eng.list() if c.external_id == "labelstudio:3/1001"]
+        assert len(rec) == 1 and rec[0].label == "Sneaker" and rec[0].source == "labelstudio"
+        assert eng.model_version == version

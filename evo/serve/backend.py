@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from evo.active.images import as_image, check_label
 from evo.serve import protocol as P
 from evo.serve.errors import BadRequest, NotConnected
 from evo.serve.images import LabelStudioSource
@@ -153,6 +154,8 @@ class Backend:
         todo = [(ann, P.parse_task(t, conn.config, f"{where}: task of annotation {ann.id}"))
                 for ann, (_, t) in zip(parsed, pairs, strict=True) if ann.label is not None]
         images = self._fetch_all(conn, [t.image_url for _, t in todo]) if todo else []
+        for (ann, _), image in zip(todo, images, strict=True):  # the engine's own checks, before anything changes
+            as_image(image), check_label(ann.label)
         done: list[dict[str, Any]] = []
         with self._update:  # everything is validated and fetched: now change the model, one reference swap each
             for ann in parsed:
@@ -162,10 +165,9 @@ class Backend:
             for (ann, _), image in zip(todo, images, strict=True):
                 ext = external_id(conn.project, ann.id)
                 old = self.engine.find(ext)
-                # correct first, then undo the replaced one: a refused correction leaves the old one in place
-                r = self.engine.correct(image, ann.label, source="labelstudio", external_id=ext)
-                if old is not None:
+                if old is not None:  # replaced: its weight must not prop up the new label's
                     self.engine.undo(old)
+                r = self.engine.correct(image, ann.label, source="labelstudio", external_id=ext)
                 done.append({"annotation": ann.id, "correction": r.id, "label": r.label, "previous": r.previous,
                              "replaced": old, "holds": r.holds, "seconds": r.seconds})
             version = self.engine.model_version
