@@ -33,8 +33,11 @@ def open_backend(run_dir: str | os.PathLike, ls_url: str | None = None, ls_key: 
 def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 9090, token: str | None = None,
           ls_url: str | None = None, ls_key: str | None = None, say: Any = print) -> None:
     """Run the backend until interrupted; the engine (and its writer lock) is closed on the way out."""
+    import logging
+
     import uvicorn
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     backend = open_backend(run_dir, ls_url, ls_key)
     try:
         say(f"evo serve: {run_dir} ({backend.engine.model_version}, {len(backend.engine.classes)} classes) on "

@@ -8,9 +8,10 @@ replaced annotation half-way (undone but not yet re-corrected).
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections import defaultdict
-from collections.abc import Callable
+import time
+from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,8 @@ from evo.serve.errors import BadRequest, NotConnected
 from evo.serve.images import LabelStudioSource
 from evo.serve.labelconfig import ImageChoices, parse_label_config
 
+log = logging.getLogger("evo.serve")
+CACHE_BYTES = 256 * 2**20  # decoded uploads kept: a task's image is fetched once for its annotation and predictions
 HANDLED = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
 
 
@@ -50,6 +53,8 @@ class Backend:
         self._update = threading.Lock()
         self._http = httpx.Client(follow_redirects=False)
         self._pool = ThreadPoolExecutor(fetch_workers, thread_name_prefix="evo-fetch")
+        self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._cache_bytes, self._cache_lock = 0, threading.Lock()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -86,9 +91,13 @@ class Backend:
             config = parse_label_config(doc["label_config"])  # the project's config may have changed
             conn = Connection(pid, config, conn.source)
         tasks = P.parse_tasks(doc, conn.config)
+        t0 = time.perf_counter()
         images = self._fetch_all(conn, [t.image_url for t in tasks])
+        t1 = time.perf_counter()
         with self._update:
             preds, version = self._predict_images(images), self.engine.model_version
+        log.info("predict project %d: %d task(s), fetch %.3fs, predict %.3fs (%s)", pid, len(tasks), t1 - t0,
+                 time.perf_counter() - t1, version)
         return {"results": [self._result(conn.config, p, version) for p in preds], "model_version": version}
 
     def _predict_images(self, images: list[np.ndarray]) -> list[Any]:
@@ -117,7 +126,23 @@ class Backend:
                 raise NotConnected(f"image {need[0]!r} is a Label Studio path but no Label Studio hostname is known; "
                                    "set HOST in Label Studio or pass --ls-url/--ls-key to evo serve")
             source = LabelStudioSource("http://invalid.localhost")  # only absolute URLs, no credentials
-        fetch: Callable[[str], np.ndarray] = lambda u: source.fetch(self._http, u)  # noqa: E731
+        def fetch(url: str) -> np.ndarray:
+            # Label Studio's uploads are immutable (uuid-named), so they are cached; other URLs may change
+            key = (source.hostname, url) if url.startswith("/data/upload/") else None
+            if key is not None:
+                with self._cache_lock:
+                    if key in self._cache:
+                        self._cache.move_to_end(key)
+                        return self._cache[key]
+            image = source.fetch(self._http, url)
+            if key is not None:
+                with self._cache_lock:
+                    self._cache[key] = image
+                    self._cache_bytes += image.nbytes
+                    while self._cache_bytes > CACHE_BYTES and self._cache:
+                        self._cache_bytes -= self._cache.popitem(last=False)[1].nbytes
+            return image
+
         return list(self._pool.map(fetch, urls)) if len(urls) > 1 else [fetch(urls[0])]
 
     def versions(self) -> dict[str, Any]:
@@ -153,7 +178,9 @@ class Backend:
         parsed = [P.parse_annotation(a, conn.config, where) for a, _ in pairs]
         todo = [(ann, P.parse_task(t, conn.config, f"{where}: task of annotation {ann.id}"))
                 for ann, (_, t) in zip(parsed, pairs, strict=True) if ann.label is not None]
+        t0 = time.perf_counter()
         images = self._fetch_all(conn, [t.image_url for _, t in todo]) if todo else []
+        t1 = time.perf_counter()
         for (ann, _), image in zip(todo, images, strict=True):  # the engine's own checks, before anything changes
             as_image(image), check_label(ann.label)
         done: list[dict[str, Any]] = []
@@ -171,6 +198,10 @@ class Backend:
                 done.append({"annotation": ann.id, "correction": r.id, "label": r.label, "previous": r.previous,
                              "replaced": old, "holds": r.holds, "seconds": r.seconds})
             version = self.engine.model_version
+        for d in done:
+            log.info("%s project %d annotation %d: %s (fetch %.3fs, update %.3fs, %s)", action, conn.project,
+                     d["annotation"], f"{d.get('previous')} -> {d['label']}" if "label" in d else "undone",
+                     t1 - t0, time.perf_counter() - t1, version)
         return {"status": "ok", "action": action, "corrections": done, "model_version": version,
                 "ignored": [{"annotation": a.id, "reason": a.reason} for a in parsed if a.label is None]}
 
@@ -183,4 +214,5 @@ class Backend:
                     self.engine.undo(cid)
                     undone.append({"annotation": aid, "undone": cid})
             version = self.engine.model_version
+        log.info("ANNOTATIONS_DELETED project %d: %s undone (%s)", pid, [u["annotation"] for u in undone], version)
         return {"status": "ok", "action": "ANNOTATIONS_DELETED", "undone": undone, "model_version": version}
