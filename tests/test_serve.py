@@ -266,3 +266,16 @@ def test_server_corrections_are_in_the_runs_durable_log(run_dir, ls_files):
         rec = [c for c in eng.list() if c.external_id == "labelstudio:3/1001"]
         assert len(rec) == 1 and rec[0].label == "Sneaker" and rec[0].source == "labelstudio"
         assert eng.model_version == version
+
+
+def test_cli_serve_refuses_a_missing_run_and_a_busy_one(tmp_path, run_dir, capsys):
+    from evo.active import Corrections
+    from evo.cli import main
+
+    assert main(["serve", str(tmp_path / "nope"), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and len(err.strip().splitlines()) == 1
+    with Corrections.open(run_dir, write=True):  # another writer (e.g. `evo correct`) holds the run
+        assert main(["serve", str(run_dir), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "evo serve: error:" in err and len(err.strip().splitlines()) == 1

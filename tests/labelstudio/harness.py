@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -56,6 +57,8 @@ class LabelStudio:
 
     def __enter__(self) -> LabelStudio:
         data = self.workdir / "ls-data"
+        if (VENV / "template" / "label_studio.sqlite3").is_file():  # migrated once by setup.sh
+            shutil.copytree(VENV / "template", data)
         env = {**os.environ, "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false",
                "HOST": self.url, "LABEL_STUDIO_BASE_DATA_DIR": str(data), "LATEST_VERSION_CHECK": "false",
                "COLLECT_ANALYTICS": "false", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": ""}

@@ -97,7 +97,8 @@ def result(label: str) -> list[dict]:
 def stack(tmp_path_factory):
     _require_labelstudio()
     work = tmp_path_factory.mktemp("labelstudio")
-    run = make_run(work / "run")
+    model, size = os.environ.get("EVO_LS_MODEL", "small_cnn"), os.environ.get("EVO_LS_INPUT_SIZE")
+    run = make_run(work / "run", model=model, input_size=int(size) if size else None)
     t0 = time.perf_counter()
     with LabelStudio(work) as ls, EvoServe(run, work, SERVE_TOKEN) as evo:
         yield ls, evo, run, {"startup_seconds": time.perf_counter() - t0}
@@ -189,6 +190,9 @@ def test_label_studio_learns_through_evo(stack):
     r = evo.api.post("/predict", json={"tasks": bulk, "project": f"{pid2}.0"})
     bulk_direct = time.perf_counter() - t0
     assert r.status_code == 200 and len(r.json()["results"]) == 100
+    bulk_lines = re.findall(rf"predict project {pid2}: 100 task\(s\), fetch ([\d.]+)s, predict ([\d.]+)s",
+                            evo.log.read_text())
+    assert len(bulk_lines) == 2  # Label Studio's one batch, then the direct one: never task by task
 
     # 5. evo's corrections log matches Label Studio's annotations (read after evo serve has stopped)
     evo.stop()
@@ -209,7 +213,8 @@ def test_label_studio_learns_through_evo(stack):
            "submitted_to_evo_prediction_s": _summary(submitted_to_evo),
            "submitted_to_labelstudio_prediction_s": _summary(submitted_to_ls),
            "evo_side_s": _summary(evo_side), "evo_webhook_handling_s": _summary([h for _, h in handled]),
-           "bulk_predict_100_labelstudio_s": bulk_ls, "bulk_predict_100_direct_s": bulk_direct, **measured}
+           "model": os.environ.get("EVO_LS_MODEL", "small_cnn"), "bulk_predict_100_labelstudio_s": bulk_ls, "bulk_predict_100_direct_s": bulk_direct,
+           "bulk_evo_fetch_predict_s": [[float(a), float(b)] for a, b in bulk_lines], **measured}
     print(json.dumps(doc, indent=1))
     if os.environ.get("EVO_LS_RESULTS"):
         with open(os.environ["EVO_LS_RESULTS"], "w") as f:
