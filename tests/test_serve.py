@@ -279,3 +279,14 @@ def test_cli_serve_refuses_a_missing_run_and_a_busy_one(tmp_path, run_dir, capsy
         assert main(["serve", str(run_dir), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "evo serve: error:" in err and len(err.strip().splitlines()) == 1
+
+
+def test_annotations_created_in_bulk(served):
+    client, eng = served
+    anns = [annotation(1101, 20, "Sandal"), annotation(1102, 21, "Shirt")]
+    r = client.post("/webhook", json={"action": "ANNOTATIONS_CREATED", "project": {"id": 1},
+                                      "annotation": anns, "task": [task(20), task(21)]})
+    assert r.status_code == 200, r.text
+    assert [c["label"] for c in r.json()["corrections"]] == ["Sandal", "Shirt"]
+    assert eng.find("labelstudio:1/1101") is not None and eng.find("labelstudio:1/1102") is not None
+    assert [label_of(x) for x in predict(client, 20, 21)] == ["Sandal", "Shirt"]
