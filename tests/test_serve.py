@@ -290,3 +290,31 @@ def test_annotations_created_in_bulk(served):
     assert [c["label"] for c in r.json()["corrections"]] == ["Sandal", "Shirt"]
     assert eng.find("labelstudio:1/1101") is not None and eng.find("labelstudio:1/1102") is not None
     assert [label_of(x) for x in predict(client, 20, 21)] == ["Sandal", "Shirt"]
+
+
+def test_connected_projects_survive_a_restart_without_their_token(run_dir, ls_files):
+    def client_for(backend):
+        return TestClient(create_app(backend), raise_server_exceptions=False)
+
+    backend = open_backend(run_dir)
+    with client_for(backend) as client:
+        assert client.post("/setup", json={"project": "5.1", "schema": CONFIG, "hostname": ls_files,
+                                           "access_token": KEY}).status_code == 200
+    backend.close(), backend.engine.close()
+    assert KEY not in (run_dir / "labelstudio.json").read_text()  # the token never touches the disk
+    backend = open_backend(run_dir)
+    try:
+        with client_for(backend) as client:
+            img = {"id": 1, "data": {"image": data_uri(fashion().images[30])}}
+            r = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 5}, "task": img,
+                                              "annotation": annotation(1201, 30, "Pullover")})
+            assert r.status_code == 200, r.text  # still connected
+            r = hook(client, "ANNOTATION_CREATED", 1202, 31, "Pullover", project=5)
+            assert r.status_code == 422 and "HTTP 401" in r.json()["error"]  # needs /setup's token again
+            assert eng_find(backend, "labelstudio:5/1202") is None
+    finally:
+        backend.close(), backend.engine.close()
+
+
+def eng_find(backend, ext):
+    return backend.engine.find(ext)

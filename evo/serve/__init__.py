@@ -11,6 +11,7 @@ annotation becomes a correction (`correct`), an updated one replaces it, a delet
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from evo.serve.app import create_app
@@ -18,6 +19,7 @@ from evo.serve.backend import Backend, external_id
 from evo.serve.errors import BadRequest, ImageFetchError, NotConnected, ServeError, Unauthorized
 from evo.serve.images import LabelStudioSource
 
+PROJECTS_FILE = "labelstudio.json"  # <run>/labelstudio.json: connected projects (config, hostname; no token)
 __all__ = ["Backend", "BadRequest", "ImageFetchError", "LabelStudioSource", "NotConnected", "ServeError",
            "Unauthorized", "create_app", "external_id", "open_backend", "serve"]
 
@@ -27,7 +29,12 @@ def open_backend(run_dir: str | os.PathLike, ls_url: str | None = None, ls_key: 
     from evo.serve.engine import Corrections
 
     source = LabelStudioSource(ls_url, ls_key) if ls_url else None
-    return Backend(Corrections.open(run_dir, write=True), source)
+    engine = Corrections.open(run_dir, write=True)
+    try:
+        return Backend(engine, source, projects_file=Path(run_dir) / PROJECTS_FILE)
+    except BaseException:
+        engine.close()
+        raise
 
 
 def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 9090, token: str | None = None,

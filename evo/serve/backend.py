@@ -8,18 +8,22 @@ replaced annotation half-way (undone but not yet re-corrected).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
 from evo.active.images import as_image, check_label
+from evo.errors import EvoError
+from evo.runs import write_json_atomic
 from evo.serve import protocol as P
 from evo.serve.errors import BadRequest, NotConnected
 from evo.serve.images import LabelStudioSource
@@ -47,9 +51,10 @@ class Backend:
     `source`: a Label Studio URL + key given to `evo serve`; it overrides what /setup sends.
     """
 
-    def __init__(self, engine: Any, source: LabelStudioSource | None = None, fetch_workers: int = 8) -> None:
-        self.engine, self.source = engine, source
-        self.connections: dict[int, Connection] = {}
+    def __init__(self, engine: Any, source: LabelStudioSource | None = None, fetch_workers: int = 8,
+                 projects_file: Path | None = None) -> None:
+        self.engine, self.source, self.projects_file = engine, source, projects_file
+        self.connections: dict[int, Connection] = self._load_projects()
         self._update = threading.Lock()
         self._http = httpx.Client(follow_redirects=False)
         self._pool = ThreadPoolExecutor(fetch_workers, thread_name_prefix="evo-fetch")
@@ -75,7 +80,35 @@ class Backend:
             token = doc.get("access_token")
             source = LabelStudioSource(str(doc["hostname"]), token if isinstance(token, str) and token else None)
         self.connections[pid] = Connection(pid, config, source)
+        self._save_projects(pid, doc)
         return {"model_version": self.engine.model_version}
+
+    def _save_projects(self, pid: int, doc: dict[str, Any]) -> None:
+        """Connected projects survive a restart (config and hostname only: the token stays in memory)."""
+        if self.projects_file is None:
+            return
+        saved = self._read_projects()
+        saved[str(pid)] = {"schema": doc.get("schema"), "hostname": doc.get("hostname")}
+        write_json_atomic(self.projects_file, saved)
+
+    def _read_projects(self) -> dict[str, Any]:
+        try:
+            saved = json.loads(self.projects_file.read_text()) if self.projects_file.is_file() else {}
+        except (OSError, json.JSONDecodeError) as e:
+            log.warning("ignoring %s (%s); projects reconnect on Label Studio's next /setup", self.projects_file, e)
+            return {}
+        return saved if isinstance(saved, dict) else {}
+
+    def _load_projects(self) -> dict[int, Connection]:
+        out: dict[int, Connection] = {}
+        for key, doc in (self._read_projects() if self.projects_file else {}).items():
+            try:
+                host = doc.get("hostname")
+                out[int(key)] = Connection(int(key), parse_label_config(doc.get("schema")),
+                                           self.source or (LabelStudioSource(host) if host else None))
+            except (EvoError, ValueError, AttributeError) as e:
+                log.warning("project %s in %s not restored: %s", key, self.projects_file, e)
+        return out
 
     def connection(self, pid: int, endpoint: str) -> Connection:
         conn = self.connections.get(pid)
