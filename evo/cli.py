@@ -93,6 +93,108 @@ def _site_text(site: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in site.items())
 
 
+# ---- corrections and active learning (evo.active) ------------------------------------------------
+
+
+@command("predict")
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from evo.active import Corrections
+    from evo.active.engine import predict_paths
+
+    with Corrections.open(args.run_dir, write=False, version=args.version) as eng:
+        found = predict_paths(eng, args.images)
+        if args.json:
+            print(json.dumps({"model_version": eng.model_version, "predictions": [
+                {"image": path, "label": p.label, "probability": p.probability,
+                 "top": [{"label": c, "probability": v} for c, v in p.top]} for path, p in found]}, indent=1))
+            return 0
+        for path, p in found:
+            top = ", ".join(f"{c} {v:.3f}" for c, v in p.top)
+            print(f"{path}\t{p.label}\t{p.probability:.3f}\t(top: {top})")
+    return 0
+
+
+@command("correct")
+def cmd_correct(args: argparse.Namespace) -> int:
+    from evo.active import Corrections
+
+    with Corrections.open(args.run_dir) as eng:
+        r = eng.correct(args.image, args.label, source="cli")
+        live = sum(1 for c in eng.list() if not c.undone and c.id != r.id)
+        print(f"correction {r.id}: {args.image} {r.previous} -> {r.label}, now predicted {r.predicted} "
+              f"(p={r.probability:.3f}), weight {r.weight:.3g}, {1000 * r.seconds:.1f} ms [{eng.model_version}]")
+        if not r.holds:
+            print(f"correction {r.id} does not hold: it needs more than the weight cap")
+        print(f"earlier corrections: {live - len(r.broken)}/{live} hold" +
+              (f"; no longer holding: {', '.join(map(str, r.broken))}" if r.broken else ""))
+        for a, b in r.conflicts:
+            print(f"conflict: correction {a} conflicts with correction {b}")
+    return 0
+
+
+@command("undo")
+def cmd_undo(args: argparse.Namespace) -> int:
+    from evo.active import Corrections
+
+    with Corrections.open(args.run_dir) as eng:
+        broken = eng.undo(args.id)
+        print(f"undid correction {args.id} [{eng.model_version}]" +
+              (f"; no longer holding: {', '.join(map(str, broken))}" if broken else ""))
+    return 0
+
+
+@command("corrections")
+def cmd_corrections(args: argparse.Namespace) -> int:
+    from evo.active import Corrections
+
+    with Corrections.open(args.run_dir, write=False) as eng:
+        rows = eng.list()
+        print(f"{len(rows)} correction(s) [{eng.model_version}]")
+        print(f"{'id':>4}  {'time':<19}  {'image':<12}  {'from -> to':<32}  {'weight':>8}  state")
+        for c in rows:
+            state = "undone" if c.undone else ("holds" if c.holds else "does not hold")
+            print(f"{c.id:>4}  {c.created:<19}  {c.image_sha256[:12]:<12}  "
+                  f"{(c.previous + ' -> ' + c.label)[:32]:<32}  {c.weight:>8.3g}  {state}")
+    return 0
+
+
+@command("suggest")
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from evo.active import Corrections
+
+    with Corrections.open(args.run_dir, write=False) as eng:
+        for rank, s in enumerate(eng.suggest(args.pool, k=args.k, strategy=args.strategy, seed=args.seed), 1):
+            print(f"{rank:>3}  {s.path}\t{s.predicted} ({s.probability:.3f})\tscore {s.score:.4f}")
+    return 0
+
+
+def _active_parsers(sub: argparse._SubParsersAction) -> None:
+    from evo.active import QUERIES
+
+    pr = sub.add_parser("predict", help="predict images with a run's model (latest version + corrections)")
+    pr.add_argument("run_dir")
+    pr.add_argument("images", nargs="+", help="image files or folders")
+    pr.add_argument("--json", action="store_true", help="machine-readable output")
+    pr.add_argument("--version", type=int, default=None, help="model version (default: the latest)")
+    co = sub.add_parser("correct", help="fix the model's prediction of one image, in milliseconds")
+    co.add_argument("run_dir")
+    co.add_argument("image")
+    co.add_argument("--label", required=True, help="the right class (a new name adds the class)")
+    un = sub.add_parser("undo", help="take one correction back out exactly")
+    un.add_argument("run_dir")
+    un.add_argument("id", type=int)
+    cs = sub.add_parser("corrections", help="list a run's corrections")
+    cs.add_argument("run_dir")
+    su = sub.add_parser("suggest", help="rank unlabelled images by how much labelling them is worth")
+    su.add_argument("run_dir")
+    su.add_argument("--pool", required=True, nargs="+", help="folder(s) or files of unlabelled images")
+    su.add_argument("-k", type=int, default=20)
+    su.add_argument("--strategy", default="margin", choices=QUERIES.names())
+    su.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="evo", description="Keep a trained CNN learning.")
     p.add_argument("--version", action="version", version=f"evo {__import__('evo').__version__}")
@@ -127,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--no-progress", action="store_true", help="no progress bars")
     st = sub.add_parser("status", help="print a run's lineage and latest metrics")
     st.add_argument("run_dir")
+    _active_parsers(sub)
     _add_serve_parser(sub)
     return p
 
