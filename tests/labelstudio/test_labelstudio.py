@@ -165,8 +165,6 @@ def test_label_studio_learns_through_evo(stack):
     assert [a for a, _ in handled] == events
     evo_side = [h + p for (_, h), p in zip(handled, saved_to_evo, strict=True)]
     assert len(events) >= 50
-    assert max(evo_side) < 1.0, sorted(evo_side)[-5:]
-    assert statistics.median(submitted_to_evo) < 1.0, sorted(submitted_to_evo)
     new_label = classes[NEW]
     top = evo.api.post("/predict", json={"tasks": [t for t in tasks if truth[t["id"]] == new_label][:1],
                                          "project": f"{pid}.0"}).json()["results"][0]
@@ -219,6 +217,9 @@ def test_label_studio_learns_through_evo(stack):
     if os.environ.get("EVO_LS_RESULTS"):
         with open(os.environ["EVO_LS_RESULTS"], "w") as f:
             json.dump(doc, f, indent=1)
+    # the timing bounds last, so a slow machine still records what it measured
+    assert max(evo_side) < 1.0, sorted(evo_side)[-5:]
+    assert statistics.median(submitted_to_evo) < 1.0, sorted(submitted_to_evo)
 
 
 def _summary(xs: list[float]) -> dict[str, float]:
