@@ -243,7 +243,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     serve(args.run_dir, host=args.host, port=args.port, token=args.token or os.environ.get("EVO_SERVE_TOKEN"),
           ls_url=args.ls_url or os.environ.get("LABEL_STUDIO_URL"),
-          ls_key=args.ls_key or os.environ.get("LABEL_STUDIO_API_KEY"))
+          ls_key=args.ls_key or os.environ.get("LABEL_STUDIO_API_KEY"), threads=args.threads)
     return 0
 
 
@@ -255,6 +255,8 @@ def _add_serve_parser(sub) -> None:
     sv.add_argument("--token", default=None, help="require this token on every request (or EVO_SERVE_TOKEN)")
     sv.add_argument("--ls-url", default=None, help="Label Studio URL for images (or LABEL_STUDIO_URL; "
                     "default: the hostname Label Studio sends in /setup)")
+    sv.add_argument("--threads", type=int, default=1, help="torch threads (default 1: lowest latency per "
+                    "annotation on a shared machine; more can speed up large bulk predictions)")
     sv.add_argument("--ls-key", default=None, help="Label Studio API key or personal access token "
                     "(or LABEL_STUDIO_API_KEY; default: the token sent in /setup)")
 

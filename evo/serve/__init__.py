@@ -38,12 +38,19 @@ def open_backend(run_dir: str | os.PathLike, ls_url: str | None = None, ls_key: 
 
 
 def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 9090, token: str | None = None,
-          ls_url: str | None = None, ls_key: str | None = None, say: Any = print) -> None:
-    """Run the backend until interrupted; the engine (and its writer lock) is closed on the way out."""
+          ls_url: str | None = None, ls_key: str | None = None, threads: int = 1, say: Any = print) -> None:
+    """Run the backend until interrupted; the engine (and its writer lock) is closed on the way out.
+
+    `threads`: torch intra-op threads. One by default: a correction is a one-image forward, and on a
+    busy machine a second OpenMP thread spin-waiting made it 40-60x slower (BENCHMARKS.md)."""
     import logging
 
+    import torch
     import uvicorn
 
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise BadRequest(f"--threads must be a positive integer; got {threads!r}")
+    torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     backend = open_backend(run_dir, ls_url, ls_key)
     try:
