@@ -127,7 +127,7 @@ def test_label_studio_learns_through_evo(stack):
 
     # 2. every annotation (create, then update) is in evo's very next prediction, and in Label Studio's.
     # Label Studio sends its webhook synchronously, so evo has updated before the annotation's save returns.
-    submitted_to_evo, submitted_to_ls, saved_to_evo = [], [], []
+    submitted_to_evo, submitted_to_ls, saved_to_evo, saved = [], [], [], []
 
     def check(tid: int, label: str, t0: float, t_saved: float) -> None:
         task = next(t for t in tasks if t["id"] == tid)
@@ -135,6 +135,7 @@ def test_label_studio_learns_through_evo(stack):
         t_evo = time.perf_counter()
         assert r.status_code == 200 and choice(r.json()["results"][0]["result"]) == label, r.text
         submitted_to_evo.append(t_evo - t0)
+        saved.append(t_saved - t0)  # Label Studio's save, evo's synchronous webhook included
         saved_to_evo.append(t_evo - t_saved)
         version = r.json()["results"][0]["model_version"]
         retrieve(ls, pid, [tid])
@@ -210,7 +211,7 @@ def test_label_studio_learns_through_evo(stack):
            "updated": events.count("ANNOTATION_UPDATED"), "wrong_first_predictions": wrong,
            "submitted_to_evo_prediction_s": _summary(submitted_to_evo),
            "submitted_to_labelstudio_prediction_s": _summary(submitted_to_ls),
-           "evo_side_s": _summary(evo_side), "evo_webhook_handling_s": _summary([h for _, h in handled]),
+           "labelstudio_save_s": _summary(saved), "evo_side_s": _summary(evo_side), "evo_webhook_handling_s": _summary([h for _, h in handled]),
            "model": os.environ.get("EVO_LS_MODEL", "small_cnn"), "bulk_predict_100_labelstudio_s": bulk_ls, "bulk_predict_100_direct_s": bulk_direct,
            "bulk_evo_fetch_predict_s": [[float(a), float(b)] for a, b in bulk_lines], **measured}
     print(json.dumps(doc, indent=1))
