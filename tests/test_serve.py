@@ -275,6 +275,14 @@ def test_cli_serve_refuses_a_missing_run_and_a_busy_one(tmp_path, run_dir, capsy
     assert main(["serve", str(tmp_path / "nope"), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and len(err.strip().splitlines()) == 1
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main(["serve", str(run_dir), "--port", str(busy.getsockname()[1])]) == 2
+    err = capsys.readouterr().err
+    assert "cannot listen on 127.0.0.1" in err and len(err.strip().splitlines()) == 1
     with Corrections.open(run_dir, write=True):  # another writer (e.g. `evo correct`) holds the run
         assert main(["serve", str(run_dir), "--port", "0"]) == 2
     err = capsys.readouterr().err

@@ -51,6 +51,7 @@ def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 9090,
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise BadRequest(f"--threads must be a positive integer; got {threads!r}")
     torch.set_num_threads(threads)
+    _check_address(host, port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     backend = open_backend(run_dir, ls_url, ls_key)
     try:
@@ -60,3 +61,23 @@ def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 9090,
     finally:
         backend.close()
         backend.engine.close()
+
+
+def _check_address(host: str, port: int) -> None:
+    """Refuse an address that cannot be listened on before the run's writer lock is taken."""
+    import socket
+
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise BadRequest(f"--port must be 0..65535; got {port!r}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ServeError(f"--host {host!r} is not an address this machine can listen on ({e.strerror})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise ServeError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port, or stop "
+                             "the process using it") from None
