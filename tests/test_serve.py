@@ -326,3 +326,34 @@ def test_connected_projects_survive_a_restart_without_their_token(run_dir, ls_fi
 
 def eng_find(backend, ext):
     return backend.engine.find(ext)
+
+
+KEYS = ["action", "project", "tasks", "data", "image", "annotation", "annotations", "task", "result", "from_name",
+        "to_name", "value", "choices", "id", "schema", "hostname", "access_token", "was_cancelled", "label_config"]
+
+
+def test_no_request_body_gets_a_500(served):
+    """Fuzz: JSON built from the protocol's own keys, sent to every endpoint, never crashes the server."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    client, eng = served
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 200), st.sampled_from(
+        ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "1.17", "label", "image", "Coat",
+         "/data/upload/1/nope.png", "data:image/png;base64,AAAA", CONFIG, "<View/>", ""]))
+    docs = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                         st.dictionaries(st.sampled_from(KEYS), inner, max_size=4)),
+                        max_leaves=12)
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(path=st.sampled_from(["/setup", "/predict", "/webhook", "/train"]), doc=docs)
+    def check(path, doc):
+        before = (len(eng.list()), eng.model_version)
+        r = client.post(path, json=doc)
+        assert r.status_code < 500, (path, doc, r.text)
+        if r.status_code >= 400:
+            assert r.json()["error"]
+        if path != "/webhook" or r.status_code >= 400:
+            assert (len(eng.list()), eng.model_version) == before
+
+    check()
