@@ -34,22 +34,21 @@ def space_doc(trials: int, concurrency: int, model: str) -> dict:
 
 
 def one_round(doc: dict) -> dict:
-    from evo.cli import load_model
     from evo.runs import Run
     from evo.search.driver import Driver
     from evo.search.scenario import stream_for
     from evo.search.space import parse_space
+    from evo.zoo import resolve as load_model
 
     space = parse_space(doc)
     with tempfile.TemporaryDirectory() as tmp:
-        run = Run.create(Path(tmp) / "run", {"space": doc})
+        run = Run.create(Path(tmp) / "run", {"space": doc}, kind="search")
         graph = load_model(space.model["name"], space.model.get("input_size"), space.model.get("pretrained", True))
         run.commit_version(graph, {"increment": None, "ops": []})
         driver = Driver(run, space, progress=lambda s: None)
         t0 = time.perf_counter()
-        driver.round(0, stream_for(space))
+        timing = driver.round(0, stream_for(space)).timing
         wall = time.perf_counter() - t0
-        timing = driver.last_round_timing
     return {"wall": wall, "driver_seconds": timing["driver_seconds"], "trials": timing["trials"]}
 
 

@@ -211,7 +211,6 @@ def table(results: dict[str, dict], full_per_class: int = 6000) -> str:
 def explore(args) -> None:
     """Frozen Lite0 features from several taps, extracted once; a ridge head (λ by GCV) on each."""
     from evo.learn import RidgeHead
-    from evo.learn.strategies.evo import gcv_ridge
 
     graph = evo.zoo.load("efficientnet_lite0", pretrained=True, input_size=args.input_size)
     net = graph.to_module().eval().to(memory_format=torch.channels_last)
@@ -246,7 +245,7 @@ def explore(args) -> None:
         def feats(f, taps=taps):
             return torch.cat([torch.nn.functional.adaptive_avg_pool2d(f[n], k).flatten(1) for n, k in taps], 1)
         head = RidgeHead().fit(feats(ftr), ytr, 10)
-        head.ridge, _ = gcv_ridge(head)
+        head.ridge, _ = head.gcv_walk()
         acc = float((head.predict(feats(fte)) == yte).double().mean())
         print(f"  {name:<46} {head.dim_:>6}-d  lambda {head.ridge:9.3g}  accuracy {100 * acc:.2f}%", flush=True)
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from evo.errors import EvoError
 
@@ -21,36 +22,22 @@ def command(name: str) -> Callable[[Command], Command]:
     return deco
 
 
-def load_model(spec: str, input_size: int | None = None, pretrained: bool = True):
-    """A saved model folder, or a zoo name (pretrained where the zoo ships weights)."""
-    import evo.graph as eg
-    import evo.zoo as zoo
-
-    path = Path(spec)
-    if path.is_dir():
-        return eg.load(path)
-    if spec in zoo.MODELS:
-        entry = zoo.MODELS.get(spec)
-        return zoo.load(spec, pretrained=pretrained and entry.has_pretrained, input_size=input_size)
-    raise EvoError(f"{spec!r} is neither a saved model folder nor a zoo model; zoo models: "
-                   f"{', '.join(zoo.list_models())}")
-
-
 @command("inspect")
 def cmd_inspect(args: argparse.Namespace) -> int:
     import evo.ops as ops
+    from evo.zoo import resolve
 
-    graph = load_model(args.model, args.input_size, pretrained=not args.random_init)
-    print(graph.summary() if args.layers else graph.summary().split("\n")[0])
+    graph = resolve(args.model, args.input_size, pretrained=not args.random_init)
+    say(graph.summary() if args.layers else graph.summary().split("\n")[0])
     if graph.classes:
         shown = ", ".join(graph.classes[:8]) + (" ..." if len(graph.classes) > 8 else "")
-        print(f"classes ({len(graph.classes)}): {shown}")
-    print("growth sites:")
+        say(f"classes ({len(graph.classes)}): {shown}")
+    say("growth sites:")
     for name in ops.list_ops():
         found = ops.sites(graph, name)
         preview = "; ".join(_site_text(s) for s in found[: args.max_sites])
         more = f" ... (+{len(found) - args.max_sites})" if len(found) > args.max_sites else ""
-        print(f"  {name:<12} {len(found):>4}  {preview}{more}")
+        say(f"  {name:<12} {len(found):>4}  {preview}{more}")
     return 0
 
 
@@ -59,7 +46,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from evo.search.launch import launch
 
     launch(args.space, run_dir=args.run_dir, ray_address=args.ray_address, storage=args.storage,
-           dashboard=args.dashboard, num_cpus=args.num_cpus)
+           dashboard=args.dashboard, num_cpus=args.num_cpus, say=say)
     return 0
 
 
@@ -68,7 +55,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from evo.search.launch import resume
 
     resume(args.run_dir, ray_address=args.ray_address, storage=args.storage, dashboard=args.dashboard,
-           num_cpus=args.num_cpus)
+           num_cpus=args.num_cpus, say=say)
     return 0
 
 
@@ -77,7 +64,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from evo.learn_run import learn_from_data
 
     learn_from_data(args.model, args.data, run_dir=args.run_dir, strategy=args.strategy, memory=args.memory,
-                    input_size=args.input_size, progress=not args.no_progress)
+                    input_size=args.input_size, head=args.head, allow_duplicates=args.allow_duplicates,
+                    progress=not args.no_progress, say=say)
     return 0
 
 
@@ -85,8 +73,32 @@ def cmd_learn(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from evo.search.launch import status
 
-    print(status(args.run_dir))
+    say(status(args.run_dir))
     return 0
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0, 9), *range(11, 32), 127]}
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (e.g. from a class folder's name) escaped, so they cannot drive the terminal."""
+    return str(text).translate(_CONTROL)
+
+
+def say(text: str) -> None:
+    """Print one message to stdout, control characters escaped."""
+    print(printable(text), flush=True)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
+    return value
 
 
 def _site_text(site: dict) -> str:
@@ -106,13 +118,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     with Corrections.open(args.run_dir, write=False, version=args.version) as eng:
         found = predict_paths(eng, args.images)
         if args.json:
-            print(json.dumps({"model_version": eng.model_version, "predictions": [
+            say(json.dumps({"model_version": eng.model_version, "predictions": [
                 {"image": path, "label": p.label, "probability": p.probability,
                  "top": [{"label": c, "probability": v} for c, v in p.top]} for path, p in found]}, indent=1))
             return 0
         for path, p in found:
             top = ", ".join(f"{c} {v:.3f}" for c, v in p.top)
-            print(f"{path}\t{p.label}\t{p.probability:.3f}\t(top: {top})")
+            say(f"{path}\t{p.label}\t{p.probability:.3f}\t(top: {top})")
     return 0
 
 
@@ -123,14 +135,14 @@ def cmd_correct(args: argparse.Namespace) -> int:
     with Corrections.open(args.run_dir) as eng:
         r = eng.correct(args.image, args.label, source="cli")
         live = sum(1 for c in eng.list() if not c.undone and c.id != r.id)
-        print(f"correction {r.id}: {args.image} {r.previous} -> {r.label}, now predicted {r.predicted} "
+        say(f"correction {r.id}: {args.image} {r.previous} -> {r.label}, now predicted {r.predicted} "
               f"(p={r.probability:.3f}), weight {r.weight:.3g}, {1000 * r.seconds:.1f} ms [{eng.model_version}]")
         if not r.holds:
-            print(f"correction {r.id} does not hold: it needs more than the weight cap")
-        print(f"earlier corrections: {live - len(r.broken)}/{live} hold" +
+            say(f"correction {r.id} does not hold: it needs more than the weight cap")
+        say(f"earlier corrections: {live - len(r.broken)}/{live} hold" +
               (f"; no longer holding: {', '.join(map(str, r.broken))}" if r.broken else ""))
         for a, b in r.conflicts:
-            print(f"conflict: correction {a} conflicts with correction {b}")
+            say(f"conflict: correction {a} conflicts with correction {b}")
     return 0
 
 
@@ -140,7 +152,7 @@ def cmd_undo(args: argparse.Namespace) -> int:
 
     with Corrections.open(args.run_dir) as eng:
         broken = eng.undo(args.id)
-        print(f"undid correction {args.id} [{eng.model_version}]" +
+        say(f"undid correction {args.id} [{eng.model_version}]" +
               (f"; no longer holding: {', '.join(map(str, broken))}" if broken else ""))
     return 0
 
@@ -151,11 +163,11 @@ def cmd_corrections(args: argparse.Namespace) -> int:
 
     with Corrections.open(args.run_dir, write=False) as eng:
         rows = eng.list()
-        print(f"{len(rows)} correction(s) [{eng.model_version}]")
-        print(f"{'id':>4}  {'time':<19}  {'image':<12}  {'from -> to':<32}  {'weight':>8}  state")
+        say(f"{len(rows)} correction(s) [{eng.model_version}]")
+        say(f"{'id':>4}  {'time':<19}  {'image':<12}  {'from -> to':<32}  {'weight':>8}  state")
         for c in rows:
             state = "undone" if c.undone else ("holds" if c.holds else "does not hold")
-            print(f"{c.id:>4}  {c.created:<19}  {c.image_sha256[:12]:<12}  "
+            say(f"{c.id:>4}  {c.created:<19}  {c.image_sha256[:12]:<12}  "
                   f"{(c.previous + ' -> ' + c.label)[:32]:<32}  {c.weight:>8.3g}  {state}")
     return 0
 
@@ -166,7 +178,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
     with Corrections.open(args.run_dir, write=False) as eng:
         for rank, s in enumerate(eng.suggest(args.pool, k=args.k, strategy=args.strategy, seed=args.seed), 1):
-            print(f"{rank:>3}  {s.path}\t{s.predicted} ({s.probability:.3f})\tscore {s.score:.4f}")
+            say(f"{rank:>3}  {s.path}\t{s.predicted} ({s.probability:.3f})\tscore {s.score:.4f}")
     return 0
 
 
@@ -195,13 +207,20 @@ def _active_parsers(sub: argparse._SubParsersAction) -> None:
     su.add_argument("--seed", type=int, default=0)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (exit code 2), like every other evo error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, printable(f"{self.prog}: error: {message} (see {self.prog} --help)") + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="evo", description="Keep a trained CNN learning.")
+    p = _Parser(prog="evo", description="Keep a trained CNN learning.")
     p.add_argument("--version", action="version", version=f"evo {__import__('evo').__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     ins = sub.add_parser("inspect", help="print a model's layers, parameters, FLOPs and growth sites")
     ins.add_argument("model", help="a saved model folder, or a zoo name such as efficientnet_lite0")
-    ins.add_argument("--input-size", type=int, default=None, help="input side in pixels (zoo models)")
+    ins.add_argument("--input-size", type=positive_int, default=None, help="input side in pixels (zoo models)")
     ins.add_argument("--random-init", action="store_true", help="zoo models: skip pretrained weights")
     ins.add_argument("--layers", action=argparse.BooleanOptionalAction, default=True,
                      help="print the per-layer table (default: yes)")
@@ -218,14 +237,22 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--storage", default=None,
                         help="Optuna storage URL, e.g. postgresql://user:pw@host/db (default: journal file in the run)")
         sp.add_argument("--dashboard", action="store_true", help="start the Ray dashboard on 127.0.0.1")
-        sp.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray cluster (default: all)")
+        sp.add_argument("--num-cpus", type=positive_int, default=None, help="CPUs for a local Ray cluster (default: all)")
     le = sub.add_parser("learn", help="learn one increment from a labelled image folder or CSV; commit a version")
     le.add_argument("model", help="a run folder, a saved model folder, or a zoo name")
-    le.add_argument("--data", required=True, help="image folder (one subfolder per class) or CSV manifest")
+    le.add_argument("--data", required=True,
+                    help="image folder (one subfolder per class), CSV manifest (path,label), or builtin:digits / "
+                         "builtin:fashion-mnist")
     le.add_argument("--run-dir", default=None, help="run folder for a new run (default runs/learn-<model>)")
-    le.add_argument("--strategy", default="evo", help="learning strategy (default: evo, the closed-form fast path)")
-    le.add_argument("--memory", type=int, default=500, help="exemplar memory budget in images")
-    le.add_argument("--input-size", type=int, default=None, help="input side in pixels (zoo models)")
+    le.add_argument("--strategy", default=None,
+                    help="learning strategy (default: the run's, else evo, the closed-form fast path)")
+    le.add_argument("--memory", type=int, default=None, help="exemplar memory budget in images (default: the run's, "
+                                                             "else 500)")
+    le.add_argument("--head", choices=["auto", "reset", "keep"], default=None,
+                    help="first learn only: reset replaces the model's classes by the data's; keep keeps them; auto "
+                         "resets unless a class name matches")
+    le.add_argument("--allow-duplicates", action="store_true", help="learn images this run has learned before")
+    le.add_argument("--input-size", type=positive_int, default=None, help="input side in pixels (zoo models)")
     le.add_argument("--no-progress", action="store_true", help="no progress bars")
     st = sub.add_parser("status", help="print a run's lineage and latest metrics")
     st.add_argument("run_dir")
@@ -263,14 +290,21 @@ def _add_serve_parser(sub) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Library warnings (e.g. each unreadable image) stay off the terminal: commands report a summary,
+    # and an error is one line.
+    logging.getLogger("evo").setLevel(logging.ERROR)
     try:
         return _COMMANDS[args.command](args)
     except EvoError as e:
-        print(f"evo {args.command}: error: {e}", file=sys.stderr)
+        print(printable(f"evo {args.command}: error: {e}").replace("\n", " "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"evo {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `evo inspect ... | head -1`: the reader is gone, so stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

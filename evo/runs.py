@@ -1,27 +1,35 @@
-"""Run folders: layout, immutable model versions, lineage and what `evo resume` needs.
+"""Run folders: layout, immutable model versions, lineage, one writer at a time, and what `evo resume` needs.
 
 ```
 runs/<run>/
+  run.json               the marker: {"format": "evo-run", "version": 1, "kind": "search" | "learn"}
   config.json            resolved configuration (written once, at creation)
+  .evo-lock              the writer lock (an OS file lock; holds the writer's pid and command)
   optuna.journal         Optuna storage (embedded default)
   versions/<n>/          graph.json, weights.safetensors, meta.json, state.safetensors (memory, head statistics)
-  lineage.json           networkx node-link graph of versions  } both derived from versions/*/meta.json
-  metrics/rounds.csv     one row per committed version           } and rebuilt after every commit
+  lineage.json           networkx node-link graph of versions  } both derived from versions/*/meta.json,
+  metrics/rounds.csv     one row per committed version           } rewritten by the writer after each commit
   metrics/round_<n>.json everything measured in round n (candidates included)
 ```
-Every write is atomic (temp + rename). A version folder appears whole or not at all, and the
-lineage is rebuilt from the versions' meta.json, so a killed process loses no committed work.
+A folder is a run only if it holds `run.json`; anything else is refused, never cleaned. Opening a
+run to read (`evo status`) writes nothing: lineage and tables are derived in memory. Writers
+(`learn`, `launch`, `resume`, `correct`, `serve`) hold `Run.lock`; on taking it they remove only
+evo's own temporary names (`evo.fsutil.TMP_PREFIX`) at the top of the run's own folders. A version
+folder is fsynced and renamed into place, so it appears whole or not at all.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
 import shutil
-import tempfile
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,68 +37,99 @@ import networkx as nx
 import torch
 
 from evo.errors import EvoError
+from evo.fsutil import (
+    TMP_PREFIX,
+    fsync_dir,
+    fsync_tree,
+    remove_evo_temps,
+    temp_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 VERSIONS = "versions"
 STATE_FILE = "state.safetensors"
+MARKER = "run.json"
+RUN_FORMAT = "evo-run"
+RUN_FORMAT_VERSION = 1
+LOCK_FILE = ".evo-lock"
 ROUNDS_CSV_FIELDS = ["version", "parent", "increment", "accuracy", "forgetting", "chosen", "flops", "seconds",
                      "joint_ratio", "params"]
+
+__all__ = ["MARKER", "Run", "RunBusyError", "RunError", "is_run", "write_json_atomic", "write_text_atomic"]
 
 
 class RunError(EvoError):
     """A run folder is missing, already exists, or is inconsistent."""
 
 
-def write_json_atomic(path: Path, doc: Any) -> None:
-    write_text_atomic(path, json.dumps(doc, indent=1, default=_json_default))
+class RunBusyError(RunError):
+    """Another process is writing to the run (it holds the run's writer lock)."""
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def is_run(path: str | os.PathLike) -> bool:
+    """Whether `path` is an evo run folder (it carries the `run.json` marker)."""
+    return (Path(path) / MARKER).is_file()
 
 
-def _json_default(x: Any) -> Any:
-    if hasattr(x, "to_dict"):
-        return x.to_dict()
-    if hasattr(x, "item"):
-        return x.item()
-    raise TypeError(f"cannot write {type(x).__name__} as JSON")
+_HELD: dict[str, int] = {}  # runs whose lock this process holds (re-entrant within one process)
 
 
 class Run:
-    """One run folder. `Run.create` starts a new one (refusing an existing folder); `Run.open` resumes one."""
+    """One run folder. `Run.create` starts a new one (refusing an existing folder); `Run.open` opens one."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        self.took_over: dict[str, Any] | None = None  # the holder of a lock left by a killed process
 
     # ---- lifecycle ----------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | os.PathLike, config: dict[str, Any]) -> Run:
+    def create(cls, path: str | os.PathLike, config: dict[str, Any], kind: str = "search") -> Run:
+        """A new run at `path`: a missing or empty folder. The marker is published exclusively, so of
+        two processes creating the same run one wins and the other gets a RunError."""
         run = cls(path)
-        if run.path.exists() and any(run.path.iterdir()):
-            raise RunError(f"run folder {run.path} already exists; continue it with `evo resume {run.path}` "
-                           "or choose another --run-dir")
+        check_new_run_dir(run.path)
         run.path.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run.path / "config.json", {**config, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        created = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json_atomic(run.path / "config.json", {**config, "created": created})
+        tmp = run.path / f"{TMP_PREFIX}{MARKER}"
+        tmp.write_text(json.dumps({"format": RUN_FORMAT, "version": RUN_FORMAT_VERSION, "kind": kind,
+                                   "created": created}, indent=1))
+        try:
+            os.link(tmp, run.path / MARKER)  # fails if another process published its marker first
+        except FileExistsError:
+            raise RunError(f"run folder {run.path} was just created by another process; choose another "
+                           "--run-dir") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_dir(run.path)
         return run
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> Run:
+        """Open an existing run. Writes nothing: take `lock` before changing it."""
         run = cls(path)
-        if not (run.path / "config.json").is_file():
-            raise RunError(f"{run.path} is not an evo run folder (no config.json); start one with `evo launch`")
-        run.cleanup_partial()
-        run.rebuild_lineage()
+        if not run.path.exists():
+            raise RunError(f"run folder {run.path} does not exist")
+        if not run.path.is_dir():
+            raise RunError(f"{run.path} is a file, not an evo run folder")
+        if not (run.path / MARKER).is_file():
+            raise RunError(f"{run.path} is not an evo run folder (it has no {MARKER}); start one with `evo launch` "
+                           "or `evo learn`")
+        try:
+            marker = json.loads((run.path / MARKER).read_text())
+        except (OSError, ValueError) as e:
+            raise RunError(f"{run.path / MARKER} is unreadable ({e}); it is not a usable evo run") from None
+        if not isinstance(marker, dict) or marker.get("format") != RUN_FORMAT:
+            raise RunError(f"{run.path / MARKER} is not an evo run marker (format {RUN_FORMAT!r})")
+        if marker.get("version") != RUN_FORMAT_VERSION:
+            raise RunError(f"{run.path} has run format version {marker.get('version')!r}; this evo reads "
+                           f"version {RUN_FORMAT_VERSION}")
         return run
+
+    @property
+    def kind(self) -> str:
+        return str(json.loads((self.path / MARKER).read_text()).get("kind", "search"))
 
     @property
     def config(self) -> dict[str, Any]:
@@ -100,13 +139,66 @@ class Run:
     def journal_path(self) -> Path:
         return self.path / "optuna.journal"
 
+    # ---- the writer lock ----------------------------------------------------------------------
+    @contextmanager
+    def lock(self, command: str, wait: float = 0.0) -> Iterator[Run]:
+        """Hold the run's writer lock for the block. Another holder → RunBusyError naming its pid and
+        command (after waiting up to `wait` seconds). The lock is an OS file lock, released by the
+        kernel when its holder dies, so a lock left by a killed process is simply taken over
+        (`self.took_over` then says whose it was). Re-entrant within one process."""
+        key = str(self.path.resolve())
+        if _HELD.get(key):
+            _HELD[key] += 1
+            try:
+                yield self
+            finally:
+                _HELD[key] -= 1
+            return
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + max(wait, 0.0)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise RunBusyError(self._busy_message(fd)) from None
+                    time.sleep(0.05)
+            previous = _read_holder(fd)
+            self.took_over = previous or None
+            holder = {"pid": os.getpid(), "command": command, "host": socket.gethostname(),
+                      "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            _HELD[key] = 1
+            try:
+                self.cleanup_partial()
+                yield self
+            finally:
+                _HELD.pop(key, None)
+                os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def _busy_message(self, fd: int) -> str:
+        h = _read_holder(fd)
+        who = f"pid {h.get('pid')} (`evo {h.get('command')}`, since {h.get('since')})" if h else "another process"
+        return (f"run {self.path} is being written by {who}; wait for it to finish (or stop it), then try again. "
+                "One writer at a time keeps versions and lineage true")
+
     def cleanup_partial(self) -> list[str]:
-        """Remove temp folders and files a killed process left behind; committed versions are untouched."""
-        removed = []
-        for p in list(self.path.rglob(".*")):
-            if p.name.startswith(".") and p.exists() and (p.is_dir() or p.suffix != ".journal"):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-                removed.append(str(p))
+        """Remove evo's own temporary files and folders a killed writer left at the top of the run's
+        folders; committed versions and every other file are untouched. Call only while holding the lock."""
+        removed = remove_evo_temps(self.path)
+        for sub in (VERSIONS, "metrics"):
+            removed += remove_evo_temps(self.path / sub)
+        cands = self.path / "candidates"
+        if cands.is_dir():
+            removed += remove_evo_temps(cands)
+            for rd in cands.iterdir():
+                if rd.is_dir() and not rd.is_symlink() and rd.name.startswith("round-"):
+                    removed += remove_evo_temps(rd)
         return removed
 
     # ---- versions -----------------------------------------------------------------------------
@@ -135,33 +227,42 @@ class Run:
         n = self.latest() if n is None else n
         if n is None:
             raise RunError(f"run {self.path} has no committed version yet")
+        if n not in self.versions():
+            raise RunError(f"run {self.path} has no version {n}; its versions are {self.versions()}")
         d = self.version_dir(n)
         state = load_file(str(d / STATE_FILE)) if (d / STATE_FILE).is_file() else {}
         return eg.load(d), self.version_meta(n), state
 
     def commit_version(self, graph, meta: dict[str, Any], state: dict[str, torch.Tensor] | None = None) -> int:
-        """Write the next version atomically and record it in the lineage; returns its number."""
+        """Write the next version atomically and durably, and record it in the lineage; returns its number.
+
+        Holds the writer lock for the commit. `meta["parent"]`, when given, must be the latest version:
+        a version trained from an older one would make the lineage false."""
         from safetensors.torch import save_file
 
         import evo.graph as eg
 
-        latest = self.latest()
-        n = 0 if latest is None else latest + 1
-        meta = {"version": n, "parent": latest, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}
-        meta["version"] = n
-        tmp_root = self.path / VERSIONS
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{n}.", dir=tmp_root))
-        try:
-            eg.save(graph, staging / "model", extra_files={"meta.json": meta})
-            if state:
-                save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
-                          str(staging / "model" / STATE_FILE))
-            os.replace(staging / "model", self.version_dir(n))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        self.rebuild_lineage()
-        return n
+        with self.lock(meta.get("command", "commit")):
+            latest = self.latest()
+            if "parent" in meta and meta["parent"] != latest:
+                raise RunError(f"run {self.path}: version {latest} was committed after this work started from "
+                               f"version {meta['parent']}; its result would skip that version. Run it again")
+            n = 0 if latest is None else latest + 1
+            meta = {"version": n, "parent": latest, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}
+            meta["version"] = n
+            staging = temp_dir(self.path / VERSIONS, str(n))
+            try:
+                eg.save(graph, staging / "model", extra_files={"meta.json": meta})
+                if state:
+                    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
+                              str(staging / "model" / STATE_FILE))
+                fsync_tree(staging / "model")
+                os.rename(staging / "model", self.version_dir(n))  # never replaces an existing version
+                fsync_dir(self.path / VERSIONS)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            self.rebuild_lineage()
+            return n
 
     # ---- lineage and metrics ------------------------------------------------------------------
     def lineage(self) -> nx.DiGraph:
@@ -175,28 +276,47 @@ class Run:
         return lin
 
     def rebuild_lineage(self) -> None:
-        """lineage.json and metrics/rounds.csv derive from versions/*/meta.json: a crash between writes loses nothing."""
+        """lineage.json and metrics/rounds.csv derive from versions/*/meta.json (writers only)."""
         write_json_atomic(self.path / "lineage.json", nx.node_link_data(self.lineage(), edges="edges"))
-        self._write_rounds_csv()
+        write_text_atomic(self.path / "metrics" / "rounds.csv", self.rounds_csv())
 
-    def _write_rounds_csv(self) -> None:
+    def rounds_csv(self) -> str:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=ROUNDS_CSV_FIELDS)
         w.writeheader()
+        for row in self.rounds_table():
+            w.writerow(row)
+        return buf.getvalue()
+
+    def rounds_table(self) -> list[dict[str, Any]]:
+        """One row per committed version, derived from the versions' meta.json (nothing is written)."""
+        rows = []
         for n in self.versions():
             meta = self.version_meta(n)
             metrics, cost = meta.get("metrics") or {}, meta.get("cost") or {}
-            w.writerow({"version": n, "parent": meta.get("parent"), "increment": meta.get("increment"),
-                        "accuracy": metrics.get("accuracy"), "forgetting": metrics.get("forgetting"),
-                        "chosen": meta.get("chosen"), "flops": cost.get("flops"), "seconds": cost.get("seconds"),
-                        "joint_ratio": cost.get("joint_ratio"), "params": meta.get("params")})
-        write_text_atomic(self.path / "metrics" / "rounds.csv", buf.getvalue())
-
-    def rounds_table(self) -> list[dict[str, str]]:
-        p = self.path / "metrics" / "rounds.csv"
-        if not p.is_file():
-            return []
-        return list(csv.DictReader(p.open()))
+            rows.append({"version": n, "parent": meta.get("parent"), "increment": meta.get("increment"),
+                         "accuracy": metrics.get("accuracy"), "forgetting": metrics.get("forgetting"),
+                         "chosen": meta.get("chosen"), "flops": cost.get("flops"), "seconds": cost.get("seconds"),
+                         "joint_ratio": cost.get("joint_ratio"), "params": meta.get("params")})
+        return rows
 
     def write_round(self, n: int, doc: dict[str, Any]) -> None:
         write_json_atomic(self.path / "metrics" / f"round_{n}.json", doc)
+
+
+def check_new_run_dir(path: Path) -> None:
+    """A new run needs a missing or empty folder; a file or a non-empty folder is refused."""
+    if path.exists() and not path.is_dir():
+        raise RunError(f"--run-dir {path} is a file; name a new folder for the run")
+    if path.is_dir() and any(path.iterdir()):
+        hint = f"continue it with `evo resume {path}` or " if is_run(path) else ""
+        raise RunError(f"run folder {path} already exists and is not empty; {hint}choose another --run-dir")
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        raw = os.pread(fd, 4096, 0)
+        doc = json.loads(raw.decode()) if raw.strip() else {}
+        return doc if isinstance(doc, dict) else {}
+    except (OSError, ValueError):
+        return {}

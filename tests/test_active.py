@@ -253,3 +253,38 @@ def test_kill_9_mid_correction_loses_no_acknowledged_correction(run, tmp_path):
             assert (eng.head_weight - torch.from_numpy(np.load(saved))).abs().max() < 1e-6
         # and the run still takes corrections after the kill
         assert eng.correct(fashion("test")[0][300], "top").holds
+
+
+def test_live_corrections_follow_a_new_committed_version(run, pool):
+    images, labels = pool
+    with Corrections.open(run) as eng:
+        ids = [eng.correct(images[i], CLASSES[(labels[i] + 1) % 3]).id for i in range(3)]
+        eng.undo(ids[1])
+        before = [p.label for p in eng.predict(images[:40])]
+    r = Run(run)
+    graph, meta, state = r.load_version()
+    meta = {k: v for k, v in meta.items() if k not in ("version", "parent", "created")}
+    r.commit_version(graph, {**meta, "chosen": "same model, next round"}, state=state)  # a search round commits
+    with Corrections.open(run) as eng:
+        assert eng.model_version.startswith("v2+c")
+        live = {c.id: c for c in eng.list() if not c.undone}
+        assert set(live) == {ids[0], ids[2]} and all(c.holds for c in live.values())
+        assert [p.label for p in eng.predict(images[:40])] == before
+        eng.undo(ids[2])  # undo works on the re-applied correction
+    with Corrections.open(run, write=False, version=1) as eng:  # version 1 as it was
+        assert {c.id for c in eng.list() if not c.undone} == {ids[0]}
+
+
+def test_dependencies_point_one_way():
+    """evo.active imports evo.learn, never the reverse; and never evo.search or evo.serve."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "evo"
+
+    def imports(f: Path) -> set[str]:
+        return set(re.findall(r"^\s*(?:from|import)\s+(evo\.\w+)", f.read_text(), flags=re.M))
+
+    for f in (root / "learn").rglob("*.py"):
+        assert "evo.active" not in imports(f), f
+    for f in (root / "active").rglob("*.py"):
+        assert not imports(f) & {"evo.search", "evo.serve", "evo.cli"}, f

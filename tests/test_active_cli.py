@@ -115,7 +115,7 @@ def test_correct_during_a_search_round_is_refused(run, base, capsys):
         before = _digest(run, base / "pool", capsys)
         proc = subprocess.run([sys.executable, "-m", "evo.cli", "correct", str(run), img, "--label", "top"],
                               capture_output=True, text=True, env=_env())
-        assert proc.returncode == 2 and "busy" in proc.stderr and str(holder.pid) in proc.stderr, proc.stderr
+        assert proc.returncode == 2 and f"pid {holder.pid}" in proc.stderr and "launch" in proc.stderr, proc.stderr
         assert proc.stderr.count("\n") == 1
         assert _digest(run, base / "pool", capsys) == before
     finally:

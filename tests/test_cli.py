@@ -64,7 +64,7 @@ def test_learn_commits_versions_from_user_folders(tmp_path, capsys):
     first = _digit_folder(tmp_path / "a", [0, 1, 2], corrupt=True)
     second = _digit_folder(tmp_path / "b", [3, 4])
     assert main(["learn", "small_cnn", "--data", str(first), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 0
-    assert "skipped 1 unreadable" in capsys.readouterr().out
+    assert "skipped 1 file(s)" in capsys.readouterr().out
     assert main(["learn", str(tmp_path / "run"), "--data", str(second), "--no-progress"]) == 0
     run = Run.open(tmp_path / "run")
     assert run.versions() == [0, 1, 2]

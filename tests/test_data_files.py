@@ -44,7 +44,7 @@ def tree(tmp_path):
         ext = "jpg" if i == 4 else "png"
         save(root / "cat" / f"c{i}.{ext}", mode, value=50 + i)
     for i in range(5):
-        save(root / "dog" / f"d{i}.png", "RGB", size=(12, 10) if i < 3 else (30, 20), value=200)
+        save(root / "dog" / f"d{i}.png", "RGB", size=(12, 10) if i < 3 else (30, 20), value=200 + i)  # distinct: exact copies are read once
     (root / "dog" / "garbage.png").write_bytes(b"\x89PNG not really")
     truncated_png(root / "cat" / "broken.png")
     (root / "dog" / "notes.txt").write_text("ignored: not an image extension")

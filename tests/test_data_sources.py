@@ -11,7 +11,7 @@ import pytest
 
 from evo.data import SOURCES, load_source
 from evo.data.sources import fashion_mnist as fm
-from evo.errors import ConfigError, DataError, UnknownNameError
+from evo.errors import ConfigError, DataError
 
 needs_fmnist = pytest.mark.skipif(
     not fm.DEFAULT_DIR.is_dir() and not os.environ.get("CI"),  # CI must have it: .ci/setup installs it
@@ -110,11 +110,11 @@ def test_digits_real_data():
 
 
 def test_load_source_errors():
-    with pytest.raises(UnknownNameError, match="valid names: csv, digits"):
-        load_source("imagenet-21k")
+    with pytest.raises(DataError, match="built-in datasets are named builtin:"):
+        load_source("imagenet-21k")  # neither a path that exists nor a registered name
     with pytest.raises(ConfigError, match="valid options"):
         load_source("digits", test_frac=0.1)
     with pytest.raises(DataError, match="does not exist"):
         load_source("no/such/list.csv")
-    with pytest.raises(DataError, match="neither"):
+    with pytest.raises(DataError, match="not an image folder or .csv manifest that exists"):
         load_source("no/such/folder")

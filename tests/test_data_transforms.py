@@ -1,4 +1,4 @@
-"""Preprocess: exact normalisation numbers, antialiased resize, JSON round trip, validation; batches."""
+"""Preprocess: exact normalisation numbers, antialiased resize, JSON round trip, validation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from evo.data import ImageSet, Preprocess, batches
+from evo.data import Preprocess
 from evo.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_uint8
 from evo.errors import ConfigError, DataError
 
@@ -94,34 +94,6 @@ def test_bad_images_raise_data_error():
 def test_resize_uint8_keeps_constants_and_shape():
     out = resize_uint8(const(201, 3, 8, 8), (28, 20))
     assert out.shape == (3, 28, 20, 3) and out.dtype == np.uint8 and (out == 201).all()
-
-
-def test_batches():
-    images = np.zeros((10, 4, 4, 3), np.uint8)
-    images[:, 0, 0, 0] = np.arange(10)
-    data = ImageSet(images, np.arange(10) % 3, ["a", "b", "c"])
-    p = Preprocess(4, (0, 0, 0), (1 / 255, 1 / 255, 1 / 255))  # identity on pixel values
-    plain = list(batches(data, p, batch_size=4))
-    assert [len(y) for _, y in plain] == [4, 4, 2] and plain[0][1].dtype == torch.int64
-    ids = torch.cat([x[:, 0, 0, 0] for x, _ in plain]).round().long()
-    assert (
-        ids.tolist() == list(range(10))
-        and torch.cat([y for _, y in plain]).tolist() == (np.arange(10) % 3).tolist()
-    )
-    shuffled = [(x[:, 0, 0, 0].round().long(), y) for x, y in batches(data, p, 3, shuffle=True, seed=5)]
-    order = torch.cat([i for i, _ in shuffled]).tolist()
-    assert sorted(order) == list(range(10)) and order != list(range(10))
-    assert all((y == i % 3).all() for i, y in shuffled)  # labels travel with their images
-    again = (
-        torch.cat([x[:, 0, 0, 0] for x, _ in batches(data, p, 3, shuffle=True, seed=5)])
-        .round()
-        .long()
-        .tolist()
-    )
-    assert again == order
-    assert len(list(batches(data, p, 4, drop_last=True))) == 2
-    with pytest.raises(ConfigError, match="batch_size"):
-        next(batches(data, p, 0))
 
 
 @pytest.mark.parametrize("src", [(40, 52), (9, 9), (16, 16)])

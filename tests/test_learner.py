@@ -14,8 +14,7 @@ import evo.zoo
 from evo.data import ImageSet, Preprocess
 from evo.errors import ConfigError, DataError, EvoError, UnknownNameError
 from evo.learn import IncrementReport, Learner, RidgeHead
-from evo.learn.cost import forward_flops
-from evo.learn.strategies.evo import gcv_ridge, gcv_score
+from evo.learn.cost import forward_flops, gcv_eval_flops
 from evo.learn.train import forward_flops_per_image
 
 SIZE = 16
@@ -126,17 +125,17 @@ def test_two_class_orders_give_the_same_head():
         assert np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-6
 
 
-def test_gcv_matches_ridge_head_and_the_walk_finds_the_grid_minimum():
+def test_gcv_walk_finds_the_grid_minimum():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 12)) * np.linspace(0.1, 3, 12)
     y = (x[:, 0] + x[:, 1] + rng.normal(size=200) > 0).astype(int) + 2 * (x[:, 2] > 0)
     head = RidgeHead().fit(x, y)
     for lam in (0.01, 0.3, 3.0, 100.0):
-        score, flops = gcv_score(head, lam)
-        assert flops > 0 and score == pytest.approx(head.gcv_score(lam), rel=1e-8)
-    assert gcv_ridge(head)[0] > 0  # default start: the mean feature variance × n
+        score, flops = head.gcv(lam)
+        assert flops == gcv_eval_flops(13, 4) and score == head.gcv_score(lam)
+    assert head.gcv_walk()[0] > 0  # default start: the mean feature variance × n
     for start in (1.0, 1e-3, 1e4):
-        lam, _ = gcv_ridge(head, start=start)
+        lam, _ = head.gcv_walk(start=start)
         grid = [1.0 * 10 ** (k / 2) for k in range(-20, 21)]
         best = min(grid, key=head.gcv_score)
         assert lam == pytest.approx(best, rel=1e-9)

@@ -9,8 +9,8 @@ import torch
 import evo.data
 import evo.zoo
 from evo.errors import DataError
+from evo.graph.taps import block_outputs, cut_nodes, is_tapped
 from evo.learn import Learner, Tap, auto_taps, tap_graph
-from evo.learn.features import block_outputs, cut_nodes, is_tapped
 
 
 @pytest.fixture(scope="module")

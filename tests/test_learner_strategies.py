@@ -9,9 +9,10 @@ import torch
 import evo.data
 import evo.zoo
 from evo.errors import ConfigError, EvoError
+from evo.graph.taps import blocks
 from evo.learn import STRATEGIES, Learner, Strategy, TrainConfig, list_strategies, register_strategy
 from evo.learn.cost import CostMeter, forward_flops, train_flops
-from evo.learn.train import blocks, fit, trainable_nodes
+from evo.learn.train import fit, trainable_nodes
 
 SIZE = 16
 FAST = {"epochs": 1, "batch_size": 32, "lr": 0.05}

@@ -9,7 +9,8 @@ from ophelpers import MODELS, assert_exact, assert_unchanged, logits, parent, sn
 import evo.ops
 import evo.zoo
 from evo.errors import ConfigError, InvalidSiteError
-from evo.learn.features import auto_taps, is_tapped, tap_graph
+from evo.graph.taps import is_tapped, tap_graph
+from evo.learn.features import auto_taps
 
 
 @pytest.mark.parametrize("name", list(MODELS))

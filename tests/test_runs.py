@@ -26,7 +26,8 @@ def test_commit_versions_and_lineage(tmp_path):
     assert meta["version"] == 1 and meta["parent"] == 0 and torch.equal(state["memory.labels"], torch.arange(3))
     assert graph.classes == child.classes
     rows = run.rounds_table()
-    assert [r["version"] for r in rows] == ["0", "1"] and rows[1]["flops"] == "123"
+    assert [r["version"] for r in rows] == [0, 1] and rows[1]["flops"] == 123
+    assert (run.path / "metrics" / "rounds.csv").read_text().splitlines()[2].startswith("1,0,0,")
 
 
 def test_existing_run_folder_is_refused_with_resume_hint(tmp_path):
@@ -38,16 +39,20 @@ def test_existing_run_folder_is_refused_with_resume_hint(tmp_path):
 def test_open_requires_a_run_folder(tmp_path):
     with pytest.raises(RunError, match="not an evo run folder"):
         Run.open(tmp_path)
+    (tmp_path / "config.json").write_text("{}")  # a config.json alone does not make a run
+    with pytest.raises(RunError, match="run.json"):
+        Run.open(tmp_path)
 
 
-def test_crash_leftovers_are_cleaned_and_lineage_rebuilt(tmp_path):
+def test_crash_leftovers_are_cleaned_by_the_next_writer(tmp_path):
     run = Run.create(tmp_path / "r", {})
     run.commit_version(evo.zoo.load("small_cnn"), {"ops": []})
     # a killed commit leaves a staging folder; a killed lineage write leaves a temp file and a stale lineage
-    (run.path / "versions" / ".1.abc" / "model").mkdir(parents=True)
-    (run.path / ".lineage.json.tmp").write_text("{")
+    (run.path / "versions" / ".evo-tmp-1.abc" / "model").mkdir(parents=True)
+    (run.path / ".evo-tmp-lineage.json.x").write_text("{")
     os.remove(run.path / "lineage.json")
     reopened = Run.open(run.path)
-    assert reopened.versions() == [0]
-    assert not (run.path / "versions" / ".1.abc").exists() and not (run.path / ".lineage.json.tmp").exists()
-    assert json.loads((run.path / "lineage.json").read_text())["nodes"][0]["id"] == 0
+    assert reopened.versions() == [0] and (run.path / ".evo-tmp-lineage.json.x").exists()  # reading changes nothing
+    reopened.commit_version(evo.zoo.load("small_cnn"), {"ops": []})
+    assert not (run.path / "versions" / ".evo-tmp-1.abc").exists() and not (run.path / ".evo-tmp-lineage.json.x").exists()
+    assert [n["id"] for n in json.loads((run.path / "lineage.json").read_text())["nodes"]] == [0, 1]

@@ -64,6 +64,12 @@ def test_shipped_spaces_parse(name):
     (lambda d: d.update(objective=["params"]), "objective"),
     (lambda d: d.update(policy="greedy"), "policy must be one of search, random, fast_path"),
     (lambda d: d.update(validation_per_class=0), "validation_per_class"),
+    # training keys come from the strategies' option schemas: none silently dropped
+    (lambda d: d["training"].update(alpha=0.5), r"training.alpha: no strategy of this space \(evo, evo_tune\)"),
+    (lambda d: d["training"].update(strategy="sgd_plus"), "unknown strategy 'sgd_plus'.*replay"),
+    (lambda d: d["training"].update(epochs=[1, -1]), "training.epochs:.*epochs"),
+    (lambda d: d["training"].update(strategy="evo", epochs=1), "training.epochs: no strategy of this space \\(evo\\)"),
+    (lambda d: d.update(training={"strategy": "lwf", "temperature": 0}), "training.temperature:.*> 0"),
 ])
 def test_malformed_space_names_the_key(edit, message):
     doc = json.loads(json.dumps(TINY))
@@ -140,7 +146,7 @@ def test_validation_split_holds_out_every_seen_class_and_never_the_test_split():
 
 def test_round_zero_grows_the_graph_the_head_will_read():
     import evo
-    from evo.learn.features import is_tapped
+    from evo.graph.taps import is_tapped
     from evo.search.candidate import growth_base
 
     g = evo.zoo.load("efficientnet_lite0", pretrained=True, input_size=64)
@@ -231,12 +237,13 @@ def test_search_tries_the_spare_tap_and_it_keeps_every_statistic(ray_cluster, tm
 
 
 def test_a_candidate_is_never_evaluated_twice(ray_cluster, tmp_path):
-    """Optuna may propose the same computation again (no growth, knobs the fast path ignores): it is skipped."""
+    """Optuna may propose the same computation again (no growth, nothing else to choose): it is skipped.
+    (A knob the fast path ignores, such as lr, is refused by the space when no strategy reads it.)"""
     from evo.search.candidate import Candidate
     from evo.search.launch import launch
 
     doc = {**json.loads(json.dumps(TINY)), "max_ops": 0, "trials": 3,
-           "training": {"strategy": "evo", "lr": [0.01, 0.1], "taps": "features"}}
+           "training": {"strategy": "evo", "taps": "features"}}
     results = launch(_write(tmp_path, doc), run_dir=tmp_path / "run", say=lambda s: None)
     for r in results:
         ran = [t for t in r.trials if t["state"] == "COMPLETE"]
@@ -265,6 +272,10 @@ def _evo(*args: str, **kw) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, env=env, **kw)
 
 
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_killed_driver_resumes_without_losing_or_repeating(tmp_path):
     doc = json.loads(json.dumps(TINY))
     doc["scenario"]["increments"] = 3
@@ -278,13 +289,17 @@ def test_killed_driver_resumes_without_losing_or_repeating(tmp_path):
     proc.wait()
     committed = Run.open(run_dir).versions()
     assert 1 in committed and committed[-1] < 3
-    before = {n: Run(run_dir).version_meta(n)["created"] for n in committed}
+    before = {n: _tree_bytes(Run(run_dir).version_dir(n)) for n in committed}
     out = _evo("resume", str(run_dir), "--num-cpus", "2")
     text, _ = out.communicate(timeout=400)
     assert out.returncode == 0, text
     run = Run.open(run_dir)
     assert run.versions() == [0, 1, 2, 3]
-    assert all(run.version_meta(n)["created"] == t for n, t in before.items())  # committed work untouched
+    assert all(_tree_bytes(run.version_dir(n)) == b for n, b in before.items())  # committed work byte-identical
+    lost = [json.loads((run_dir / "metrics" / f"round_{i}.json").read_text()).get("lost_flops", 0) for i in range(3)]
+    spent = [run.version_meta(n)["cost"]["flops"] for n in (1, 2, 3)]
+    assert all(s <= run.version_meta(n)["cost"]["budget_flops"] for s, n in zip(spent, (1, 2, 3), strict=True))
+    assert sum(lost) >= 0  # work cut by the kill is recorded apart, never charged to the round's budget
     assert [run.version_meta(n)["increment"] for n in (1, 2, 3)] == [0, 1, 2]  # nothing repeated
 
 

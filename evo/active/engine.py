@@ -166,10 +166,7 @@ class Corrections:
         again (re-featurised from their stored images) on the first writable open of a newer one.
         """
         path = Path(run_dir)
-        if not (path / "config.json").is_file():
-            raise RunError(f"{path} is not an evo run folder (no config.json); pass a run made by "
-                           "`evo learn` or `evo launch`")
-        run = Run(path)
+        run = Run.open(path)  # a RunError for a folder that is not a run
         exit_stack = contextlib.ExitStack()
         try:
             if write:

@@ -11,7 +11,7 @@ from evo.data.scenarios import (
     mixed,
 )
 from evo.data.sources import SOURCES, load_source
-from evo.data.transforms import Preprocess, batches
+from evo.data.transforms import Preprocess
 
 __all__ = [
     "SOURCES",
@@ -19,7 +19,6 @@ __all__ = [
     "Increment",
     "Preprocess",
     "Stream",
-    "batches",
     "class_incremental",
     "concat",
     "data_incremental",

@@ -6,18 +6,15 @@ Everything is batch-wise torch (one `F.interpolate` per batch, antialiased), nev
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from evo.errors import ConfigError, DataError
-
-if TYPE_CHECKING:
-    from evo.data.dataset import ImageSet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,7 +37,7 @@ def _as_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Antialiased bilinear. On CPU, uint8 stays uint8: torch's fast path for it is ~10x quicker on
+    """Antialiased bilinear. On CPU, uint8 stays uint8: torch has a much faster path for it on
     large inputs, at a fixed-point rounding cost of at most one grey level (torchvision does the same)."""
     if tuple(x.shape[-2:]) == tuple(size) or x.shape[0] == 0:
         return x
@@ -149,21 +146,3 @@ class Preprocess:
         scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=x.device).view(1, -1, 1, 1)
         shift = torch.tensor([m / s for m, s in zip(self.mean, self.std, strict=True)], device=x.device)
         return x.mul_(scale).sub_(shift.view(1, -1, 1, 1))
-
-
-def batches(
-    data: ImageSet,
-    preprocess: Preprocess,
-    batch_size: int,
-    shuffle: bool = False,
-    seed: int = 0,
-    drop_last: bool = False,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (x, y): preprocessed float NCHW inputs and int64 labels; `seed` fixes the shuffle order."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer; got {batch_size!r}")
-    order = np.random.default_rng(seed).permutation(len(data)) if shuffle else np.arange(len(data))
-    stop = len(order) - len(order) % batch_size if drop_last else len(order)
-    for start in range(0, stop, batch_size):
-        idx = order[start : start + batch_size]
-        yield preprocess(data.images[idx]), torch.from_numpy(data.labels[idx].copy())

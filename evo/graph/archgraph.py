@@ -31,14 +31,17 @@ class ArchGraph:
 
     # ---- construction -------------------------------------------------------------------------
     def add_node(self, name: str, op: str, attrs: dict[str, Any] | None = None,
-                 params: dict[str, torch.Tensor] | None = None, source: str | None = None) -> str:
+                 params: dict[str, torch.Tensor] | None = None, source: str | None = None,
+                 role: str | None = None) -> str:
+        """Add a node. `source` is its module path (blocks group by it); `role` marks nodes that
+        graph surgery added for a purpose (e.g. "tap", see evo.graph.taps); both are saved."""
         if name in self.g:
             raise GraphError(f"node {name!r} already exists")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise GraphError(f"node name {name!r} must be a Python identifier (letters, digits, _)")
         KINDS.get(op)
         self.g.add_node(name, op=op, attrs=dict(attrs or {}), params=dict(params or {}),
-                        source=source or name, shape=None)
+                        source=source or name, role=role, shape=None)
         return name
 
     def add_edge(self, src: str, dst: str, index: int = 0) -> None:
@@ -78,7 +81,7 @@ class ArchGraph:
         out = ArchGraph(meta=_deep_meta(self.meta))
         for n, d in self.g.nodes(data=True):
             out.g.add_node(n, op=d["op"], attrs=_deep_meta(d["attrs"]), params=dict(d["params"]),
-                           source=d["source"], shape=d["shape"])
+                           source=d["source"], role=d.get("role"), shape=d["shape"])
         for u, v, d in self.g.edges(data=True):
             out.g.add_edge(u, v, **d)
         return out
@@ -284,23 +287,28 @@ def _output_shape(op: str, attrs: tuple, in_shapes: tuple[Shape, ...]) -> Shape:
 
 
 @functools.lru_cache(maxsize=8192)
-def _expected_params_cached(op: str, attrs: tuple) -> tuple[tuple[str, Shape], ...]:
+def _expected_params_cached(op: str, attrs: tuple) -> tuple[tuple[str, Shape, bool], ...]:
     from evo.graph.compile import build_module
 
-    return tuple((k, tuple(v.shape)) for k, v in build_module(op, _thaw(attrs), device="meta").state_dict().items())
+    return tuple((k, tuple(v.shape), v.is_floating_point())
+                 for k, v in build_module(op, _thaw(attrs), device="meta").state_dict().items())
 
 
-def _expected_params(op: str, attrs: dict[str, Any]) -> dict[str, Shape]:
-    return dict(_expected_params_cached(op, _freeze(attrs)))
+def _expected_params(op: str, attrs: dict[str, Any]) -> dict[str, tuple[Shape, bool]]:
+    return {k: (shape, floating) for k, shape, floating in _expected_params_cached(op, _freeze(attrs))}
 
 
-def _check_params(name: str, expected: dict[str, Shape], params: dict[str, torch.Tensor]) -> None:
+def _check_params(name: str, expected: dict[str, tuple[Shape, bool]], params: dict[str, torch.Tensor]) -> None:
     got = {k: tuple(v.shape) for k, v in params.items()}
     if set(expected) != set(got):
         raise GraphError(f"node {name!r} has tensors {sorted(got)}; its kind needs {sorted(expected)}")
-    for k, shp in expected.items():
+    for k, (shp, floating) in expected.items():
         if got[k] != shp:
             raise GraphError(f"node {name!r} tensor {k!r} has shape {got[k]}; its attributes need {shp}")
+        if params[k].is_floating_point() != floating:
+            want = "a floating-point" if floating else "an integer"
+            raise GraphError(f"node {name!r} tensor {k!r} has dtype {params[k].dtype}; it must be {want} tensor "
+                             "(was the weights file converted?)")
 
 
 def _deep_meta(x: Any) -> Any:

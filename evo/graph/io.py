@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from evo.errors import EvoError, GraphError, WeightsError
+from evo.fsutil import swap_dir, temp_dir
 from evo.graph.archgraph import ArchGraph
+from evo.graph.taps import LEGACY_TAP_SOURCE, TAP_ROLE
 
 FORMAT = "evo.archgraph"
 VERSION = 1
@@ -28,6 +29,7 @@ WEIGHTS_FILE = "weights.safetensors"
 
 def graph_to_json(graph: ArchGraph) -> dict[str, Any]:
     nodes = [{"name": n, "op": graph.op(n), "attrs": graph.attrs(n), "source": graph.node(n)["source"],
+              **({"role": graph.node(n)["role"]} if graph.node(n).get("role") else {}),
               "params": sorted(graph.params(n))} for n in graph.nodes()]
     edges = [{"src": u, "dst": v, "index": d["index"]} for u, v, d in graph.g.edges(data=True)]
     return {"format": FORMAT, "version": VERSION, "meta": graph.meta, "nodes": nodes, "edges": edges}
@@ -54,8 +56,13 @@ def graph_from_json(doc: Any, tensors: dict[str, torch.Tensor], where: str = "gr
                 raise WeightsError(f"weights file lacks tensor {key!r} that {where} declares; the files do not match")
             params[p] = tensors[key]
             used.add(key)
+        role = nd.get("role")
+        if role is not None and not isinstance(role, str):
+            raise GraphError(f"{where}: node #{i} ({name!r}): 'role' must be a string; got {role!r}")
+        if role is None and str(nd.get("source") or "").startswith(LEGACY_TAP_SOURCE):
+            role = TAP_ROLE  # saved before node roles: tap nodes were marked by their source prefix
         try:
-            graph.add_node(name, nd["op"], nd.get("attrs") or {}, params, source=nd.get("source"))
+            graph.add_node(name, nd["op"], nd.get("attrs") or {}, params, source=nd.get("source"), role=role)
         except EvoError as e:
             raise GraphError(f"{where}: node #{i}: {e}") from None
     for i, ed in enumerate(doc["edges"]):
@@ -76,30 +83,18 @@ def save(graph: ArchGraph, directory: str | os.PathLike, extra_files: dict[str, 
     graph.validate()
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = temp_dir(target.parent, target.name)
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in graph.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
         (tmp / GRAPH_FILE).write_text(json.dumps(graph_to_json(graph), indent=1))
         for fname, doc in (extra_files or {}).items():
             (tmp / fname).write_text(json.dumps(doc, indent=1))
-        _replace_dir(tmp, target)
+        swap_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Swap `new` into `target`'s place; an old `target` is moved aside first, then removed."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)
 
 
 def load(directory: str | os.PathLike) -> ArchGraph:

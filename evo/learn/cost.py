@@ -98,6 +98,42 @@ def train_flops(module: nn.Module, example_input: Any, loss_fn: Callable[[Any], 
     return int(counter.get_total_flops())
 
 
+# -- dense linear algebra: the one place for its FLOP formulas (the head charges them, pricing sums them)
+# `d` counts the bias column; `c` is the number of right-hand sides (classes).
+
+
+def cholesky_flops(d: int) -> int:
+    """A d×d Cholesky factorisation."""
+    return int(d**3 // 3)
+
+
+def ridge_solve_flops(d: int, c: int) -> int:
+    """Solve (G + λD) W = B: Cholesky plus two triangular solves with c right-hand sides."""
+    return cholesky_flops(d) + int(4 * d * d * c)
+
+
+def gcv_eval_flops(d: int, c: int) -> int:
+    """One GCV evaluation: Cholesky, a triangular inverse (d³/3), and the solves and products (8d²c)."""
+    return int(2 * d**3 // 3 + 8 * d * d * c)
+
+
+def gram_flops(n: int, d: int, c: int) -> int:
+    """ΦᵀΦ and ΦᵀY over n rows (d columns with the bias, c targets)."""
+    return int(2 * n * d * (d + c))
+
+
+def matmul_flops(n: int, k: int, m: int) -> int:
+    """An (n×k)·(k×m) product."""
+    return int(2 * n * k * m)
+
+
+def ridge_flops(n: int, d: int, c: int, gcv_evals: int) -> int:
+    """Upper bound of the closed-form head's work on n rows of d features (no bias column) and c
+    classes: statistics, `gcv_evals` GCV evaluations, the final solve, and the calibration logits."""
+    d1 = d + 1
+    return gram_flops(n, d1, c) + gcv_evals * gcv_eval_flops(d1, c) + ridge_solve_flops(d1, c) + matmul_flops(n, d, c)
+
+
 @dataclass(frozen=True)
 class Cost:
     """What some work cost. `+` sums FLOPs and seconds and keeps the larger memory peak."""

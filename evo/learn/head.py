@@ -30,6 +30,7 @@ ArrayLike = Tensor | np.ndarray
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"identity": lambda x: x, "relu": torch.relu}
 _ACTIVATION_CODES = sorted(ACTIVATIONS)  # stable integer codes for state dicts
 DEFAULT_RIDGE_GRID = tuple(10.0**k for k in range(-4, 7))
+GCV_MAX_EVALS = 16  # the λ walk's evaluation cap (pricing charges it in full)
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
@@ -300,20 +301,34 @@ class RidgeHead:
 
     # -- choosing λ ----------------------------------------------------------------------------
 
-    def gcv_score(self, ridge: float) -> float:
-        """Generalised cross-validation error (Golub et al. 1979) of λ, from G and B alone.
+    def gcv(self, ridge: float) -> tuple[float, int]:
+        """Generalised cross-validation error (Golub et al. 1979) of λ from G and B alone, and the
+        FLOPs it took (`evo.learn.cost.gcv_eval_flops`).
 
-        GCV = n·RSS / (n − df)², RSS = tr(YᵀY) − 2 tr(WᵀB) + tr(WᵀGW) with tr(YᵀY) = n for
-        one-hot targets, and df = tr((G + λD)⁻¹ G). No sample needs to be revisited.
+        GCV = n·RSS / (n − df)², with one Cholesky factorisation A = G + λD = LLᵀ and one triangular
+        inverse: W = A⁻¹B, RSS = tr(YᵀY) − 2 tr(WᵀB) + tr(WᵀGW) with tr(YᵀY) = n for one-hot targets,
+        and df = tr(A⁻¹G) = (d+1) − λ (tr(A⁻¹) − (A⁻¹)_bias), where tr(A⁻¹) = ‖L⁻¹‖²_F. No sample
+        needs to be revisited. A λ too small for a rank-deficient G scores inf.
         """
+        from evo.learn.cost import cholesky_flops, gcv_eval_flops
+
         a = self._system(ridge)
-        w = self._solve_aug(ridge)
+        d, c = a.shape[0], self.xty_.shape[1]
+        chol, info = torch.linalg.cholesky_ex(a)
+        if int(info) != 0:  # e.g. collapsed features: not a candidate
+            return math.inf, cholesky_flops(d)
+        w = torch.cholesky_solve(self.xty_, chol)
         n = float(self.n_samples_)
         rss = n - 2.0 * float((w * self.xty_).sum()) + float((w * (self.gram_ @ w)).sum())
-        df = float(torch.trace(_solve_psd(a, self.gram_)))
-        if n - df <= 1e-9 * n:
-            return math.inf
-        return n * max(rss, 0.0) / (n - df) ** 2
+        inv = torch.linalg.solve_triangular(chol, torch.eye(d, dtype=a.dtype, device=a.device), upper=False)
+        diag = inv.pow(2).sum(dim=0)  # (A⁻¹)_jj = Σ_i (L⁻¹)_ij²
+        df = d - float(ridge) * float(diag[:-1].sum())
+        score = math.inf if n - df <= 1e-9 * n else n * max(rss, 0.0) / (n - df) ** 2
+        return score, gcv_eval_flops(d, c)
+
+    def gcv_score(self, ridge: float) -> float:
+        """The GCV error of λ (see `gcv`)."""
+        return self.gcv(ridge)[0]
 
     def select_ridge(self, grid: Iterable[float] = DEFAULT_RIDGE_GRID) -> float:
         """Set `ridge` to the grid value with the lowest GCV score and return it (ties → the larger λ)."""
@@ -324,6 +339,41 @@ class RidgeHead:
         self.ridge = grid[int(np.argmin(scores))]
         self.coef_ = self.intercept_ = None
         return self.ridge
+
+    def gcv_walk(self, start: float | None = None, step: float = 10**0.5,
+                 bounds: tuple[float, float] = (1e-8, 1e12), max_evals: int = GCV_MAX_EVALS) -> tuple[float, int]:
+        """λ minimising GCV on the log grid start·step^k, by a walk from `start`; returns (λ, FLOPs).
+
+        `start` defaults to 10^-1.5 × the mean centred feature variance (tr(Gc)/d, times n): where GCV
+        settled on multi-layer CNN features, so the walk usually needs its minimum of three
+        evaluations. An incremental caller passes the previous increment's λ. `ridge` is not changed.
+        """
+        self._require_fitted()
+        if start is None:
+            g = self.gram_
+            n = float(g[-1, -1])
+            s = g[:-1, -1]
+            variance = float((torch.diagonal(g)[:-1] - s * s / n).sum()) / max(g.shape[0] - 1, 1)
+            start = min(max(variance * 10**-1.5, bounds[0]), bounds[1])
+        scores: dict[int, float] = {}
+        flops = 0
+
+        def at(k: int) -> float:
+            nonlocal flops
+            if k not in scores:
+                lam = start * step**k
+                scores[k], f = (self.gcv(lam) if bounds[0] <= lam <= bounds[1] else (math.inf, 0))
+                flops += f
+            return scores[k]
+
+        k = 0
+        while len(scores) < max_evals:
+            left, mid, right = at(k - 1), at(k), at(k + 1)
+            if mid <= left and mid <= right:
+                break
+            k = k - 1 if left < right else k + 1
+        best = min(scores, key=lambda j: (scores[j], -j))
+        return start * step**best, flops
 
     # -- persistence ---------------------------------------------------------------------------
 

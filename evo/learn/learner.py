@@ -35,6 +35,7 @@ from evo.data.transforms import Preprocess
 from evo.errors import ConfigError, DataError, EvoError
 from evo.graph.archgraph import ArchGraph
 from evo.learn.cost import Cost, CostMeter, forward_flops
+from evo.learn.device import resolve_device
 from evo.learn.memory import SELECTORS, ExemplarMemory
 from evo.learn.metrics import AccuracyMatrix
 from evo.learn.strategies import Context, Strategy, make_strategy
@@ -113,7 +114,8 @@ class Learner:
 
     def __init__(self, graph: ArchGraph, memory: int = 500, strategy: str | Strategy = "evo", *,
                  head: str = "auto", selector: str = "herding", progress: bool = True,
-                 eval_batch_size: int = 256, seed: int = 0, **options: Any) -> None:
+                 eval_batch_size: int = 256, seed: int = 0, device: str | torch.device = "cpu",
+                 **options: Any) -> None:
         if not isinstance(graph, ArchGraph):
             raise ConfigError(f"Learner needs an ArchGraph (e.g. evo.zoo.load(...)); got {type(graph).__name__}")
         if graph.head is None:
@@ -127,6 +129,7 @@ class Learner:
         SELECTORS.get(selector)
         self.graph, self.memory, self.head, self.selector = graph, memory, head, selector
         self.progress, self.eval_batch_size, self.seed = bool(progress), eval_batch_size, seed
+        self.device = resolve_device(device)
         self.strategy = make_strategy(strategy, **options)
         self._reset()
 
@@ -161,7 +164,7 @@ class Learner:
         graph = self._grow(new, known, strategy)
         ctx = Context(graph=graph, parent=self.graph_, images=train.images, labels=labels, classes=classes,
                       new_classes=[classes.index(c) for c in new], memory=self.memory_, preprocess=preprocess,
-                      meter=CostMeter("cpu"), progress=self.progress,
+                      meter=CostMeter(self.device), progress=self.progress, device=self.device,
                       backbone_changed=self._backbone_changed, index=index,
                       stats_graph=self._stats_graph if self._backbone_changed else None)
         with ctx.meter:

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
-from evo.learn.features import Tap, _tap_width, backbone_outputs, is_tap_node
+from evo.graph.taps import Tap, backbone_outputs, is_tap_node, tap_width
 
 LAYOUT_KEY = "ridge_layout"
 
@@ -57,7 +57,7 @@ def spare_taps(graph: ArchGraph, levels: Sequence[tuple[int, int]], head: Sequen
 
 
 def layout_width(graph: ArchGraph, layout: Sequence[Tap]) -> int:
-    return sum(_tap_width(graph, t) for t in layout)
+    return sum(tap_width(graph, t) for t in layout)
 
 
 def to_meta(layout: Sequence[Tap]) -> list[dict[str, object]]:
@@ -83,7 +83,7 @@ def head_map(graph: ArchGraph, head: Sequence[Tap], layout: Sequence[Tap]) -> Te
     offsets, at = {}, 0
     for t in layout:
         offsets[t.node, t.grid] = at
-        at += _tap_width(graph, t)
+        at += tap_width(graph, t)
     d_layout = at
     rows, cols, vals = [], [], []
     r = 0
@@ -94,7 +94,7 @@ def head_map(graph: ArchGraph, head: Sequence[Tap], layout: Sequence[Tap]) -> Te
             raise KeyError(t)
         grid, start = source
         if len(shape) == 1 or grid == t.grid:
-            width = _tap_width(graph, t)
+            width = tap_width(graph, t)
             rows += range(r, r + width)
             cols += range(start, start + width)
             vals += [1.0] * width

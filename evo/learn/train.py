@@ -12,7 +12,6 @@ gradients) and multiplied by the steps taken.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from evo.errors import ConfigError, DataError
+from evo.graph.taps import blocks
 from evo.learn.cost import CostMeter, forward_flops, train_flops
 
 LossFn = Callable[[nn.Module, Tensor, Tensor, np.ndarray], Tensor]
@@ -34,7 +34,7 @@ class TrainConfig:
     """How a gradient-based strategy trains. Unset (None) options fall through to these defaults.
 
     - `trainable`: "all", "head" (the final Linear only) or an int N: the head plus the last N
-      blocks of the backbone (see `blocks`). Frozen layers keep BN in eval mode.
+      blocks of the backbone (see `evo.graph.taps.blocks`). Frozen layers keep BN in eval mode.
     - `max_flops`: stop once the training FLOPs of this call reach this cap (the growth search's
       per-candidate compute cap); None trains the full schedule.
     """
@@ -87,36 +87,6 @@ def _positive_int(name: str, value: Any, low: int = 1) -> None:
 # -- which layers train ---------------------------------------------------------------------------
 
 
-def _block_key(source: str) -> str:
-    """`blocks.15.expand_conv` → `blocks.15`; `stem.0`, `stem_bn` → `stem`; `head_conv` → `head`."""
-    parts = source.split(".")
-    for i, p in enumerate(parts[:-1]):
-        if re.fullmatch(r"\d+", p):
-            return ".".join(parts[: i + 1])
-    return parts[0].split("_")[0] or parts[0]
-
-
-def blocks(graph) -> list[tuple[str, list[str]]]:
-    """The backbone's parametric blocks in topological order, as (key, node names), head excluded.
-
-    A block groups the nodes whose module path shares a prefix up to its first numbered container
-    (`blocks.15.*`), else the top-level module name up to its first underscore (`stem`, `stem_bn`
-    → `stem`; `head_conv`, `head_bn` → `head`). Nodes added by growth
-    operators keep their source, so they join the block they grew in.
-    """
-    order: list[str] = []
-    members: dict[str, list[str]] = {}
-    for n in graph.nodes():
-        if n == graph.head or not graph.params(n):
-            continue
-        key = _block_key(graph.node(n)["source"])
-        if key not in members:
-            order.append(key)
-            members[key] = []
-        members[key].append(n)
-    return [(k, members[k]) for k in order]
-
-
 def trainable_nodes(graph, trainable: str | int) -> set[str]:
     """Names of the nodes whose parameters train under `trainable` (the head always does)."""
     head = {graph.head} if graph.head else set()
@@ -126,6 +96,12 @@ def trainable_nodes(graph, trainable: str | int) -> set[str]:
         return head
     chosen = blocks(graph)[-trainable:] if trainable else []
     return head | {n for _, names in chosen for n in names}
+
+
+def step_flops_per_image(graph, trainable: str | int) -> int:
+    """One training step per image with `trainable` (frozen layers get no weight gradient, and no
+    input gradient below the first trainable one): what `fit` measures, priced on shapes."""
+    return graph.flops(batch=1, backward=True, trainable=trainable_nodes(graph, trainable))
 
 
 def set_trainable(net: nn.Module, graph, trainable: str | int) -> list[nn.Parameter]:

@@ -2,12 +2,12 @@
 
 The block's output map is average-pooled to `grid`×`grid`, flattened and concatenated to what the
 final Linear reads; the Linear gains that many input columns, all zero, so every logit is unchanged
-(up to the matrix-multiply kernel's reduction order over the longer rows). It is capacity for the closed-form head: the ridge refit after growth gives the new
-columns weights, so the model can use mid-level features it ignored before (on Split Fashion-MNIST a
-ridge head on Lite0's final pooled features reaches 86 %, with mid-level taps 93 %; BENCHMARKS.md).
+(up to the matrix-multiply kernel's reduction order over the longer rows). It is capacity for the
+closed-form head: the ridge refit after growth gives the new columns weights, so the model can use
+mid-level features it ignored before (BENCHMARKS.md, "Incremental learning", has the figures).
 A gradient strategy trains the new columns like any head weight.
 
-Sites are the backbone's block outputs (`evo.learn.features.backbone_outputs`) with a spatial map
+Sites are the backbone's block outputs (`evo.graph.taps.backbone_outputs`) with a spatial map
 that the head does not already read, upstream of the head.
 """
 
@@ -20,6 +20,7 @@ import torch
 
 from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
+from evo.graph.taps import Tap, backbone_outputs, is_tap_node, pooled_tap, tap_cat
 from evo.ops.base import GrowthOp, Site, register
 
 
@@ -35,8 +36,6 @@ class AddTap(GrowthOp):
         return p
 
     def sites(self, graph: ArchGraph) -> list[Site]:
-        from evo.learn.features import backbone_outputs, is_tap_node
-
         head = graph.head
         if head is None or len(graph.shape(graph.inputs_of(head)[0])) != 1:
             return []
@@ -47,8 +46,6 @@ class AddTap(GrowthOp):
                 if n in upstream and n not in tapped and len(graph.shape(n)) == 3]
 
     def grow(self, graph: ArchGraph, site: Site, grid: int = 2) -> None:
-        from evo.learn.features import TAP_SOURCE, Tap, is_tap_node, pooled_tap
-
         node, head = site["node"], graph.head
         grid = min(grid, graph.shape(node)[1])
         n_taps = sum(1 for n in graph.nodes() if is_tap_node(graph, n) and graph.op(n) == "adaptiveavgpool2d")
@@ -59,7 +56,7 @@ class AddTap(GrowthOp):
             graph.add_edge(flat, src, index=len(graph.inputs_of(src)))
         else:
             graph.g.remove_edge(src, head)
-            cat = graph.add_node(graph.fresh_name("taps_cat"), "cat", {"dim": 1}, source=f"{TAP_SOURCE}.cat")
+            cat = tap_cat(graph)
             graph.add_edge(src, cat, index=0)
             graph.add_edge(flat, cat, index=1)
             graph.add_edge(cat, head)

@@ -19,6 +19,7 @@ class ClusterInfo:
     cpus: float
     gpus: float
     nodes: int
+    token_auth: bool = False
 
 
 def connect(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False,
@@ -46,7 +47,18 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard: 
     res = ray.cluster_resources()
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     dash = f"http://{url}" if url and not str(url).startswith("http") else url
-    return ClusterInfo(address or "local", dash or None, res.get("CPU", 0.0), res.get("GPU", 0.0), nodes)
+    return ClusterInfo(address or "local", dash or None, res.get("CPU", 0.0), res.get("GPU", 0.0), nodes,
+                       token_auth=_token_auth())
+
+
+def _token_auth() -> bool:
+    """Whether this Ray cluster requires its auth token (what the dashboard message must say)."""
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+        return bool(is_token_auth_enabled())
+    except Exception:  # noqa: BLE001 - a Ray without token auth support
+        return False
 
 
 def _check_reachable(address: str) -> None:

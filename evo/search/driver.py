@@ -19,9 +19,11 @@ from typing import Any
 import optuna
 
 from evo.errors import EvoError
-from evo.runs import Run, write_json_atomic
+from evo.runs import Run
 from evo.search import pricing
 from evo.search.candidate import Candidate, growth_base, suggest_candidate
+from evo.search.executor import Executor, RayExecutor
+from evo.search.round_state import InFlight, RoundState
 from evo.search.space import SearchSpace
 from evo.search.storage import open_storage
 
@@ -47,18 +49,11 @@ class RoundResult:
     seconds: float
     joint_flops: float
     trials: list[dict[str, Any]] = field(default_factory=list)
+    timing: dict[str, Any] = field(default_factory=dict)  # seconds, driver_seconds (outside waits), trials
 
     @property
     def joint_ratio(self) -> float:
         return self.flops_spent / self.joint_flops if self.joint_flops else math.nan
-
-
-@dataclass
-class _InFlight:
-    trial: optuna.trial.Trial
-    candidate: Candidate
-    price: int
-    started: float
 
 
 class Driver:
@@ -66,10 +61,11 @@ class Driver:
 
     def __init__(self, run: Run, space: SearchSpace, storage_url: str | None = None,
                  progress: Callable[[str], None] = print, cpus_per_candidate: float = 1.0,
-                 gpus_per_candidate: float | None = None) -> None:
+                 gpus_per_candidate: float | None = None, executor: Executor | None = None) -> None:
         self.run_dir = run
         self.space = space
         self.storage = open_storage(storage_url, run.path)
+        self.executor = executor if executor is not None else RayExecutor()
         self.say = progress
         self.cpus = cpus_per_candidate
         self.gpus = gpus_per_candidate
@@ -92,29 +88,20 @@ class Driver:
         return results
 
     def round(self, index: int, stream) -> RoundResult:
-        import ray
-
+        """One growth round: ask, price, admit (RoundState), dispatch (the executor), tell, commit."""
         from evo.search.scenario import validation_split
-        from evo.search.worker import evaluate_remote
 
         parent_version = self.run_dir.latest()
         parent, parent_meta, _ = self.run_dir.load_version(parent_version)
         inc, _ = validation_split(stream, index, self.space.validation_per_class)
         base = growth_base(parent, parent_meta, self.space)
         policy = self.space.policy
-        seed = index + 1000 * int(self.space.scenario.get("seed", 0))
-        sampler = (optuna.samplers.RandomSampler(seed=seed) if policy == "random"
-                   else optuna.samplers.TPESampler(seed=seed))
-        study = optuna.create_study(study_name=f"round-{index}", storage=self.storage, load_if_exists=True,
-                                    directions=["maximize"] + (["minimize"] if "params" in self.space.objective else []),
-                                    sampler=sampler)
+        study = self._study(index, policy)
         self._recover(study)
-        trials = self.space.trials if policy == "search" else 1
         seen_before = sum(len(stream[j].train) for j in range(index))
         joint = pricing.joint_flops(parent, stream, index, self.space)
         budget = pricing.budget_flops(self.space, joint, parent)
-        spent = sum(int(t.user_attrs.get("flops", 0)) for t in study.trials
-                    if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL))
+        state = self._state(study, budget, policy)
         if policy != "random":  # first start, or their run was cut by a killed driver
             done = {t.user_attrs.get("enqueued") for t in study.trials
                     if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING)}
@@ -123,69 +110,79 @@ class Driver:
                     study.enqueue_trial(params, user_attrs={"enqueued": label})
         self.say(f"round {index}: increment of {len(inc.train)} images, new classes {inc.new_classes}; "
                  f"budget {budget / 1e12:.3f} TFLOPs ({self.space.budget[0]}={self.space.budget[1]:g}; "
-                 f"joint retraining {joint / 1e12:.3f} TFLOPs); spent so far {spent / 1e12:.3f}"
+                 f"joint retraining {joint / 1e12:.3f} TFLOPs); spent so far {state.spent / 1e12:.3f}"
                  + ("" if policy == "search" else f"; policy {policy}"))
-        in_flight: dict[Any, _InFlight] = {}
-        # trials that used a slot: finished ones, and failures of the candidate itself (not the driver's kill)
-        started_count = sum(1 for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
-                            or (t.state == optuna.trial.TrialState.FAIL
-                                and t.user_attrs.get("fail_reason") != DRIVER_STOPPED))
-        infeasible_streak = 0
-        # candidates already evaluated (one that failed, e.g. when the driver was killed, may run again)
-        seen = {Candidate(**t.user_attrs["candidate"]).key(): t.number for t in study.trials
-                if t.state == optuna.trial.TrialState.COMPLETE and "candidate" in t.user_attrs}
         waited = 0.0
         t0 = time.perf_counter()
         while True:
-            room = budget - spent - sum(f.price for f in in_flight.values())
-            can_start = (started_count < trials and len(in_flight) < self.space.concurrency
-                         and infeasible_streak < 3 * self.space.trials)
-            if can_start:
-                trial = study.ask()
-                started_count += 1
-                try:
-                    cand, grown = suggest_candidate(trial, self.space, base, min_ops=int(policy == "random"))
-                    price = pricing.candidate_flops(grown, inc, parent_meta, cand, self.space, seen_before)
-                except EvoError as e:
-                    trial.set_user_attr("fail_reason", f"invalid candidate: {e}")
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                    continue
-                twin = seen.get(cand.key())
-                if twin is not None:  # the same computation again: not worth a trial or any budget
-                    infeasible_streak += 1
-                    started_count -= 1
-                    trial.set_user_attr("fail_reason", f"duplicate of trial {twin}")
-                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                    continue
-                trial.set_user_attr("price_flops", price)
-                trial.set_constraint("budget", float(price - room))
-                if price > room:
-                    infeasible_streak += 1
-                    started_count -= 1  # a candidate that never ran does not use up a trial
-                    trial.set_user_attr("fail_reason", f"over budget: needs {price:.3g} FLOPs, {max(room, 0):.3g} left")
-                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                    if not in_flight and started_count == 0 and infeasible_streak >= 3 * self.space.trials:
-                        raise BudgetError(f"no candidate fits the round's budget of {budget:.3g} FLOPs (the cheapest "
-                                          f"priced {price:.3g}); raise budget.{self.space.budget[0]} in the space")
-                    continue
-                infeasible_streak = 0
-                seen[cand.key()] = trial.number
-                task = {**self._task(parent_version, index, cand, trial.number), "max_flops": int(min(price, room))}
-                ref = evaluate_remote(task, self.cpus, self.gpus, name=f"r{index}-t{trial.number}:{cand.name}")
-                in_flight[ref] = _InFlight(trial, cand, price, time.perf_counter())
-                self.say(f"  trial {trial.number:>3} started   {cand.name:<40} priced {price / 1e9:8.1f} GFLOPs")
+            if state.can_start():
+                self._propose(study, state, base, inc, parent_meta, parent_version, index, seen_before, policy)
                 continue
-            if not in_flight:
+            if not state.in_flight:
                 break
             w0 = time.perf_counter()
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            handle, outcome = self.executor.wait_one(list(state.in_flight))
             waited += time.perf_counter() - w0
-            flight = in_flight.pop(ready[0])
-            spent += self._finish(study, flight, ready[0])
+            flight = state.in_flight[handle]
+            state.finish(handle, self._finish(study, flight, outcome))
         elapsed = time.perf_counter() - t0
-        self.last_round_timing = {"seconds": elapsed, "driver_seconds": elapsed - waited,
-                                  "trials": sum(1 for t in study.trials if t.state.is_finished())}
-        return self._commit(study, index, parent_version, parent, budget, spent, joint, elapsed)
+        timing = {"seconds": elapsed, "driver_seconds": elapsed - waited,
+                  "trials": sum(1 for t in study.trials if t.state.is_finished())}
+        return self._commit(study, index, parent_version, budget, state.spent, joint, timing)
+
+    def _study(self, index: int, policy: str) -> optuna.Study:
+        seed = index + 1000 * int(self.space.scenario.get("seed", 0))
+        sampler = (optuna.samplers.RandomSampler(seed=seed) if policy == "random"
+                   else optuna.samplers.TPESampler(seed=seed))
+        return optuna.create_study(study_name=f"round-{index}", storage=self.storage, load_if_exists=True,
+                                   directions=["maximize"] + (["minimize"] if "params" in self.space.objective else []),
+                                   sampler=sampler)
+
+    def _state(self, study: optuna.Study, budget: float, policy: str) -> RoundState:
+        """The round's bookkeeping, rebuilt from the study (a resumed round continues where it stopped)."""
+        state = RoundState(budget=budget, slots=self.space.trials if policy == "search" else 1,
+                           concurrency=self.space.concurrency, max_streak=3 * self.space.trials,
+                           spent=spent_flops(study))
+        # slots used: finished trials, and failures of the candidate itself (not the driver's kill)
+        state.started = sum(1 for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+                            or (t.state == optuna.trial.TrialState.FAIL
+                                and t.user_attrs.get("fail_reason") != DRIVER_STOPPED))
+        # candidates already evaluated (one cut by a killed driver may run again)
+        state.seen = {Candidate(**t.user_attrs["candidate"]).key(): t.number for t in study.trials
+                      if t.state == optuna.trial.TrialState.COMPLETE and "candidate" in t.user_attrs}
+        return state
+
+    def _propose(self, study: optuna.Study, state: RoundState, base, inc, parent_meta: dict[str, Any],
+                 parent_version: int, index: int, seen_before: int, policy: str) -> None:
+        """Ask Optuna for one candidate, price it, and start it if the round admits it."""
+        trial = study.ask()
+        try:
+            cand, grown = suggest_candidate(trial, self.space, base, min_ops=int(policy == "random"))
+            price = pricing.candidate_flops(grown, inc, parent_meta, cand, self.space, seen_before)
+        except EvoError as e:
+            state.invalid()
+            trial.set_user_attr("fail_reason", f"invalid candidate: {e}")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            return
+        room = state.room()
+        admission = state.admit(cand.key(), price)
+        if admission == "duplicate":  # the same computation again: not worth a trial or any budget
+            trial.set_user_attr("fail_reason", f"duplicate of trial {state.seen[cand.key()]}")
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return
+        trial.set_user_attr("price_flops", price)
+        trial.set_constraint("budget", float(price - room))
+        if admission == "over_budget":  # a candidate that never ran does not use up a trial
+            trial.set_user_attr("fail_reason", f"over budget: needs {price:.3g} FLOPs, {max(room, 0):.3g} left")
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            if state.stuck():
+                raise BudgetError(f"no candidate fits the round's budget of {state.budget:.3g} FLOPs (the cheapest "
+                                  f"priced {price:.3g}); raise budget.{self.space.budget[0]} in the space")
+            return
+        task = {**self._task(parent_version, index, cand, trial.number), "max_flops": int(min(price, room))}
+        handle = self.executor.submit(task, f"r{index}-t{trial.number}:{cand.name}", self.cpus, self.gpus)
+        state.launch(handle, InFlight(trial, cand, price, time.perf_counter()), cand.key(), trial.number)
+        self.say(f"  trial {trial.number:>3} started   {cand.name:<40} priced {price / 1e9:8.1f} GFLOPs")
 
     # ---- pieces ------------------------------------------------------------------------------------
     def _enqueued(self, base, policy: str) -> list[tuple[str, dict[str, Any]]]:
@@ -199,20 +196,17 @@ class Driver:
                 "space": self.space.to_dict(), "candidate": cand.to_dict(),
                 "out_dir": str(self.run_dir.path / "candidates" / f"round-{index}" / f"trial-{number}")}
 
-    def _finish(self, study: optuna.Study, flight: _InFlight, ref) -> int:
-        import ray
-
+    def _finish(self, study: optuna.Study, flight: InFlight, outcome: Any) -> int:
+        """Tell Optuna how a candidate ended; returns what it spent (a failure: its priced upper bound)."""
         number = flight.trial.number
-        try:
-            result = ray.get(ref)
-        except Exception as e:  # noqa: BLE001 - task error, worker death, OOM: all contained here
-            reason = _failure_reason(e)
-            # A failed candidate still spent what it was priced at (an upper bound of what it used).
+        if isinstance(outcome, BaseException):  # task error, worker death, OOM: all contained here
+            reason = _failure_reason(outcome)
             flight.trial.set_user_attr("fail_reason", reason)
             flight.trial.set_user_attr("flops", flight.price)
             study.tell(flight.trial, state=optuna.trial.TrialState.FAIL)
             self.say(f"  trial {number:>3} FAILED    {flight.candidate.name:<40} {reason}")
             return flight.price
+        result = outcome
         values = [result.get("val_accuracy", result["accuracy"])] + ([result["params"]] if "params" in self.space.objective else [])
         for k, v in result.items():
             if k != "report":
@@ -239,20 +233,23 @@ class Driver:
 
     def _note(self, study: optuna.Study, number: int, attrs: dict[str, Any]) -> None:
         """Set user attributes on a trial by number (a trial still running, e.g. left by a killed driver)."""
-        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        study_id = self.storage.get_study_id_from_name(study.study_name)
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
         for k, v in attrs.items():
-            study._storage.set_trial_user_attr(trial_id, k, v)
+            self.storage.set_trial_user_attr(trial_id, k, v)
 
     def _recover(self, study: optuna.Study) -> None:
-        """Trials left RUNNING by a killed driver are told FAIL; their cost counts at its priced value."""
+        """Trials left RUNNING by a killed driver are told FAIL. Work lost to the kill is not a marginal
+        cost of the model: it is recorded apart (`lost_flops`, at its priced value) and does not use up
+        the round's budget, so the round can always run its fast path after a resume."""
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            self._note(study, t.number, {"fail_reason": DRIVER_STOPPED,
-                                         "flops": int(t.user_attrs.get("price_flops", 0))})
+            self._note(study, t.number, {"fail_reason": DRIVER_STOPPED, "flops": 0,
+                                         "lost_flops": int(t.user_attrs.get("price_flops", 0))})
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
             self.say(f"  trial {t.number} was running when the driver stopped: recorded as FAIL")
 
-    def _commit(self, study: optuna.Study, index: int, parent_version: int, parent, budget: float, spent: int,
-                joint: float, seconds: float) -> RoundResult:
+    def _commit(self, study: optuna.Study, index: int, parent_version: int, budget: float, spent: int,
+                joint: float, timing: dict[str, Any]) -> RoundResult:
         from evo.search.worker import load_candidate
 
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -268,25 +265,35 @@ class Driver:
         cand = Candidate(**best.user_attrs["candidate"])
         trials = [{"number": t.number, "state": t.state.name, "values": t.values, **t.user_attrs}
                   for t in study.trials]
+        lost = sum(int(t.user_attrs.get("lost_flops", 0)) for t in study.trials)
         metrics = dict(report["metrics"])
         metrics.update(self._history_metrics(metrics.get("row")))
         version = self.run_dir.commit_version(graph, {
             "increment": index, "parent": parent_version, "ops": cand.growth, "training": cand.training,
             "chosen": cand.name, "trial": best.number, "classes": graph.classes, "params": graph.num_params(),
             "metrics": metrics,
-            "cost": {"flops": spent, "seconds": seconds, "budget_flops": budget, "joint_flops": joint,
-                     "joint_ratio": spent / joint if joint else None, "chosen_flops": best.user_attrs.get("flops")},
+            "cost": {"flops": spent, "seconds": timing["seconds"], "budget_flops": budget, "joint_flops": joint,
+                     "joint_ratio": spent / joint if joint else None, "chosen_flops": best.user_attrs.get("flops"),
+                     "lost_flops": lost},
             "preprocess": graph.meta.get("preprocess"),
         }, state=state)
         self.run_dir.write_round(index, {"increment": index, "version": version, "budget_flops": budget,
-                                         "spent_flops": spent, "joint_flops": joint,
-                                         "timing": getattr(self, "last_round_timing", None), "trials": trials})
+                                         "spent_flops": spent, "lost_flops": lost, "joint_flops": joint,
+                                         "timing": timing, "trials": trials})
         result = RoundResult(index, version, cand.name, metrics["accuracy"], metrics.get("forgetting"), spent,
-                             budget, seconds, joint, trials)
+                             budget, timing["seconds"], joint, trials, timing)
         self.say(f"round {index}: committed version {version} ← {cand.name} (trial {best.number}); "
                  f"accuracy {result.accuracy:.4f}; spent {spent / 1e12:.3f} of {budget / 1e12:.3f} TFLOPs "
                  f"({result.joint_ratio:.3f} of joint retraining)")
         return result
+
+
+def spent_flops(study: optuna.Study) -> int:
+    """What a round's finished candidates cost: completed and failed ones, but not work lost to a killed
+    driver (recorded apart as `lost_flops`)."""
+    return sum(int(t.user_attrs.get("flops", 0)) for t in study.trials
+               if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+               and t.user_attrs.get("fail_reason") != DRIVER_STOPPED)
 
 
 NLL_TIE = 1e-4  # validation log-losses this close (relative) come from the same function up to rounding
@@ -358,8 +365,10 @@ def _history_rows(run: Run) -> list[list[float]]:
 
 
 def _failure_reason(e: BaseException) -> str:
-    import ray.exceptions as rex
-
+    try:
+        import ray.exceptions as rex
+    except ImportError:  # the in-process executor needs no Ray
+        return f"{type(e).__name__}: {e}"[:500]
     if isinstance(e, rex.OutOfMemoryError):
         return "out of memory (Ray's memory monitor killed the worker)"
     if isinstance(e, (rex.WorkerCrashedError, rex.NodeDiedError, rex.ActorDiedError)):
@@ -369,6 +378,3 @@ def _failure_reason(e: BaseException) -> str:
         return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"[:500]
     return f"{type(e).__name__}: {e}"[:500]
 
-
-def write_config(run: Run, space: SearchSpace) -> None:
-    write_json_atomic(run.path / "space.json", space.to_dict())

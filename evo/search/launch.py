@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from evo.errors import EvoError
-from evo.runs import Run, RunError
-from evo.search.space import SearchSpace, load_space, parse_space
+from evo.runs import Run, RunError, check_new_run_dir
+from evo.search.space import SearchSpace, SpaceError, load_space, parse_space
 
 
 def _initial_model(space: SearchSpace):
-    from evo.cli import load_model
+    from evo.zoo import resolve as load_model
 
     m = space.model
     return load_model(m["name"], m.get("input_size"), pretrained=m.get("pretrained", True))
@@ -23,26 +23,27 @@ def _initial_model(space: SearchSpace):
 def launch(space_path: str | os.PathLike, run_dir: str | os.PathLike | None = None, ray_address: str | None = None,
            storage: str | None = None, dashboard: bool = False, num_cpus: int | None = None,
            say: Callable[[str], None] = print) -> list:
-    """Start a new run of the space in `run_dir` (default runs/<space name>); refuses an existing folder."""
+    """Start a new run of the space in `run_dir` (default runs/<space name>); refuses an existing folder.
+
+    Everything is validated (the space, its data sources, model and training options, the storage
+    URL) before the run folder is created or Ray is started, so bad input leaves nothing behind."""
     space = load_space(space_path)
     path = Path(run_dir) if run_dir else Path("runs") / space.name
-    if path.exists() and any(path.iterdir()):
-        raise RunError(f"run folder {path} already exists; continue it with `evo resume {path}` or pass another "
-                       "--run-dir")
-    from evo.search.cluster import connect
+    check_new_run_dir(path)
+    graph = check_space(space)
     from evo.search.storage import open_storage
 
-    storage_ok = open_storage(storage, path.parent) if storage else None  # a bad URL fails before any write
-    del storage_ok
-    info = connect(ray_address, num_cpus=num_cpus, dashboard=dashboard)
-    _say_cluster(info, say)
-    graph = _initial_model(space)
+    if storage:
+        open_storage(storage, path.parent)  # a bad URL fails before any write
+    info = _connect(ray_address, num_cpus, dashboard, say)
     run = Run.create(path, {"space": space.to_dict(), "space_file": str(space_path), "ray_address": ray_address,
-                            "storage": storage})
-    run.commit_version(graph, {"increment": None, "ops": [], "chosen": "initial model", "classes": graph.classes,
-                               "params": graph.num_params(), "preprocess": graph.meta.get("preprocess")})
-    say(f"run folder {run.path} (resume with `evo resume {run.path}`)")
-    return _drive(run, space, storage, say)
+                            "storage": storage}, kind="search")
+    with run.lock("launch"):
+        run.commit_version(graph, {"increment": None, "ops": [], "chosen": "initial model", "classes": graph.classes,
+                                   "params": graph.num_params(), "preprocess": graph.meta.get("preprocess")})
+        say(f"run folder {run.path} (resume with `evo resume {run.path}`)")
+        del info
+        return _drive(run, space, storage, say)
 
 
 def resume(run_dir: str | os.PathLike, ray_address: str | None = None, storage: str | None = None,
@@ -50,17 +51,58 @@ def resume(run_dir: str | os.PathLike, ray_address: str | None = None, storage: 
     """Continue a run after a crash or kill: committed versions are kept, the current round is finished."""
     run = Run.open(run_dir)
     cfg = run.config
+    if run.kind != "search" or "space" not in cfg:
+        raise RunError(f"{run.path} was made by `evo learn`, not a growth search; continue it with "
+                       f"`evo learn {run.path} --data FOLDER`")
     space = parse_space(cfg["space"], source=str(run.path / "config.json"))
+    with run.lock("resume"):
+        if run.took_over:
+            say(f"took over the run from pid {run.took_over.get('pid')} (`evo {run.took_over.get('command')}`), "
+                "which stopped without releasing it")
+        graph = check_space(space) if run.latest() is None else None
+        _connect(ray_address or cfg.get("ray_address"), num_cpus, dashboard, say)
+        if graph is not None:
+            run.commit_version(graph, {"increment": None, "ops": [], "chosen": "initial model",
+                                       "classes": graph.classes, "params": graph.num_params(),
+                                       "preprocess": graph.meta.get("preprocess")})
+        say(f"resuming {run.path} after version {run.latest()}")
+        return _drive(run, space, storage or cfg.get("storage"), say)
+
+
+def check_space(space: SearchSpace):
+    """Validate what a space names before anything is written or started: the model (returned, loaded),
+    the data stream, the memory and every training option against the strategies that read it."""
+    from evo.learn import Learner
+    from evo.learn.strategies import option_defaults
+    from evo.search.scenario import stream_for
+
+    graph = _initial_model(space)
+    stream = stream_for(space)
+    if len(stream) == 0:
+        raise SpaceError("scenario: the stream has no increment; check increments and the source's classes")
+    choices = space.training.get("strategy")
+    strategies = list(choices.values()) if choices is not None else ["evo"]
+    for name in strategies:
+        accepted = option_defaults(name)  # an unknown strategy name lists the valid ones
+        Learner(graph, memory=space.memory, strategy=name, progress=False)
+        for key, r in space.training.items():
+            if key == "strategy" or key not in accepted:
+                continue
+            for value in r.values():
+                try:
+                    Learner(graph, memory=space.memory, strategy=name, progress=False,
+                            **{key: int(value) if r.integer else value})
+                except EvoError as e:
+                    raise SpaceError(f"training.{key}: {e}") from None
+    return graph
+
+
+def _connect(address: str | None, num_cpus: int | None, dashboard: bool, say: Callable[[str], None]):
     from evo.search.cluster import connect
 
-    info = connect(ray_address or cfg.get("ray_address"), num_cpus=num_cpus, dashboard=dashboard)
+    info = connect(address, num_cpus=num_cpus, dashboard=dashboard)
     _say_cluster(info, say)
-    if run.latest() is None:
-        graph = _initial_model(space)
-        run.commit_version(graph, {"increment": None, "ops": [], "chosen": "initial model", "classes": graph.classes,
-                                   "params": graph.num_params(), "preprocess": graph.meta.get("preprocess")})
-    say(f"resuming {run.path} after version {run.latest()}")
-    return _drive(run, space, storage or cfg.get("storage"), say)
+    return info
 
 
 def _drive(run: Run, space: SearchSpace, storage: str | None, say: Callable[[str], None]) -> list:
@@ -72,8 +114,9 @@ def _drive(run: Run, space: SearchSpace, storage: str | None, say: Callable[[str
 
 
 def _say_cluster(info, say: Callable[[str], None]) -> None:
+    auth = "token auth on: see ~/.ray/auth_token" if info.token_auth else "token auth OFF: anyone on this host can use it"
     say(f"Ray: {info.nodes} node(s), {info.cpus:g} CPUs, {info.gpus:g} GPUs"
-        + (f"; dashboard {info.dashboard_url} (token auth on: see ~/.ray/auth_token)" if info.dashboard_url else ""))
+        + (f"; dashboard {info.dashboard_url} ({auth})" if info.dashboard_url else ""))
 
 
 def summary_table(run: Run) -> str:
@@ -96,17 +139,17 @@ def _fmt(v: Any, spec: str = "{}") -> str:
 
 
 def status(run_dir: str | os.PathLike) -> str:
+    """A run's lineage and metrics, derived in memory: status writes nothing and takes no lock."""
     run = Run.open(run_dir)
     latest = run.latest()
     if latest is None:
-        raise EvoError(f"run {run.path} has no committed version yet")
+        raise RunError(f"run {run.path} has no committed version yet")
     lines = [f"run {run.path}: {len(run.versions())} version(s), latest {latest}", "lineage:"]
-    lin = run.lineage()
     for n in run.versions():
         meta = run.version_meta(n)
         parent = meta.get("parent")
         lines.append(f"  v{n} ← {'v' + str(parent) if parent is not None else 'start'}: {meta.get('chosen', '')}"
-                     f" ({len(lin.nodes[n].get('classes') or [])} classes)")
+                     f" ({len(meta.get('classes') or [])} classes)")
     meta = run.version_meta(latest)
     lines.append(f"latest metrics: {meta.get('metrics') or {}}")
     lines.append(summary_table(run))

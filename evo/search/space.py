@@ -96,8 +96,6 @@ class SearchSpace:
 
 _TOP_KEYS = {"name", "scenario", "model", "memory", "operators", "max_ops", "training", "budget", "trials",
              "concurrency", "objective", "description", "policy", "validation_per_class"}
-_TRAINING_KEYS = {"strategy", "trainable", "epochs", "lr", "batch_size", "optimizer", "momentum", "weight_decay",
-                  "temperature", "alpha", "taps", "ridge", "spare", "seed"}
 
 
 def load_space(path: str | Path) -> SearchSpace:
@@ -160,11 +158,7 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
                 except ConfigError as e:
                     raise SpaceError(f"operators.{op_name}.{k}: {e}") from None
 
-    training_doc = doc.get("training") or {}
-    bad = sorted(set(training_doc) - _TRAINING_KEYS)
-    if bad:
-        raise SpaceError(f"training: unknown key(s) {bad}; allowed: {', '.join(sorted(_TRAINING_KEYS))}")
-    training = {k: Range.parse(f"training.{k}", v) for k, v in training_doc.items()}
+    training = _training(doc.get("training") or {})
 
     budget_doc = doc["budget"]
     kinds = [k for k in BUDGET_KINDS if k in budget_doc]
@@ -188,7 +182,7 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
     return SearchSpace(
         name=str(doc.get("name") or Path(source).stem),
         scenario=scenario, model=model,
-        memory=_positive_int(doc, "memory", 500, minimum=0),
+        memory=_positive_int(doc, "memory", 500),
         operators=operators,
         max_ops=_positive_int(doc, "max_ops", 1, minimum=0),
         training=training,
@@ -200,6 +194,35 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
         validation_per_class=_positive_int(doc, "validation_per_class", 100),
         raw=doc,
     )
+
+
+def _training(training_doc: Any) -> dict[str, Range]:
+    """The training ranges, checked against the options of the strategies the space can pick: a key
+    none of them has is an error naming it, and each value is judged by every strategy that has it."""
+    from evo.learn.strategies import list_strategies, make_strategy, option_defaults
+
+    if not isinstance(training_doc, dict):
+        raise SpaceError("training must map option names (strategy, epochs, lr, ...) to ranges")
+    training = {k: Range.parse(f"training.{k}", v) for k, v in training_doc.items()}
+    names = list(training["strategy"].values()) if "strategy" in training else ["evo"]
+    for name in names:
+        if not isinstance(name, str) or name not in list_strategies():
+            raise SpaceError(f"training.strategy: unknown strategy {name!r}; valid: {', '.join(list_strategies())}")
+    for key, r in training.items():
+        if key == "strategy":
+            continue
+        takers = [name for name in names if key in option_defaults(name)]
+        if not takers:
+            accepted = sorted({k for name in names for k in option_defaults(name)})
+            raise SpaceError(f"training.{key}: no strategy of this space ({', '.join(names)}) has an option "
+                             f"{key!r}; their options: {', '.join(accepted)}")
+        for name in takers:
+            for v in r.values():
+                try:
+                    make_strategy(name, **{key: int(v) if r.integer else v})
+                except ConfigError as e:
+                    raise SpaceError(f"training.{key}: {e}") from None
+    return training
 
 
 def _positive_int(doc: dict[str, Any], key: str, default: int, minimum: int = 1) -> int:

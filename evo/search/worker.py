@@ -7,9 +7,7 @@ Pure with respect to the run: it reads the parent version and writes only its ow
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +15,37 @@ import torch
 
 from evo.errors import EvoError
 
-LEARNER_KEYS = ("strategy",)
-
 
 def make_learner(parent_graph, state: dict[str, torch.Tensor], parent_meta: dict[str, Any], memory: int,
-                 training: dict[str, Any], progress: bool = False):
-    """A Learner continuing from a version (or starting fresh at version 0) with the candidate's settings."""
-    from evo.learn import Learner
-    from evo.learn.strategies import option_defaults
+                 training: dict[str, Any], progress: bool = False, device: str | torch.device = "cpu"):
+    """A Learner continuing from a version (or starting fresh at version 0) with the candidate's settings.
 
-    strategy = training.get("strategy", "evo")
-    accepted = option_defaults(strategy)
-    # A space's training knobs apply to the strategies that have them (the fast path has no epochs).
-    options = {k: v for k, v in training.items() if k not in LEARNER_KEYS and k in accepted}
+    The space was validated against the strategies' options (`parse_space`), so a setting left out
+    here belongs to another strategy of the space (the fast path has no epochs), or is the round's
+    `max_flops` cap, which only training strategies take.
+    """
+    from evo.learn import Learner
+    from evo.learn.strategies import split_settings
+
+    strategy, options = split_settings(training)
+    learner = Learner(parent_graph, memory=memory, strategy=strategy, progress=progress, device=device, **options)
     if parent_meta.get("increment") is None:  # version 0: the imported model, nothing learned yet
-        return Learner(parent_graph, memory=memory, strategy=strategy, progress=progress, **options), True
-    learner = Learner(parent_graph, memory=memory, strategy=strategy, progress=progress, **options)
+        return learner, True
     return learner.load_state_dict(state, parent_graph), False
+
+
+def task_device(task: dict[str, Any]) -> str:
+    """The device a candidate runs on: the task's `device` if set, else the GPU Ray assigned to this
+    task (Ray sets CUDA_VISIBLE_DEVICES, so it is cuda:0 here), else the CPU."""
+    if task.get("device"):
+        return str(task["device"])
+    try:
+        import ray
+
+        gpus = ray.get_gpu_ids() if ray.is_initialized() else []
+    except Exception:  # noqa: BLE001 - outside a Ray worker there is no assignment to read
+        gpus = []
+    return "cuda" if gpus and torch.cuda.is_available() else "cpu"
 
 
 def evaluate(task: dict[str, Any]) -> dict[str, Any]:
@@ -41,20 +53,21 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
     from evo.runs import Run
     from evo.search.candidate import Candidate, growth_base
     from evo.search.scenario import stream_for, validation_split
-    from evo.search.space import parse_space
+    from evo.search.space import SearchSpace, parse_space
 
     torch.set_num_threads(int(task.get("threads", 1)))
     run = Run(task["run_dir"])
     graph, meta, state = run.load_version(task["parent_version"])
     space = task["space"]
+    if not isinstance(space, SearchSpace):  # a run's stored space document: validated once, here
+        space = parse_space(space, source=f"{task['run_dir']}/config.json")
     cand = Candidate(**task["candidate"])
-    inc, validation = validation_split(stream_for(space["scenario"]), task["increment"],
-                                       int(space.get("validation_per_class", 100)))
+    inc, validation = validation_split(stream_for(space), task["increment"], space.validation_per_class)
     training = dict(cand.training)
     if task.get("max_flops"):
         training["max_flops"] = int(task["max_flops"])  # the round's budget caps SGD training
-    grown = cand.apply(growth_base(graph, meta, parse_space(space))) if cand.growth else graph
-    learner, fresh = make_learner(grown, state, meta, space.get("memory", 500), training)
+    grown = cand.apply(growth_base(graph, meta, space)) if cand.growth else graph
+    learner, fresh = make_learner(grown, state, meta, space.memory, training, device=task_device(task))
     if cand.growth and not fresh:
         learner = learner.with_graph(grown)
     report = learner.learn(inc)
@@ -85,20 +98,19 @@ def validation_scores(learner, validation) -> tuple[float, float]:
 
 
 def save_candidate(out_dir: Path, graph, state: dict[str, torch.Tensor], report: dict[str, Any]) -> None:
+    """Write a candidate folder whole: staged under evo's temporary name, then swapped into place."""
     from safetensors.torch import save_file
 
     import evo.graph as eg
+    from evo.fsutil import swap_dir, temp_dir
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging = temp_dir(out_dir.parent, out_dir.name)
     try:
         eg.save(graph, staging / "model", extra_files={"report.json": report})
         if state:
             save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
                       str(staging / "model" / "state.safetensors"))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging / "model", out_dir)
+        swap_dir(staging / "model", out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

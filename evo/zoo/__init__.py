@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
+from evo.errors import ConfigError, UnknownNameError
 from evo.graph.archgraph import ArchGraph
 from evo.zoo import efficientnet_lite, small_cnn, torchvision_models  # noqa: F401  registers models
 from evo.zoo.registry import MODELS, register_model
@@ -16,10 +19,30 @@ def list_models() -> list[str]:
 def load(name: str, pretrained: bool = False, input_size: int | None = None, **kwargs: Any) -> ArchGraph:
     """Build zoo model `name` as an ArchGraph; unset options fall through to the model's defaults."""
     entry = MODELS.get(name)
+    if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1):
+        raise ConfigError(f"input_size for {name} must be a positive integer (pixels); got {input_size!r}")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     graph = entry.factory(pretrained=pretrained, input_size=entry.default_input if input_size is None else input_size, **kwargs)
     graph.meta.setdefault("zoo", name)
     return graph
 
 
-__all__ = ["MODELS", "list_models", "load", "register_model"]
+def resolve(spec: str | os.PathLike, input_size: int | None = None, pretrained: bool = True) -> ArchGraph:
+    """A saved model folder, or a zoo name (pretrained where the zoo ships weights).
+
+    The one way the CLI, the search and `evo learn` turn a user's model argument into a graph.
+    """
+    import evo.graph as eg
+
+    path = Path(spec)
+    if path.is_dir():
+        return eg.load(path)
+    name = str(spec)
+    if name in MODELS:
+        entry = MODELS.get(name)
+        return load(name, pretrained=pretrained and entry.has_pretrained, input_size=input_size)
+    raise UnknownNameError(f"{name!r} is neither a saved model folder nor a zoo model; zoo models: "
+                           f"{', '.join(list_models())}")
+
+
+__all__ = ["MODELS", "list_models", "load", "register_model", "resolve"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections import Counter
@@ -72,7 +73,9 @@ def decode(path: Path, size: tuple[int, int] | None) -> np.ndarray:
 def load_images(
     entries: Sequence[tuple[Path, str]], classes: Sequence[str], size: tuple[int, int] | None, origin: str
 ) -> ImageSet:
-    """Decode (path, class) pairs; unreadable files are logged and listed in `skipped`.
+    """Decode (path, class) pairs; unreadable files are logged and listed in `skipped`, and so are
+    repeats (a file listed twice, or byte-identical pixels under the same label; under two labels
+    either one is a DataError).
 
     Without `size`, images are resized to the most common (height, width) (ties: the larger).
     Classes left with no readable image are dropped, with a warning.
@@ -80,13 +83,33 @@ def load_images(
     if not entries:
         raise DataError(f"{origin} lists no image files; add images (extensions: {sorted(IMAGE_EXTENSIONS)})")
     arrays, names, skipped = [], [], []
+    listed: dict[Path, str] = {}
+    seen: dict[bytes, tuple[Path, str]] = {}
     for path, label in entries:
+        if path in listed:  # the same file twice: harmless under one label, ambiguous under two
+            if listed[path] != label:
+                raise DataError(f"{origin}: {path} is listed under two labels, {listed[path]!r} and {label!r}; "
+                                "keep one")
+            skipped.append(f"{path} (listed twice)")
+            continue
+        listed[path] = label
         try:
-            arrays.append(decode(path, size))
-            names.append(label)
+            arr = decode(path, size)
         except _UNREADABLE as e:
             log.warning("skipping unreadable image %s: %s", path, e)
             skipped.append(str(path))
+            continue
+        key = hashlib.blake2b(arr.tobytes() + str(arr.shape).encode(), digest_size=16).digest()
+        if key in seen:  # byte-identical pixels: one copy only, so it cannot sit on both sides of a split
+            other, other_label = seen[key]
+            if other_label != label:
+                raise DataError(f"{origin}: {path} ({label!r}) and {other} ({other_label!r}) are the same image "
+                                "with different labels; fix one label or drop one file")
+            skipped.append(f"{path} (same image as {other})")
+            continue
+        seen[key] = (path, label)
+        arrays.append(arr)
+        names.append(label)
     if not arrays:
         raise DataError(
             f"{origin}: none of its {len(entries)} image files could be read (first: {skipped[0]})"

@@ -14,9 +14,11 @@ from evo.learn.strategies.base import (
     Context,
     Result,
     Strategy,
+    Workload,
     make_strategy,
     option_defaults,
     register_strategy,
+    split_settings,
 )
 
 # Importing each strategy module registers it.
@@ -27,4 +29,5 @@ def list_strategies() -> list[str]:
     return STRATEGIES.names()
 
 
-__all__ = ["STRATEGIES", "Context", "Result", "Strategy", "list_strategies", "make_strategy", "option_defaults", "register_strategy"]
+__all__ = ["STRATEGIES", "Context", "Result", "Strategy", "list_strategies", "make_strategy", "option_defaults", "register_strategy",
+           "split_settings", "Workload"]

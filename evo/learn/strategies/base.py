@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -54,6 +54,24 @@ class Context:
     backbone_changed: bool = False
     index: int = 0
     stats_graph: ArchGraph | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a strategy is asked to price (`Strategy.price`): learning one increment.
+
+    `n_memory` is the exemplars the memory may hold (bounded by `n_seen`, the training images of
+    earlier increments); `first`: the first increment, whose graph is not prepared yet; `grown`:
+    the graph was grown from the one the strategy's learned state describes.
+    """
+
+    n_train: int
+    n_classes: int
+    n_memory: int = 0
+    n_seen: int = 0
+    first: bool = False
+    grown: bool = False
 
 
 @dataclass
@@ -85,6 +103,12 @@ class Strategy:
 
     def learn(self, ctx: Context) -> Result:
         raise NotImplementedError
+
+    def price(self, graph: ArchGraph, work: Workload) -> int:
+        """FLOPs that `learn` may spend on `work` with `graph` (an upper bound of what the meter
+        measures, memory upkeep included), from shapes alone: nothing runs. The growth search
+        admits candidates by it. Each strategy prices the compute it spends, beside that code."""
+        raise NotImplementedError(f"strategy {self.name!r} does not price its work; implement price()")
 
     def prepare(self, graph: ArchGraph) -> ArchGraph:
         """Called once with the first graph, before its head is fitted; may rewrite it (default: as is)."""
@@ -146,6 +170,16 @@ def option_defaults(name: str) -> dict[str, Any]:
     from dataclasses import MISSING, fields
 
     return {f.name: (f.default if f.default is not MISSING else None) for f in fields(STRATEGIES.get(name).Options)}
+
+
+def split_settings(settings: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(strategy name, the options it accepts) from a flat settings mapping such as a search
+    candidate's training values: `strategy` (default 'evo') plus any options; a setting the chosen
+    strategy has no option for is left out (a space's knob applies to the strategies that have it;
+    the space refuses a knob that none of its strategies has)."""
+    name = settings.get("strategy", "evo")
+    accepted = option_defaults(name)
+    return name, {k: v for k, v in settings.items() if k != "strategy" and k in accepted}
 
 
 def tensor_state(prefix: str, state: Mapping[str, Any]) -> dict[str, Tensor]:

@@ -1,8 +1,8 @@
 """`evo`: frozen multi-layer features + the exact closed-form ridge head (the fast path).
 
-On the first increment the graph is rewired (`evo.learn.features.tap_graph`) so its final Linear
-reads mid-level block outputs, average-pooled to small grids (by default stride 8 at 8×8 and
-stride 16 at 4×4; the layers past the deepest tap are pruned). Every increment then costs one
+On the first increment the graph is rewired (`evo.graph.taps.tap_graph`) so its final Linear
+reads mid-level block outputs, average-pooled to small grids (by default stride 8 and
+stride 16, each at 4×4; the layers past the deepest tap are pruned). Every increment then costs one
 forward pass over its images plus a rank-n update of the ridge statistics G = ΦᵀΦ, B = ΦᵀY;
 the solution is written into the graph's final Linear. Sums commute, so after any sequence of
 increments the head equals the joint ridge solve on the same features, whatever the class
@@ -34,9 +34,19 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
-from evo.learn.features import DEFAULT_LEVELS, Tap, is_tapped, parse_taps, tap_graph
-from evo.learn.head import RidgeHead
-from evo.learn.strategies.base import Context, Result, Strategy, register_strategy, sub_state, tensor_state
+from evo.graph.taps import Tap, is_tapped, tap_graph
+from evo.learn.cost import matmul_flops, ridge_flops, ridge_solve_flops
+from evo.learn.features import DEFAULT_LEVELS, parse_taps
+from evo.learn.head import GCV_MAX_EVALS, RidgeHead
+from evo.learn.strategies.base import (
+    Context,
+    Result,
+    Strategy,
+    Workload,
+    register_strategy,
+    sub_state,
+    tensor_state,
+)
 from evo.learn.tracked import (
     LAYOUT_KEY,
     apply_map,
@@ -60,8 +70,8 @@ class Evo(Strategy):
     class Options:
         """`taps`: 'auto', 'features' (the head's current input only) or [(node, grid), ...].
         `levels`: for taps='auto', (stride, pooled grid side) pairs; the default (stride 8 and 16 at
-        4×4) keeps each increment under 10% of joint retraining; ((8, 8), (16, 4)) is more accurate
-        (+0.6% on Split Fashion-MNIST) at about twice the statistics cost.
+        4×4) keeps each increment well under joint retraining's cost; ((8, 8), (16, 4)) is more
+        accurate at about twice the statistics cost (BENCHMARKS.md has the figures).
         `ridge`: 'gcv' (choose λ by generalised cross-validation each increment) or a fixed λ >= 0.
         `spare`: block outputs whose statistics are kept beside the head's so that growing the head
         onto them later (`add_tap`) stays exact: 'none', 'auto' (the first block output at the
@@ -137,7 +147,7 @@ class Evo(Strategy):
         lam = self._choose_ridge(view, ctx, fresh=info["rebuilt_from_memory"])
         weight, bias = view.solve(lam)
         c, d = weight.shape
-        ctx.meter.add_flops(int((d + 1) ** 3 // 3 + 4 * (d + 1) ** 2 * c))  # Cholesky + two triangular solves
+        ctx.meter.add_flops(ridge_solve_flops(d + 1, c))
         scale = self._calibrate(weight, bias, feats, ctx)
         out = graph.copy()
         dtype = out.params(out.head)["weight"].dtype
@@ -147,6 +157,25 @@ class Evo(Strategy):
         info.update(feature_dim=d, statistics_dim=self.head_.n_features_in_, ridge=lam,
                     n_samples=self.head_.n_samples_, head_scale=scale)
         return Result(out, feats, info)
+
+    # -- cost -----------------------------------------------------------------------------------
+
+    def price(self, graph: ArchGraph, work: Workload) -> int:
+        """One forward over the increment (its features also feed the memory), the statistics and
+        the GCV walk at its cap; after growth, old and new features compared on a few exemplars
+        and the statistics possibly rebuilt from memory. The full forward is charged where only the
+        features run, and the statistics' spare taps only add pooling (far inside the GCV slack)."""
+        return self._fast_price(self.prepare(graph) if work.first else graph, work)
+
+    def _fast_price(self, g: ArchGraph, work: Workload) -> int:
+        fwd = g.flops(batch=1)
+        d = max(g.attrs(g.head)["in_features"], self.statistics_width(g))
+        rebuilt = 2 * work.n_memory + 2 * VERIFY_IMAGES if work.grown else 0
+        return int(fwd * (work.n_train + rebuilt) + self._solve_price(work, d))
+
+    @staticmethod
+    def _solve_price(work: Workload, d: int) -> int:
+        return ridge_flops(work.n_train + work.n_memory, d, work.n_classes, GCV_MAX_EVALS)
 
     # -- the statistics' layout ---------------------------------------------------------------
 
@@ -226,7 +255,7 @@ class Evo(Strategy):
             x = torch.cat([x, torch.from_numpy(mem.features).to(x.dtype)])
             y = torch.cat([y, torch.as_tensor(mem.labels, dtype=torch.int64)])
         z = x.double() @ weight.T + bias
-        ctx.meter.add_flops(2 * z.numel() * x.shape[1])
+        ctx.meter.add_flops(matmul_flops(x.shape[0], x.shape[1], weight.shape[0]))
         return calibrate_scale(z, y)
 
     # -- pieces -------------------------------------------------------------------------------
@@ -243,7 +272,7 @@ class Evo(Strategy):
         if self.options.ridge != "gcv":
             self.head_.ridge = view.ridge = float(self.options.ridge)
             return view.ridge
-        lam, flops = gcv_ridge(view, None if fresh or self.lambda_ is None else self.lambda_)
+        lam, flops = view.gcv_walk(None if fresh or self.lambda_ is None else self.lambda_)
         ctx.meter.add_flops(flops)
         self.lambda_ = self.head_.ridge = view.ridge = lam
         return lam
@@ -298,70 +327,3 @@ def calibrate_scale(logits: Tensor, labels: Tensor, grid: Sequence[float] | None
     grid = np.logspace(-1, 3, 49) if grid is None else grid
     nll = [float(torch.nn.functional.cross_entropy(s * logits, labels)) for s in grid]
     return float(grid[int(np.argmin(nll))])
-
-
-def gcv_score(head: RidgeHead, lam: float) -> tuple[float, int]:
-    """Generalised cross-validation score of λ from the head's statistics, and the FLOPs it took.
-
-    The same quantity as `RidgeHead.gcv_score`, computed with one Cholesky factorisation and one
-    triangular inverse instead of a dense solve: with A = G + λD = LLᵀ (D the identity without
-    the bias), W = A⁻¹B, RSS = n − 2 tr(WᵀB) + tr(WᵀGW) and
-    df = tr(A⁻¹G) = (d+1) − λ (tr(A⁻¹) − (A⁻¹)_bias), where tr(A⁻¹) = ‖L⁻¹‖²_F.
-    FLOPs: Cholesky d³/3, triangular inverse d³/3, solves and products 8 d² C.
-    """
-    head._require_fitted()
-    g, b = head.gram_, head.xty_
-    a = head._system(lam)
-    chol, info = torch.linalg.cholesky_ex(a)
-    if int(info) != 0:  # λ too small for a rank-deficient Gram (e.g. collapsed features): not a candidate
-        return math.inf, int(a.shape[0] ** 3 // 3)
-    w = torch.cholesky_solve(b, chol)
-    n = float(head.n_samples_)
-    rss = n - 2.0 * float((w * b).sum()) + float((w * (g @ w)).sum())
-    inv = torch.linalg.solve_triangular(chol, torch.eye(a.shape[0], dtype=a.dtype), upper=False)
-    diag = inv.pow(2).sum(dim=0)  # (A⁻¹)_jj = Σ_i (L⁻¹)_ij²
-    df = a.shape[0] - lam * float(diag[:-1].sum())
-    d, c = a.shape[0], b.shape[1]
-    flops = int(2 * d**3 // 3 + 8 * d * d * c)
-    score = math.inf if n - df <= 1e-9 * n else n * max(rss, 0.0) / (n - df) ** 2
-    return score, flops
-
-
-GCV_MAX_EVALS = 16  # the λ walk's evaluation cap (pricing charges it in full)
-
-
-def gcv_ridge(head: RidgeHead, start: float | None = None, step: float = 10**0.5,
-              bounds: tuple[float, float] = (1e-8, 1e12), max_evals: int = GCV_MAX_EVALS) -> tuple[float, int]:
-    """λ minimising GCV on the log grid start·step^k, by a walk from `start`; returns (λ, FLOPs).
-
-    `start` defaults to 10^-1.5 × the mean centred feature variance × n (tr(Gc)/d): on Lite0's
-    multi-layer features GCV settled there for 2, 4 and 10 classes of Fashion-MNIST training data
-    (4k-20k images), so the walk usually needs its minimum of three evaluations, each about
-    (2/3)·d³ FLOPs. Later increments start from the previous increment's λ.
-    """
-    head._require_fitted()
-    if start is None:
-        g = head.gram_
-        n = float(g[-1, -1])
-        s = g[:-1, -1]
-        variance = float((torch.diagonal(g)[:-1] - s * s / n).sum()) / max(g.shape[0] - 1, 1)
-        start = min(max(variance * 10**-1.5, bounds[0]), bounds[1])
-    scores: dict[int, float] = {}
-    flops = 0
-
-    def at(k: int) -> float:
-        nonlocal flops
-        if k not in scores:
-            lam = start * step**k
-            scores[k], f = (gcv_score(head, lam) if bounds[0] <= lam <= bounds[1] else (math.inf, 0))
-            flops += f
-        return scores[k]
-
-    k = 0
-    while len(scores) < max_evals:
-        left, mid, right = at(k - 1), at(k), at(k + 1)
-        if mid <= left and mid <= right:
-            break
-        k = k - 1 if left < right else k + 1
-    best = min(scores, key=lambda j: (scores[j], -j))
-    return start * step**best, flops

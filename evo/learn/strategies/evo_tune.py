@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from evo.learn.strategies.base import Context, Result, register_strategy
+from evo.graph.archgraph import ArchGraph
+from evo.learn.strategies.base import Context, Result, Workload, register_strategy
 from evo.learn.strategies.evo import Evo
 from evo.learn.strategies.replay import with_memory
-from evo.learn.train import TrainConfig, fit
+from evo.learn.train import TrainConfig, fit, step_flops_per_image
 
 
 @register_strategy("evo_tune")
@@ -44,6 +45,19 @@ class EvoTune(Evo):
             names = {f.name for f in fields(TrainConfig)}
             opts = {k: v for k, v in vars(self).items() if k in names and k != "batch_size"}
             return TrainConfig.build(**opts, batch_size=self.train_batch_size)
+
+    def price(self, graph: ArchGraph, work: Workload) -> int:
+        """The fast path, fine-tuning on increment + memory (capped by `max_flops`), then the features
+        of memory and increment again and a second solve."""
+        g = self.prepare(graph) if work.first else graph
+        cfg = self.options.train_config()
+        n, m = work.n_train, work.n_memory
+        train = cfg.epochs * (n + m) * step_flops_per_image(g, cfg.trainable)
+        if cfg.max_flops is not None:
+            train = min(train, cfg.max_flops)
+        d = max(g.attrs(g.head)["in_features"], self.statistics_width(g))
+        refit = g.flops(batch=1) * (n + 3 * m) + self._solve_price(work, d)
+        return int(self._fast_price(g, work) + train + refit)
 
     def learn(self, ctx: Context) -> Result:
         first = super().learn(ctx)  # a good head for every class before any gradient step

@@ -21,9 +21,9 @@ from torch.nn import functional as F
 
 from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
-from evo.learn.strategies.base import Context, register_strategy
+from evo.learn.strategies.base import Context, Workload, register_strategy
 from evo.learn.strategies.sgd import SGDOptions, SGDStrategy
-from evo.learn.train import LossFn, StepPricer, set_trainable, trainable_nodes
+from evo.learn.train import LossFn, StepPricer, set_trainable, step_flops_per_image, trainable_nodes
 
 
 @dataclass
@@ -84,6 +84,10 @@ class EWC(SGDStrategy):
             lam = min(lam, 1.0 / (self.options.lr * top))
         self.effective_lambda_ = lam
         return lam
+
+    def after_training_flops(self, graph: ArchGraph, work: Workload) -> int:
+        """The Fisher pass: one training step per sampled image."""
+        return min(self.options.fisher_samples, work.n_train) * step_flops_per_image(graph, self.options.trainable)
 
     def after_training(self, ctx: Context, graph: ArchGraph, net: nn.Module) -> None:
         opts = self.options

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from evo.graph.archgraph import ArchGraph
-from evo.learn.strategies.base import Context, register_strategy
+from evo.learn.strategies.base import Context, Workload, register_strategy
 from evo.learn.strategies.sgd import SGDStrategy, init_new_rows
 
 
@@ -33,6 +33,9 @@ class Joint(SGDStrategy):
     def prepare(self, graph: ArchGraph) -> ArchGraph:
         self.initial_ = graph
         return graph
+
+    def training_rows(self, work: Workload) -> int:
+        return work.n_train + work.n_seen
 
     def training_set(self, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
         self.images_ = ctx.images.copy() if self.images_ is None else np.concatenate([self.images_, ctx.images])

@@ -78,6 +78,10 @@ class LwF(SGDStrategy):
 
         return loss
 
+    def extra_flops_per_image(self, graph) -> int:
+        """The teacher's forward (the parent is no larger than the graph being trained)."""
+        return graph.flops(batch=1) if self.options.distill_weight else 0
+
     def extra_step_flops(self, ctx: Context) -> Callable[[int], int] | None:
         if ctx.parent is None or self.options.distill_weight == 0:
             return None

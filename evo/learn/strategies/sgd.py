@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from evo.graph.archgraph import ArchGraph
-from evo.learn.strategies.base import Context, Result, Strategy
-from evo.learn.train import LossFn, TrainConfig, fit
+from evo.learn.strategies.base import Context, Result, Strategy, Workload
+from evo.learn.train import LossFn, TrainConfig, fit, step_flops_per_image
 
 
 @dataclass
@@ -53,6 +53,32 @@ class SGDStrategy(Strategy):
 
     def after_training(self, ctx: Context, graph: ArchGraph, net: nn.Module) -> None:
         """Called with the trained model (EWC estimates its Fisher information here)."""
+
+    # -- cost: each hook above has its price here -------------------------------------------------
+
+    def price(self, graph: ArchGraph, work: Workload) -> int:
+        """Training steps over `training_rows` images per epoch (capped by `max_flops`), each with
+        `extra_flops_per_image`, plus `after_training_flops`, plus a forward over the increment and
+        twice over the memory (the exemplar selection's features)."""
+        cfg = self.options.config()
+        per_image = step_flops_per_image(graph, cfg.trainable) + self.extra_flops_per_image(graph)
+        train = cfg.epochs * self.training_rows(work) * per_image
+        if cfg.max_flops is not None:
+            train = min(train, cfg.max_flops)
+        upkeep = graph.flops(batch=1) * (work.n_train + 2 * work.n_memory)
+        return int(train + self.after_training_flops(graph, work) + upkeep)
+
+    def training_rows(self, work: Workload) -> int:
+        """Images trained on per epoch (default: the increment and a full memory)."""
+        return work.n_train + work.n_memory
+
+    def extra_flops_per_image(self, graph: ArchGraph) -> int:
+        """What `extra_step_flops` adds per image."""
+        return 0
+
+    def after_training_flops(self, graph: ArchGraph, work: Workload) -> int:
+        """What `after_training` spends."""
+        return 0
 
     def learn(self, ctx: Context) -> Result:
         graph = init_new_rows(self.start_graph(ctx), ctx.new_classes, self.options.seed + ctx.index)

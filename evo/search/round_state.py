@@ -1,0 +1,79 @@
+"""A growth round's bookkeeping, free of Ray and Optuna: budget, spend, candidates in flight, duplicates,
+the infeasible streak and admission. The driver asks it what to do; tests check its rules in milliseconds.
+
+Rules:
+- a candidate starts only if its price fits the room left: budget − spent − prices of those in flight;
+- a candidate that repeats one already evaluated (same computation) is skipped, using no slot or budget;
+- one that does not fit is pruned and uses no slot; after `max_streak` skips or prunes in a row with
+  nothing running and nothing done, the round cannot afford any candidate (BudgetError);
+- work lost to a killed driver is not spent (see `evo.search.driver.spent_flops`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Admission = Literal["start", "duplicate", "over_budget"]
+
+
+@dataclass
+class InFlight:
+    """A started candidate: its Optuna trial (opaque here), candidate, price and start time."""
+
+    trial: Any
+    candidate: Any
+    price: int
+    started: float
+
+
+@dataclass
+class RoundState:
+    budget: float
+    slots: int  # candidates the round may run to the end
+    concurrency: int
+    max_streak: int
+    spent: int = 0
+    started: int = 0  # candidates that used a slot (finished, failed, or running now)
+    streak: int = 0  # skips and prunes since the last start
+    seen: dict[str, int] = field(default_factory=dict)  # candidate key → trial number that evaluated it
+    in_flight: dict[Hashable, InFlight] = field(default_factory=dict)
+
+    def room(self) -> float:
+        """Budget not yet spent nor reserved by a running candidate."""
+        return self.budget - self.spent - sum(f.price for f in self.in_flight.values())
+
+    def can_start(self) -> bool:
+        return (self.started < self.slots and len(self.in_flight) < self.concurrency
+                and self.streak < self.max_streak)
+
+    def admit(self, key: str, price: int) -> Admission:
+        """Whether a proposed candidate starts; updates the counters either way."""
+        if key in self.seen:
+            self.streak += 1
+            return "duplicate"
+        if price > self.room():
+            self.streak += 1
+            return "over_budget"
+        self.streak = 0
+        self.started += 1
+        return "start"
+
+    def stuck(self) -> bool:
+        """Nothing running, nothing done, and the last `max_streak` proposals could not start."""
+        return not self.in_flight and self.started == 0 and self.streak >= self.max_streak
+
+    def launch(self, handle: Hashable, flight: InFlight, key: str, number: int) -> None:
+        self.seen[key] = number
+        self.in_flight[handle] = flight
+
+    def finish(self, handle: Hashable, flops: int) -> InFlight:
+        """A candidate came back (done or failed): its measured (or priced) cost is spent."""
+        flight = self.in_flight.pop(handle)
+        self.spent += int(flops)
+        return flight
+
+    def invalid(self) -> None:
+        """A proposal that could not even be built (an invalid growth) uses its slot."""
+        self.started += 1

@@ -1,0 +1,98 @@
+"""The driver's core without Ray: the round's budget, duplicate and recovery rules, and a whole round
+run by the in-process executor on a real journal and real data."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from evo.search.round_state import InFlight, RoundState
+
+
+def _state(**kw) -> RoundState:
+    return RoundState(**{"budget": 100.0, "slots": 3, "concurrency": 2, "max_streak": 4, **kw})
+
+
+def test_admission_reserves_the_price_of_running_candidates():
+    s = _state()
+    assert s.admit("a", 60) == "start"
+    s.launch("h1", InFlight(None, None, 60, 0.0), "a", 0)
+    assert s.room() == 40 and s.admit("b", 50) == "over_budget" and s.started == 1
+    assert s.admit("c", 40) == "start"
+    s.launch("h2", InFlight(None, None, 40, 0.0), "c", 1)
+    assert not s.can_start()  # concurrency 2
+    s.finish("h1", 25)  # measured below its price: the difference returns to the room
+    assert s.spent == 25 and s.room() == 35 and s.can_start()
+
+
+def test_duplicates_and_prunes_use_no_slot_and_end_in_a_streak():
+    s = _state()
+    s.seen["a"] = 0
+    assert [s.admit("a", 1), s.admit("b", 500), s.admit("a", 1)] == ["duplicate", "over_budget", "duplicate"]
+    assert s.started == 0 and not s.stuck()
+    assert s.admit("c", 500) == "over_budget" and s.stuck() and not s.can_start()
+    t = _state()
+    assert t.admit("x", 500) == "over_budget" and t.admit("y", 10) == "start" and t.streak == 0
+
+
+def test_a_resumed_round_is_rebuilt_from_its_study(tmp_path):
+    """Killed-driver trials: recorded FAIL, their cost apart (not spent), their slot free again."""
+    from evo.runs import Run
+    from evo.search.driver import DRIVER_STOPPED, Driver
+    from evo.search.space import parse_space
+
+    doc = {"name": "t", "scenario": {"source": "digits", "increments": 2, "per_class_train": 10,
+                                     "per_class_test": 5},
+           "model": {"name": "small_cnn"}, "budget": {"flops": 1e12}, "trials": 3}
+    run = Run.create(tmp_path / "run", {"space": doc}, kind="search")
+    drv = Driver(run, parse_space(doc), progress=lambda s: None)
+    study = drv._study(0, "search")
+    done = study.ask()
+    done.set_user_attr("flops", 7)
+    done.set_user_attr("candidate", {"growth": [], "training": {}})
+    study.tell(done, 0.9)
+    cut = study.ask()
+    cut.set_user_attr("price_flops", 900)
+    drv._recover(study)
+    state = drv._state(study, 1e12, "search")
+    assert state.spent == 7 and state.started == 1 and len(state.seen) == 1
+    t = study.trials[1]
+    assert t.user_attrs["fail_reason"] == DRIVER_STOPPED and t.user_attrs["lost_flops"] == 900
+
+
+def test_a_round_runs_in_process_without_ray(tmp_path):
+    import ray
+
+    import evo
+    from evo.runs import Run
+    from evo.search.driver import Driver
+    from evo.search.executor import InProcessExecutor
+    from evo.search.scenario import stream_for
+    from evo.search.space import parse_space
+
+    doc = {"name": "t", "scenario": {"source": "digits", "increments": 2, "per_class_train": 15,
+                                     "per_class_test": 5, "seed": 0},
+           "model": {"name": "small_cnn", "input_size": 32}, "memory": 50,
+           "operators": {"deepen": {"kernel_size": 1}}, "max_ops": 1,
+           "training": {"strategy": "evo", "taps": "features"}, "budget": {"fraction_of_joint": 2.0},
+           "trials": 2, "concurrency": 1, "validation_per_class": 3}
+    space = parse_space(doc)
+    run = Run.create(tmp_path / "run", {"space": doc}, kind="search")
+    with run.lock("test"):
+        run.commit_version(evo.zoo.load("small_cnn", input_size=32), {"increment": None, "ops": []})
+        was_up = ray.is_initialized()
+        result = Driver(run, space, progress=lambda s: None, executor=InProcessExecutor()).round(0, stream_for(space))
+    assert ray.is_initialized() == was_up  # no cluster was started
+    assert result.version == 1 and 0 < result.flops_spent <= result.budget_flops
+    assert result.timing["trials"] >= 1 and result.timing["seconds"] >= result.timing["driver_seconds"] >= 0
+    states = [t["state"] for t in result.trials]
+    assert states.count("COMPLETE") >= 1
+    assert Run.open(run.path).version_meta(1)["chosen"] == result.chosen
+
+
+@pytest.mark.parametrize("reason_of", [ValueError("bad lr")])
+def test_failures_are_contained_with_their_reason(reason_of):
+    from evo.search.driver import _failure_reason
+
+    assert _failure_reason(reason_of) == "ValueError: bad lr"
+    assert optuna.__version__  # the driver's storage API is public (no study._storage)
