@@ -18,17 +18,17 @@ def fashion(split: str = "test"):
 
 def make_run(path: Path, per_class: int = 30, seed: int = 0, model: str = "small_cnn",
              input_size: int | None = None) -> Path:
-    from evo.cli import load_model
     from evo.data import ImageSet
     from evo.learn import Learner
     from evo.runs import Run
+    from evo.zoo import resolve
 
     train = fashion("train")
     rng = np.random.default_rng(seed)
     idx = np.concatenate([rng.choice(np.flatnonzero(train.labels == c), per_class, replace=False) for c in range(KNOWN)])
     data = ImageSet(np.ascontiguousarray(train.images[idx]), train.labels[idx], train.classes[:KNOWN])
-    graph = load_model(model, input_size)
-    run = Run.create(path, {"learn": {"model": model, "strategy": "evo", "memory": 100}})
+    graph = resolve(model, input_size)
+    run = Run.create(path, {"learn": {"model": model, "strategy": "evo", "memory": 100, "head": "auto"}}, kind="learn")
     run.commit_version(graph, {"increment": None, "ops": [], "chosen": "initial model", "classes": graph.classes})
     learner = Learner(graph, memory=100, progress=False)
     learner.learn(data)

@@ -269,7 +269,6 @@ def test_server_corrections_are_in_the_runs_durable_log(run_dir, ls_files):
 
 
 def test_cli_serve_refuses_a_missing_run_and_a_busy_one(tmp_path, run_dir, capsys):
-    from evo.active import Corrections
     from evo.cli import main
 
     assert main(["serve", str(tmp_path / "nope"), "--port", "0"]) == 2
@@ -283,8 +282,19 @@ def test_cli_serve_refuses_a_missing_run_and_a_busy_one(tmp_path, run_dir, capsy
         assert main(["serve", str(run_dir), "--port", str(busy.getsockname()[1])]) == 2
     err = capsys.readouterr().err
     assert "cannot listen on 127.0.0.1" in err and len(err.strip().splitlines()) == 1
-    with Corrections.open(run_dir, write=True):  # another writer (e.g. `evo correct`) holds the run
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(  # another process (e.g. `evo correct`) holds the run's writer lock
+        [sys.executable, "-c", "import sys, time; from evo.active import Corrections\n"
+         "with Corrections.open(sys.argv[1]):\n print('held', flush=True); time.sleep(120)", str(run_dir)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
         assert main(["serve", str(run_dir), "--port", "0"]) == 2
+    finally:
+        holder.kill()
+        holder.wait()
     err = capsys.readouterr().err
     assert "evo serve: error:" in err and len(err.strip().splitlines()) == 1
 
