@@ -53,6 +53,7 @@ def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 9090,
     torch.set_num_threads(threads)
     _check_address(host, port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("evo.serve").setLevel(logging.INFO)  # one line per prediction/correction is serve's output
     backend = open_backend(run_dir, ls_url, ls_key)
     try:
         say(f"evo serve: {run_dir} ({backend.engine.model_version}, {len(backend.engine.classes)} classes) on "
