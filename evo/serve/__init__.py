@@ -54,6 +54,7 @@ def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 9090,
     _check_address(host, port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("evo.serve").setLevel(logging.INFO)  # one line per prediction/correction is serve's output
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per image fetched
     backend = open_backend(run_dir, ls_url, ls_key)
     try:
         say(f"evo serve: {run_dir} ({backend.engine.model_version}, {len(backend.engine.classes)} classes) on "
