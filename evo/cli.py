@@ -355,7 +355,35 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run every version on the run's test split for the confusion matrix and per-class "
                          "forgetting (default: yes)")
     _active_parsers(sub)
+    _add_serve_parser(sub)
     return p
+
+
+# ---- evo serve (Label Studio ML backend) -------------------------------------------------------------
+@command("serve")
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from evo.serve import serve
+
+    serve(args.run_dir, host=args.host, port=args.port, token=args.token or os.environ.get("EVO_SERVE_TOKEN"),
+          ls_url=args.ls_url or os.environ.get("LABEL_STUDIO_URL"),
+          ls_key=args.ls_key or os.environ.get("LABEL_STUDIO_API_KEY"), threads=args.threads)
+    return 0
+
+
+def _add_serve_parser(sub) -> None:
+    sv = sub.add_parser("serve", help="serve a run as a Label Studio ML backend that learns from every annotation")
+    sv.add_argument("run_dir", help="the run folder to serve, e.g. runs/NAME")
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=9090, help="port (default 9090)")
+    sv.add_argument("--token", default=None, help="require this token on every request (or EVO_SERVE_TOKEN)")
+    sv.add_argument("--ls-url", default=None, help="Label Studio URL for images (or LABEL_STUDIO_URL; "
+                    "default: the hostname Label Studio sends in /setup)")
+    sv.add_argument("--threads", type=int, default=1, help="torch threads (default 1: lowest latency per "
+                    "annotation on a shared machine; more can speed up large bulk predictions)")
+    sv.add_argument("--ls-key", default=None, help="Label Studio API key or personal access token "
+                    "(or LABEL_STUDIO_API_KEY; default: the token sent in /setup)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
