@@ -49,6 +49,9 @@ class Lite0Features(nn.Module):
         return self.net.forward_features(x)
 
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def make_strategy(name: str, seed: int, n_classes: int, epochs: int, memory: int, batch: int = 64):
     import avalanche.training as T
     from avalanche.training.plugins import EvaluationPlugin
@@ -58,7 +61,7 @@ def make_strategy(name: str, seed: int, n_classes: int, epochs: int, memory: int
     features = Lite0Features(graph.to_module())
     dim = graph.shape(graph.inputs_of(graph.head)[0])[0]
     classifier = nn.Linear(dim, n_classes)
-    common_kw = {"train_mb_size": batch, "train_epochs": epochs, "eval_mb_size": 256, "device": "cpu",
+    common_kw = {"train_mb_size": batch, "train_epochs": epochs, "eval_mb_size": 256, "device": DEVICE,
                  "evaluator": EvaluationPlugin(loggers=[])}
     if name == "iCaRL":
         params = list(features.parameters()) + list(classifier.parameters())
@@ -87,8 +90,8 @@ def predict(model: nn.Module, x: torch.Tensor, n_seen: int) -> torch.Tensor:
     model.eval()
     out = []
     for i in range(0, len(x), 256):
-        logits = model(x[i : i + 256])
-        out.append(logits[:, :n_seen].argmax(1))
+        logits = model(x[i : i + 256].to(DEVICE))
+        out.append(logits[:, :n_seen].argmax(1).cpu())
     model.train()
     return torch.cat(out)
 

@@ -108,8 +108,11 @@ def main(argv=None) -> int:
     json_path = out_dir / "peers.json"
     if args.resume and json_path.exists():
         old = json.loads(json_path.read_text())
-        if old.get("setting") == doc["setting"]:
-            doc["rows"] = [r for r in old["rows"] if r.get("error") is None]
+        if _comparable(old.get("setting", {}), doc["setting"]):
+            doc["rows"] = [r for r in old["rows"] if r.get("error") is None and r["method"] in args.methods]
+            doc["rows"] += [r for r in old["rows"] if r["method"] not in args.methods]  # other methods' rows stay
+            doc["command"] = old["command"] + " ; " + doc["command"]
+            doc["setting"] = {**old["setting"], **{k: v for k, v in doc["setting"].items() if v is not None}}
             print(f"resuming: {len(doc['rows'])} rows kept from {json_path}", flush=True)
     done = {(r["method"], r["seed"]) for r in doc["rows"]}
     scale = ["--per-class-test", str(args.per_class_test)] if args.per_class_test else []
@@ -177,6 +180,14 @@ def main(argv=None) -> int:
     print(text(doc))
     print(f"\nwrote {json_path} and {out_dir / 'peers.md'}")
     return 0
+
+
+SEARCH_KEYS = ("search_trials", "search_budget")
+
+
+def _comparable(a: dict, b: dict) -> bool:
+    """Same data, scale and peers' settings (the search's own options may differ between runs)."""
+    return {k: v for k, v in a.items() if k not in SEARCH_KEYS} == {k: v for k, v in b.items() if k not in SEARCH_KEYS}
 
 
 def _error_row(method: str, seed: int, error: str) -> dict:

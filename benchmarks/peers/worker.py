@@ -120,7 +120,7 @@ def _search(args) -> dict:
         doc["trials"] = args.trials
     if args.budget_fraction:
         doc["budget"]["fraction_of_joint"] = args.budget_fraction
-    connect(num_cpus=args.threads)
+    connect(num_cpus=max(2, args.threads))
     with tempfile.TemporaryDirectory(prefix="evo-peers-search-") as tmp:
         space = Path(tmp) / "space.yaml"
         space.write_text(yaml.safe_dump(doc))
