@@ -42,8 +42,11 @@ from table import markdown, text  # noqa: E402
 from evo.runs import write_json_atomic, write_text_atomic  # noqa: E402
 
 CLOSED = ("SimpleCIL", "RanPAC", "ACIL", "SLDA")
+TAPS = "+evo-taps"  # suffix: the same closed-form method on evo's multi-layer features instead of pooled ones
+CLOSED_TAPS = tuple(m + TAPS for m in CLOSED)
 AVALANCHE = ("Naive", "Replay", "EWC", "LwF", "iCaRL", "GDumb", "DER")
 FAMILY = {**{m: "closed-form" for m in CLOSED}, **{m: "avalanche" for m in AVALANCHE},
+          **{m: "closed-form" for m in CLOSED_TAPS},
           "evo": "evo", "evo-search": "evo", "joint": "joint"}
 DEFAULT_METHODS = ("evo", *CLOSED, *AVALANCHE, "joint")
 AVALANCHE_PY = HERE / ".venv-avalanche" / "bin" / "python"
@@ -54,8 +57,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
-                   choices=[*DEFAULT_METHODS, "evo-search"], metavar="METHOD",
-                   help=f"default: {' '.join(DEFAULT_METHODS)}; also evo-search")
+                   choices=[*DEFAULT_METHODS, *CLOSED_TAPS, "evo-search"], metavar="METHOD",
+                   help=f"default: {' '.join(DEFAULT_METHODS)}; also evo-search, and each closed-form "
+                        f"method on evo's multi-layer features (e.g. RanPAC{TAPS}; see --taps-peers)")
+    p.add_argument("--taps-peers", action="store_true",
+                   help=f"add the closed-form methods on evo's own multi-layer features ({', '.join(CLOSED_TAPS)})")
     p.add_argument("--evo-search", action="store_true", help="add evo's growth search (long)")
     p.add_argument("--per-class", type=int, default=None, help="training images per class, every method (default: all 6000)")
     p.add_argument("--per-class-test", type=int, default=None, help="test images per class (default: all 1000)")
@@ -74,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.evo_search and "evo-search" not in args.methods:
         args.methods.append("evo-search")
+    if args.taps_peers:
+        args.methods += [m for m in CLOSED_TAPS if m not in args.methods]
     return args
 
 
@@ -140,12 +148,13 @@ def main(argv=None) -> int:
                 log = out_dir / "logs" / f"{method}-{seed}.log"
                 common_args = ["--seed", str(seed), "--threads", str(args.threads), "--out", str(out), *scale]
                 python = None
-                if method in CLOSED:
+                if method in CLOSED or method in CLOSED_TAPS:
                     err = None
                     if not feats.exists():
                         err = _run(["worker.py", "features", "--seed", str(seed), "--threads", str(args.threads),
                                     "--out", str(feats), *scale], out_dir / "logs" / f"features-{seed}.log")
-                    cmd = ["worker.py", "closed", "--method", method, "--features", str(feats),
+                    cmd = ["worker.py", "closed", "--method", method.removesuffix(TAPS), "--features", str(feats),
+                           "--feature-set", "taps" if method.endswith(TAPS) else "pooled",
                            "--ranpac-dim", str(args.ranpac_dim), "--acil-buffer", str(args.acil_buffer), *common_args]
                     if err:
                         save(_error_row(method, seed, f"feature extraction failed: {err}"))

@@ -26,27 +26,35 @@ from evo.runs import write_json_atomic  # noqa: E402
 
 
 def _features(args) -> dict:
-    """Pooled 1280-d penultimate features of the frozen Lite0 (what all four closed-form papers use)."""
+    """Frozen Lite0 features of every image, two sets: `pooled`, the 1280-d penultimate features (what
+    the four closed-form papers use), and `taps`, evo's default multi-layer features (stride 8 and 16
+    block outputs pooled to 4×4, 2,432-d), so that the closed-form heads can also be compared on the
+    very features evo's head reads."""
+    from evo.learn.features import parse_taps, tap_graph
+
     split = common.load_split(args.seed, args.per_class, args.per_class_test)
     graph = common.backbone_graph()
-    net = graph.to_module().eval().to(memory_format=torch.channels_last)
-    pre = common.preprocess(graph)
-    fpi = forward_flops_per_image(net, tuple(graph.input_shape), features_only=True)
-    t0 = time.perf_counter()
-    arrays = {}
-    n_train = 0
-    for i, images in enumerate(split.train_images):
-        arrays[f"train_{i}"] = run_batches(net, images, pre, lambda m, x: m.forward_features(x), progress=False).numpy()
-        arrays[f"label_{i}"] = split.train_labels[i]
-        n_train += len(images)
-    train_seconds = time.perf_counter() - t0
-    arrays["test"] = run_batches(net, split.test_images, pre, lambda m, x: m.forward_features(x), progress=False).numpy()
+    arrays, info = {}, {"n_train": sum(len(x) for x in split.train_images), "n_test": len(split.test_labels),
+                        "classes": split.classes}
+    for name, g in (("pooled", graph), ("taps", tap_graph(graph, parse_taps(graph, "auto")))):
+        net = g.to_module().eval().to(memory_format=torch.channels_last)
+        pre = common.preprocess(graph)
+        fpi = forward_flops_per_image(net, tuple(graph.input_shape), features_only=True)
+        t0 = time.perf_counter()
+        for i, images in enumerate(split.train_images):
+            arrays[f"{name}_train_{i}"] = run_batches(net, images, pre, lambda m, x: m.forward_features(x),
+                                                      progress=False).numpy()
+        seconds = time.perf_counter() - t0
+        arrays[f"{name}_test"] = run_batches(net, split.test_images, pre, lambda m, x: m.forward_features(x),
+                                             progress=False).numpy()
+        info[name] = {"flops": fpi * info["n_train"], "seconds": seconds, "flops_per_image": fpi,
+                      "dim": int(arrays[f"{name}_test"].shape[1])}
+    for i, labels in enumerate(split.train_labels):
+        arrays[f"label_{i}"] = labels
     arrays["test_labels"] = split.test_labels
     arrays["class_to_increment"] = np.asarray(split.class_to_increment)
     np.savez(args.out, **arrays)
-    info = {"flops": fpi * n_train, "seconds": train_seconds, "peak_mem_bytes": peak_rss_bytes(),
-            "n_train": n_train, "n_test": len(split.test_labels), "flops_per_image": fpi,
-            "classes": split.classes}
+    info["peak_mem_bytes"] = peak_rss_bytes()
     write_json_atomic(Path(args.out).with_suffix(".json"), info)
     return info
 
@@ -58,19 +66,21 @@ def _closed(args) -> dict:
     import slda
 
     data = np.load(args.features, allow_pickle=False)
-    shared = json.loads(Path(args.features).with_suffix(".json").read_text())
-    d = data["train_0"].shape[1]
+    info = json.loads(Path(args.features).with_suffix(".json").read_text())
+    fs = args.feature_set
+    shared = {**info[fs], "peak_mem_bytes": info["peak_mem_bytes"]}
+    d = data[f"{fs}_train_0"].shape[1]
     method = {"SimpleCIL": lambda: simplecil.SimpleCIL(),
               "RanPAC": lambda: ranpac.RanPAC(d, dim=args.ranpac_dim, seed=args.seed),
               "ACIL": lambda: acil.ACIL(d, buffer=args.acil_buffer, seed=args.seed),
               "SLDA": lambda: slda.SLDA(d)}[args.method]()
     rec = Recorder(data["test_labels"], data["class_to_increment"])
-    test = torch.from_numpy(data["test"]).to(torch.float64)
+    test = torch.from_numpy(data[f"{fs}_test"]).to(torch.float64)
     flops, seconds, n_classes = 0, 0.0, 0
     for i in range(len(data["class_to_increment"])):
-        if f"train_{i}" not in data:
+        if f"{fs}_train_{i}" not in data:
             break
-        x, y = torch.from_numpy(data[f"train_{i}"]).to(torch.float64), torch.from_numpy(data[f"label_{i}"])
+        x, y = torch.from_numpy(data[f"{fs}_train_{i}"]).to(torch.float64), torch.from_numpy(data[f"label_{i}"])
         n_classes = max(n_classes, int(y.max()) + 1)
         t0 = time.perf_counter()
         flops += method.learn(x, y, n_classes)
@@ -81,7 +91,8 @@ def _closed(args) -> dict:
             "wall_seconds": seconds + shared["seconds"],
             "peak_mem_bytes": max(peak_rss_bytes(), shared["peak_mem_bytes"]),
             "detail": {"head_tflops": flops / 1e12, "head_seconds": seconds,
-                       "features_tflops": shared["flops"] / 1e12, "features_seconds": shared["seconds"]}}
+                       "features_tflops": shared["flops"] / 1e12, "features_seconds": shared["seconds"],
+                       "features": fs, "feature_dim": d}}
 
 
 def _evo(args) -> dict:
@@ -164,6 +175,7 @@ def main(argv=None) -> int:
     p.add_argument("--per-class-test", type=int, default=None)
     p.add_argument("--method", default=None)
     p.add_argument("--features", type=Path, default=None)
+    p.add_argument("--feature-set", choices=["pooled", "taps"], default="pooled")
     p.add_argument("--ranpac-dim", type=int, default=10000)
     p.add_argument("--acil-buffer", type=int, default=8192)
     p.add_argument("--epochs", type=int, default=5)
