@@ -76,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out-dir", type=Path, default=HERE / "results")
     p.add_argument("--resume", action="store_true", help="keep rows of a previous run with the same setting")
+    p.add_argument("--merge", type=Path, nargs="+", default=[],
+                   help="peers.json files of runs with the same setting run elsewhere: their rows join this table")
     p.add_argument("--avalanche-python", type=Path, default=AVALANCHE_PY)
     args = p.parse_args(argv)
     if args.evo_search and "evo-search" not in args.methods:
@@ -122,6 +124,13 @@ def main(argv=None) -> int:
             doc["command"] = old["command"] + " ; " + doc["command"]
             doc["setting"] = {**old["setting"], **{k: v for k, v in doc["setting"].items() if v is not None}}
             print(f"resuming: {len(doc['rows'])} rows kept from {json_path}", flush=True)
+    for other in args.merge:  # e.g. rows run at the same time in another out-dir
+        od = json.loads(other.read_text())
+        if not _comparable(od["setting"], doc["setting"]):
+            raise SystemExit(f"--merge {other}: its setting differs from this run's; not merged")
+        have = {(r["method"], r["seed"]) for r in doc["rows"]}
+        doc["rows"] += [r for r in od["rows"] if (r["method"], r["seed"]) not in have and r.get("error") is None]
+        doc["command"] += f" ; merged from: {od['command']}"
     done = {(r["method"], r["seed"]) for r in doc["rows"]}
     scale = ["--per-class-test", str(args.per_class_test)] if args.per_class_test else []
     if args.per_class:
@@ -185,6 +194,8 @@ def main(argv=None) -> int:
                        "process_seconds": time.perf_counter() - t0}
                 row.setdefault("error", None)
                 save(row)
+    write_json_atomic(json_path, doc)
+    write_text_atomic(out_dir / "peers.md", markdown(doc))
     print()
     print(text(doc))
     print(f"\nwrote {json_path} and {out_dir / 'peers.md'}")
