@@ -105,9 +105,19 @@ def run(args) -> dict:
                                                                              strict=True)]
     test_x, test_y = common.to_tensor(split.test_images, pre), torch.from_numpy(np.array(split.test_labels))
     task = torch.as_tensor(split.class_to_increment)[test_y]
-    bench = tensors_benchmark(train_tensors=train, test_tensors=[(test_x[task == i], test_y[task == i])
-                                                                 for i in range(len(train))],
-                              task_labels=[0] * len(train))
+    if args.strategy == "iCaRL":  # its plugin needs a new-classes scenario (n_classes_per_exp): same experiences
+        from avalanche.benchmarks import nc_benchmark
+        from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset as tensor_dataset
+
+        x_all, y_all = torch.cat([x for x, _ in train]), torch.cat([y for _, y in train])
+        bench = nc_benchmark(tensor_dataset(x_all, y_all, targets=y_all.tolist(), task_labels=0),
+                             tensor_dataset(test_x, test_y, targets=test_y.tolist(), task_labels=0),
+                             n_experiences=len(train), task_labels=False, shuffle=False,
+                             fixed_class_order=list(range(split.n_classes)))
+    else:
+        bench = tensors_benchmark(train_tensors=train, test_tensors=[(test_x[task == i], test_y[task == i])
+                                                                     for i in range(len(train))],
+                                  task_labels=[0] * len(train))
     strategy = make_strategy(args.strategy, args.seed, split.n_classes, args.epochs, common.MEMORY, args.batch_size)
     rec = Recorder(split.test_labels, split.class_to_increment)
     flops, seconds = 0, 0.0

@@ -202,11 +202,11 @@ def main(argv=None) -> int:
     return 0
 
 
-SEARCH_KEYS = ("search_trials", "search_budget")
+SEARCH_KEYS = ("search_trials", "search_budget", "seeds")  # rows carry their own seed
 
 
 def _comparable(a: dict, b: dict) -> bool:
-    """Same data, scale and peers' settings (the search's own options may differ between runs)."""
+    """Same data, scale and peers' settings (seeds and the search's own options may differ)."""
     return {k: v for k, v in a.items() if k not in SEARCH_KEYS} == {k: v for k, v in b.items() if k not in SEARCH_KEYS}
 
 
