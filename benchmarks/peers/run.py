@@ -76,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out-dir", type=Path, default=HERE / "results")
     p.add_argument("--resume", action="store_true", help="keep rows of a previous run with the same setting")
+    p.add_argument("--rerun", nargs="+", default=[], metavar="METHOD",
+                   help="with --resume: drop these methods' earlier rows (run again, or taken from --merge)")
     p.add_argument("--merge", type=Path, nargs="+", default=[],
                    help="peers.json files of runs with the same setting run elsewhere: their rows join this table")
     p.add_argument("--avalanche-python", type=Path, default=AVALANCHE_PY)
@@ -119,8 +121,9 @@ def main(argv=None) -> int:
     if args.resume and json_path.exists():
         old = json.loads(json_path.read_text())
         if _comparable(old.get("setting", {}), doc["setting"]):
-            doc["rows"] = [r for r in old["rows"] if r.get("error") is None and r["method"] in args.methods]
-            doc["rows"] += [r for r in old["rows"] if r["method"] not in args.methods]  # other methods' rows stay
+            doc["rows"] = [r for r in old["rows"] if r.get("error") is None and r["method"] in args.methods
+                           and r["method"] not in args.rerun]
+            doc["rows"] += [r for r in old["rows"] if r["method"] not in args.methods and r["method"] not in args.rerun]
             doc["command"] = old["command"] + " ; " + doc["command"]
             doc["setting"] = {**old["setting"], **{k: v for k, v in doc["setting"].items() if v is not None}}
             print(f"resuming: {len(doc['rows'])} rows kept from {json_path}", flush=True)
@@ -202,11 +205,11 @@ def main(argv=None) -> int:
     return 0
 
 
-SEARCH_KEYS = ("search_trials", "search_budget", "seeds")  # rows carry their own seed
+SEARCH_KEYS = ("search_trials", "search_budget", "seeds", "joint_epochs")  # rows carry their seed and epochs
 
 
 def _comparable(a: dict, b: dict) -> bool:
-    """Same data, scale and peers' settings (seeds and the search's own options may differ)."""
+    """Same data, scale and peers' settings (seeds, joint's epochs and the search's options may differ)."""
     return {k: v for k, v in a.items() if k not in SEARCH_KEYS} == {k: v for k, v in b.items() if k not in SEARCH_KEYS}
 
 
