@@ -1,8 +1,8 @@
 """The peer benchmark: evo against Avalanche and the closed-form family, one command, one table.
 
     .venv/bin/python benchmarks/peers/run.py                                  # full scale (all 60k images)
-    .venv/bin/python benchmarks/peers/run.py --per-class 20 --per-class-test 30 --epochs 1 \
-        --batch-size 16 --ranpac-dim 5000 --acil-buffer 4096                  # what finishes on 2 cores
+    .venv/bin/python benchmarks/peers/run.py --per-class 10 --per-class-test 20 --epochs 1 --joint-epochs 20 \
+        --batch-size 16 --ranpac-dim 5000 --acil-buffer 4096 --threads 1 --taps-peers   # what finished on 2 shared cores
 
 Split Fashion-MNIST, class-incremental 5 × 2, the same class orders, images, memory (500) and test
 split for every method (`evo.data.class_incremental(..., seed=s)`), from the same ImageNet-pretrained
