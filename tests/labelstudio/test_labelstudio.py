@@ -16,13 +16,18 @@ import json
 import os
 import re
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import VENV, EvoServe, LabelStudio
 from PIL import Image
-from serve_run import KNOWN, fashion, make_run
+
+# the harness beside this file and tests/serve_run.py (a conftest.py here would shadow tests/conftest.py)
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
+from harness import VENV, EvoServe, LabelStudio  # noqa: E402
+from serve_run import KNOWN, fashion, make_run  # noqa: E402
 
 pytestmark = pytest.mark.labelstudio
 SERVE_TOKEN = "evo-serve-secret"
