@@ -52,7 +52,7 @@ def growth_base(parent: ArchGraph, parent_meta: dict[str, Any], space: SearchSpa
     """
     strategy = space.training.get("strategy")
     strategies = set(strategy.values()) if strategy is not None else {"evo"}
-    if parent_meta.get("increment") is not None or not strategies <= {"evo", "evo_tune"}:
+    if parent_meta.get("increment") is not None or not strategies <= {"evo", "evo_tune", "evo_latent"}:
         return parent
     from evo.learn.strategies import make_strategy
 
