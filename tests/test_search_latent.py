@@ -88,3 +88,30 @@ def test_a_space_without_latents_refuses_evo_latent(tmp_path: Path) -> None:
     doc["latents"] = {"cut": 8, "codec": "fp8"}
     with pytest.raises(SpaceError, match="codec"):
         parse_space(yaml.safe_load(yaml.safe_dump(doc)))
+
+
+def test_a_round_part_is_encoded_once_and_reused_after_a_kill(tmp_path: Path) -> None:
+    """A resumed round finds its pending part whole and does not pay for the pass below the cut again;
+    a part staged on another parent version is encoded again."""
+    import evo.zoo
+    from evo.learn import Learner
+    from evo.search.latents import stage_round
+    from evo.search.scenario import stream_for
+
+    space = parse_space(json.loads(json.dumps(SPACE)))
+    graph = evo.zoo.load("small_cnn")
+    run = Run.create(tmp_path / "run", {"space": space.to_dict()})
+    run.commit_version(graph, {"increment": None})
+    train = stream_for(space)[0].train
+    pre = Learner(graph, progress=False).preprocess
+    first = stage_round(run.path, 0, 0, graph, train, space.latents, pre)
+    stamp = (first.folder / "latents.npy").stat().st_mtime_ns
+    again = stage_round(run.path, 0, 0, graph, train, space.latents, pre)
+    assert again.folder == first.folder and (again.folder / "latents.npy").stat().st_mtime_ns == stamp
+    assert again.flops == first.flops > 0
+    (run.path / "latents" / ".evo-tmp-round-0.x").mkdir()  # a write cut by a kill
+    with run.lock("test"):
+        pass
+    assert [p.name for p in (run.path / "latents").iterdir()] == ["round-0"]
+    other = stage_round(run.path, 0, 1, graph, train, space.latents, pre)  # another parent: encoded again
+    assert (other.folder / "latents.npy").stat().st_mtime_ns != stamp

@@ -212,10 +212,13 @@ class Driver:
 
     # ---- pieces ------------------------------------------------------------------------------------
     def _enqueued(self, base, policy: str) -> list[tuple[str, dict[str, Any]]]:
-        """Trials every round starts with: the no-growth fast path, then (policy search) `add_tap` onto
-        each spare tap whose statistics the closed-form head keeps, the growths that lose nothing."""
+        """Trials every round starts with: the no-growth fast path, then (policy search) training above the
+        latent cut on everything stored (where the space keeps latents), and `add_tap` onto each spare tap
+        whose statistics the closed-form head keeps, the growths that lose nothing."""
         out = [("no-growth fast path", _fast_path_params(self.space))]
-        return out + (_spare_tap_params(self.space, base) if policy == "search" else [])
+        if policy != "search":
+            return out
+        return out + _latent_params(self.space) + _spare_tap_params(self.space, base)
 
     def _task(self, parent_version: int, index: int, cand: Candidate, number: int) -> dict[str, Any]:
         staged = getattr(self, "_staged", None)
@@ -353,6 +356,17 @@ def _fast_path_params(space: SearchSpace) -> dict[str, Any]:
     if strategy is not None and strategy.choices and len(strategy.choices) > 1 and "evo" in strategy.choices:
         params["train_strategy"] = "evo"
     return params
+
+
+def _latent_params(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:
+    """Optuna parameters of `evo_latent` without growth, where the space offers it (its knobs are sampled)."""
+    strategy = space.training.get("strategy")
+    if space.latents is None or strategy is None or "evo_latent" not in strategy.values():
+        return []
+    params: dict[str, Any] = {"n_ops": 0}
+    if strategy.choices and len(strategy.choices) > 1:
+        params["train_strategy"] = "evo_latent"
+    return [("train above the latent cut", params)]
 
 
 def _spare_tap_params(space: SearchSpace, base) -> list[tuple[str, dict[str, Any]]]:

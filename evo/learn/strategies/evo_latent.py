@@ -160,7 +160,10 @@ class EvoLatent(Evo):
                 tail.append(f[torch.from_numpy(keep)])
         mapping = head_map(above, head, layout)
         view = self._head_view(mapping, ctx)
-        lam = self._choose_ridge(view, ctx, fresh=True)
+        if fresh and self.options.ridge == "gcv" and self.lambda_ is not None:
+            lam = self.lambda_  # the provisional head: the last λ, no GCV walk
+        else:  # GCV walking from the last λ (the features moved, not the data's scale)
+            lam = self._choose_ridge(view, ctx, fresh=False)
         weight, bias = view.solve(lam)
         c, d = weight.shape
         ctx.meter.add_flops(ridge_solve_flops(d + 1, c))
