@@ -31,7 +31,7 @@ from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
 from evo.graph.taps import tap_graph
 from evo.learn.cost import matmul_flops, ridge_flops, ridge_solve_flops
-from evo.learn.head import GCV_MAX_EVALS, RidgeHead
+from evo.learn.head import RidgeHead
 from evo.learn.latent import LatentRows, LatentStore, check_layout, merge_above, split
 from evo.learn.strategies.base import Context, Result, Workload, register_strategy
 from evo.learn.strategies.evo import Evo, calibrate_scale
@@ -48,7 +48,9 @@ class EvoLatent(Evo):
         """Evo's options plus training above the cut (`evo.learn.train.TrainConfig`: AdamW with cosine
         decay by default; `trainable` 'all' = every layer above the cut, or the head + last N blocks).
         `replay`: stored latents replayed per increment image (class-balanced over the old classes).
-        `noise`: std of the Gaussian noise added to training latents, relative to each batch's std."""
+        `noise`: std of the Gaussian noise added to training latents, relative to each batch's std.
+        `gcv_evals`: cap of the GCV walk for the recomputed head (it starts at the last λ, where it
+        usually stops after three evaluations); the provisional head before training uses that λ."""
 
         epochs: int = 2
         lr: float = 1e-3
@@ -59,6 +61,7 @@ class EvoLatent(Evo):
         train_batch_size: int = 64
         replay: float = 1.0
         noise: float = 0.1
+        gcv_evals: int = 6
         max_flops: int | None = None
         seed: int = 0
 
@@ -68,6 +71,8 @@ class EvoLatent(Evo):
                 v = getattr(self, name)
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
                     raise ConfigError(f"evo_latent option {name} must be a finite number >= 0; got {v!r}")
+            if isinstance(self.gcv_evals, bool) or not isinstance(self.gcv_evals, int) or self.gcv_evals < 3:
+                raise ConfigError(f"evo_latent option gcv_evals must be an int >= 3; got {self.gcv_evals!r}")
             self.train_config()
 
         def train_config(self) -> TrainConfig:
@@ -160,10 +165,14 @@ class EvoLatent(Evo):
                 tail.append(f[torch.from_numpy(keep)])
         mapping = head_map(above, head, layout)
         view = self._head_view(mapping, ctx)
-        if fresh and self.options.ridge == "gcv" and self.lambda_ is not None:
-            lam = self.lambda_  # the provisional head: the last λ, no GCV walk
-        else:  # GCV walking from the last λ (the features moved, not the data's scale)
+        if self.options.ridge != "gcv":
             lam = self._choose_ridge(view, ctx, fresh=False)
+        elif fresh:  # the provisional head: the last λ (or GCV's usual starting point), no walk
+            lam = self.lambda_ if self.lambda_ is not None else _start_lambda(view)
+        else:  # GCV walking from the last λ (the features moved, not the data's scale), capped
+            lam, flops = view.gcv_walk(self.lambda_, max_evals=self.options.gcv_evals)
+            ctx.meter.add_flops(flops)
+            self.lambda_ = self.head_.ridge = view.ridge = lam
         weight, bias = view.solve(lam)
         c, d = weight.shape
         ctx.meter.add_flops(ridge_solve_flops(d + 1, c))
@@ -200,10 +209,18 @@ class EvoLatent(Evo):
         if cfg.max_flops is not None:
             train = min(train, cfg.max_flops)
         d = layout_width(g, layout)
-        solves = ridge_flops(n + r, d, work.n_classes, GCV_MAX_EVALS) + ridge_flops(n + stored, d, work.n_classes,
-                                                                                      GCV_MAX_EVALS)
+        solves = (ridge_flops(n + r, d, work.n_classes, 0)
+                  + ridge_flops(n + stored, d, work.n_classes, self.options.gcv_evals))
         memory = g.flops(batch=1) * (n + work.n_memory)
         return int(fwd * (2 * n + r + stored) + train + solves + memory)
+
+
+def _start_lambda(view: RidgeHead) -> float:
+    """Where `RidgeHead.gcv_walk` starts: 10^-1.5 × the mean centred feature variance."""
+    g = view.gram_
+    n, s = float(g[-1, -1]), g[:-1, -1]
+    variance = float((torch.diagonal(g)[:-1] - s * s / n).sum()) / max(g.shape[0] - 1, 1)
+    return max(variance * 10**-1.5, 1e-8)
 
 
 def net_flops(graph: ArchGraph) -> int:
