@@ -59,7 +59,7 @@ def main(argv=None) -> None:
     stream = evo.data.class_incremental("fashion-mnist", increments=5, seed=args.seed,
                                         per_class_train=args.per_class_train, per_class_test=args.per_class_test)
     graph = evo.zoo.load("efficientnet_lite0", pretrained=True, input_size=64)
-    opts = {"epochs": args.epochs, "lr": args.lr, "seed": args.seed}
+    opts = {"epochs": args.epochs, "lr": args.lr}  # the Learner's seed also seeds the strategy's sampling
     table, out = [], {"args": {k: str(v) for k, v in vars(args).items()}, "machine": platform.platform()}
     n_train = sum(len(inc.train) for inc in stream)
     print(f"Split Fashion-MNIST: {n_train} training images in 5 increments, {len(stream[4].test)} test images")

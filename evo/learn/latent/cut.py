@@ -112,8 +112,8 @@ def check_growth(parent: ArchGraph, grown: ArchGraph, cut: str, source: Any) -> 
     if same_below(parent, grown, cut) and is_cut(grown, cut):
         return
     if not images_readable(source):
-        raise LatentError(f"this growth changes the network below the latent cut {cut!r}, so every stored latent "
+        raise LatentError(f"this growth changes (or reads) the network below the latent cut {cut!r}, so every stored latent "
                           f"would need its image again, and the source {source!r} cannot give them back (only a "
                           "folder or manifest of image files can); grow above the cut, or use latents: none")
-    raise LatentError(f"this growth changes the network below the latent cut {cut!r}; re-encoding the stored "
+    raise LatentError(f"this growth changes (or reads) the network below the latent cut {cut!r}; re-encoding the stored "
                       f"images of {source!r} at a new cut is not implemented yet; grow above the cut")

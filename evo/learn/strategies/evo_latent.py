@@ -148,8 +148,15 @@ class EvoLatent(Evo):
     def _solve_into(self, above: ArchGraph, layout, head, rows: LatentRows, labels: np.ndarray, ctx: Context,
                     fresh: bool, calibrate_rows: int = 0) -> tuple[ArchGraph, Tensor, dict[str, Any]]:
         """Fresh ridge statistics over `rows` with `above`'s current weights; the head solved into `above`.
-        Returns the head's features of the rows from `calibrate_rows` on (the increment's)."""
+        Returns the head's features of the rows from `calibrate_rows` on (the increment's). The softmax
+        scale is fitted on those rows plus as many stored ones drawn at random (old classes too: the
+        increment alone was trained on and would make the head overconfident on the old classes)."""
         self.head_ = RidgeHead(self.head_.ridge)
+        n_inc = len(rows) - calibrate_rows
+        extra = np.random.default_rng(self.options.seed).permutation(calibrate_rows)[:n_inc]
+        calib = np.zeros(len(rows), bool)
+        calib[calibrate_rows:] = True
+        calib[extra] = True
         net = (above if layout == head else tap_graph(above, layout)).to_module().eval()
         fpi = net_flops(above if layout == head else tap_graph(above, layout))
         bs = self.options.batch_size
@@ -160,7 +167,7 @@ class EvoLatent(Evo):
                 f = net.forward_features(rows[idx]).float()
             ctx.meter.add_flops(fpi * len(idx))
             self._absorb(f, labels[idx], len(ctx.classes), ctx)
-            keep = idx >= calibrate_rows
+            keep = calib[idx]
             if keep.any():
                 tail.append(f[torch.from_numpy(keep)])
         mapping = head_map(above, head, layout)
@@ -176,10 +183,11 @@ class EvoLatent(Evo):
         weight, bias = view.solve(lam)
         c, d = weight.shape
         ctx.meter.add_flops(ridge_solve_flops(d + 1, c))
-        feats = map_features(mapping, torch.cat(tail)) if tail else torch.empty(0, d)
-        z = feats.double() @ weight.T + bias
-        ctx.meter.add_flops(matmul_flops(len(feats), d, c))
-        scale = calibrate_scale(z, torch.as_tensor(labels[calibrate_rows:], dtype=torch.int64)) if len(feats) else 1.0
+        cal = map_features(mapping, torch.cat(tail)) if tail else torch.empty(0, d)
+        z = cal.double() @ weight.T + bias
+        ctx.meter.add_flops(matmul_flops(len(cal), d, c))
+        scale = calibrate_scale(z, torch.as_tensor(labels[calib], dtype=torch.int64)) if len(cal) else 1.0
+        feats = cal[-n_inc:] if n_inc else cal[:0]  # the increment's rows come last in `rows` and in `cal`
         out = above.copy()
         dtype = out.params(out.head)["weight"].dtype
         out.set_params(out.head, weight=(scale * weight).to(dtype), bias=(scale * bias).to(dtype))
