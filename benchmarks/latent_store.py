@@ -105,7 +105,7 @@ def _joint(stream):
     from dataclasses import replace
 
     last = stream[len(stream) - 1]
-    train = concat([inc.train for inc in stream]).relabel(last.classes_so_far)
+    train = concat([inc.train.relabel(last.classes_so_far) for inc in stream])
     return replace(last, train=train, new_classes=list(last.classes_so_far), test_by_increment=[last.test])
 
 
