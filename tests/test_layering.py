@@ -19,7 +19,7 @@ ROOT = Path(evo.__file__).parent
 
 # Lowest first. `evo.runs` sits just above the graph: it may import the graph (and errors) only.
 LAYERS: list[set[str]] = [
-    {"evo.errors"},
+    {"evo.errors", "evo.fsutil"},  # fsutil: crash-safe writes, imports nothing of evo
     {"evo.registry"},
     {"evo.graph"},
     {"evo.runs"},
