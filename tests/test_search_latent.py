@@ -115,3 +115,19 @@ def test_a_round_part_is_encoded_once_and_reused_after_a_kill(tmp_path: Path) ->
     assert [p.name for p in (run.path / "latents").iterdir()] == ["round-0"]
     other = stage_round(run.path, 0, 1, graph, train, space.latents, pre)  # another parent: encoded again
     assert (other.folder / "latents.npy").stat().st_mtime_ns != stamp
+
+
+def test_a_store_budget_evicts_class_balanced_and_the_version_reports_it(tmp_path: Path) -> None:
+    doc = json.loads(json.dumps(SPACE))
+    doc["training"] = {"strategy": ["evo"], "taps": "features"}
+    doc["operators"], doc["max_ops"] = {}, 0
+    # small_cnn's stride-1 cut: 16×32×32 fp16 = 32 KiB per image; room for 40 of the 3 × 26 training images
+    doc["latents"] = {"cut": 1, "codec": "fp16", "budget_mb": 40 * (16 * 32 * 32 * 2 + 8) / 2**20}
+    run, _, lines = _drive(tmp_path, doc)
+    meta = run.version_meta(3)["latents"]
+    assert meta["live_rows"] == 40 and meta["live_bytes"] <= meta["budget_bytes"]
+    kept = meta["eviction"]["kept"]
+    assert meta["eviction"]["evicted"] and max(kept.values()) - min(kept.values()) <= 1  # class-balanced
+    assert any("evicted" in line for line in lines)
+    store = open_store(run.path, 3, StoreConfig(codec="fp16"))
+    assert store.n_live() == 40 and len(store.parts) == 3
