@@ -211,3 +211,26 @@ def test_a_damaged_part_is_refused(tmp_path: Path) -> None:
         read_part(folder)
     assert pending_dir(tmp_path, 3).name == "round-3"
     assert write_pending  # noqa: B018 - the pending writer is exercised by the kill test
+
+
+def test_grown_and_trained_above_the_cut_keeps_exact_statistics() -> None:
+    """A block widened above the cut, then trained on increment + stored latents: G and B again equal a
+    fresh pass of the grown, trained network over every image seen."""
+    g = evo.zoo.load("small_cnn")
+    incs = [_data(10, ["a", "b"], 0), _data(10, ["c", "d"], 1)]
+    learner = Learner(g, memory=8, strategy="evo_latent", progress=False, taps="features", epochs=1,
+                      latents=StoreConfig(cut=1, codec="fp32"))
+    learner.learn(incs[0])
+    site = next(s for s in evo.ops.sites(learner.graph_, "widen") if s.get("group") == "down_0")
+    grown = evo.ops.apply(learner.graph_, "widen", site=site, factor=1.5)
+    child = learner.with_graph(grown)
+    child.learn(incs[1])
+    assert child.graph_.shape("down_0")[0] > g.shape("down_0")[0]
+    net = child.graph_.to_module().eval()
+    fresh = RidgeHead(1.0)
+    for inc in incs:
+        with torch.inference_mode():
+            feats = net.forward_features(child.preprocess(inc.images))
+        fresh.partial_fit(feats, torch.tensor([child.classes_.index(inc.classes[i]) for i in inc.labels]), 4)
+    head = child.strategy.head_
+    assert float((head.gram_ - fresh.gram_).abs().max()) <= 1e-5 * float(fresh.gram_.abs().max())
