@@ -163,6 +163,7 @@ def test_work_cut_by_a_killed_driver_is_recorded_apart_not_charged(tmp_path):
     cut.set_user_attr("price_flops", 1000)
     drv = Driver.__new__(Driver)
     drv.say = lambda s: None
+    drv.storage = storage  # the driver notes trials through the storage's public API
     drv._recover(study)
     t = study.trials[1]
     assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["fail_reason"] == DRIVER_STOPPED
