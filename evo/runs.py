@@ -41,6 +41,7 @@ from evo.fsutil import (
     TMP_PREFIX,
     fsync_dir,
     fsync_tree,
+    is_evo_temp,
     remove_evo_temps,
     temp_dir,
     write_json_atomic,
@@ -191,7 +192,7 @@ class Run:
         """Remove evo's own temporary files and folders a killed writer left at the top of the run's
         folders; committed versions and every other file are untouched. Call only while holding the lock."""
         removed = remove_evo_temps(self.path)
-        for sub in (VERSIONS, "metrics"):
+        for sub in (VERSIONS, "metrics", "latents"):
             removed += remove_evo_temps(self.path / sub)
         cands = self.path / "candidates"
         if cands.is_dir():
@@ -233,9 +234,12 @@ class Run:
         state = load_file(str(d / STATE_FILE)) if (d / STATE_FILE).is_file() else {}
         return eg.load(d), self.version_meta(n), state
 
-    def commit_version(self, graph, meta: dict[str, Any], state: dict[str, torch.Tensor] | None = None) -> int:
+    def commit_version(self, graph, meta: dict[str, Any], state: dict[str, torch.Tensor] | None = None,
+                       extra_dirs: dict[str, Path] | None = None) -> int:
         """Write the next version atomically and durably, and record it in the lineage; returns its number.
 
+        `extra_dirs` {name: folder}: flat folders whose files become `versions/<n>/<name>/` (hard-linked
+        when possible), so they appear exactly with the version (the latent store's part of it).
         Holds the writer lock for the commit. `meta["parent"]`, when given, must be the latest version:
         a version trained from an older one would make the lineage false."""
         from safetensors.torch import save_file
@@ -256,6 +260,8 @@ class Run:
                 if state:
                     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
                               str(staging / "model" / STATE_FILE))
+                for name, src in (extra_dirs or {}).items():
+                    _link_files(Path(src), staging / "model" / name)
                 fsync_tree(staging / "model")
                 os.rename(staging / "model", self.version_dir(n))  # never replaces an existing version
                 fsync_dir(self.path / VERSIONS)
@@ -302,6 +308,20 @@ class Run:
 
     def write_round(self, n: int, doc: dict[str, Any]) -> None:
         write_json_atomic(self.path / "metrics" / f"round_{n}.json", doc)
+
+
+def _link_files(src: Path, dst: Path) -> None:
+    """`dst` gets every file of flat folder `src`: hard links (no copy), or copies across file systems."""
+    if not src.is_dir():
+        raise RunError(f"{src} is not a folder; it cannot be committed with the version")
+    dst.mkdir()
+    for f in src.iterdir():
+        if is_evo_temp(f.name) or not f.is_file():
+            continue
+        try:
+            os.link(f, dst / f.name)
+        except OSError:
+            shutil.copy2(f, dst / f.name)
 
 
 def check_new_run_dir(path: Path) -> None:

@@ -111,6 +111,11 @@ class Learner:
     device : 'cpu', 'cuda' or 'cuda:N'
         Where features, training and the closed-form head compute (`evo.learn.device`: AMP on
         CUDA, statistics in fp64); the graph and the saved state stay on the CPU.
+
+    latents : StoreConfig, LatentStore or None
+        Keep every training image's activation at a frozen cut (`evo.learn.latent`), so that a strategy
+        such as 'evo_latent' can train above the cut on everything seen. Each `learn` encodes its
+        increment below the cut once (unless the store was staged for it, `use_latents`).
     **options
         Passed to the strategy (e.g. `epochs=3, trainable=2, lr=0.01`, or `taps=..., ridge=...`).
     """
@@ -118,7 +123,7 @@ class Learner:
     def __init__(self, graph: ArchGraph, memory: int = 500, strategy: str | Strategy = "evo", *,
                  head: str = "auto", selector: str = "herding", progress: bool = True,
                  eval_batch_size: int = 256, seed: int = 0, device: str | torch.device = "cpu",
-                 **options: Any) -> None:
+                 latents: Any = None, **options: Any) -> None:
         if not isinstance(graph, ArchGraph):
             raise ConfigError(f"Learner needs an ArchGraph (e.g. evo.zoo.load(...)); got {type(graph).__name__}")
         if graph.head is None:
@@ -134,6 +139,7 @@ class Learner:
         self.progress, self.eval_batch_size, self.seed = bool(progress), eval_batch_size, seed
         self.device = resolve_device(device)
         self.strategy = make_strategy(strategy, **options)
+        self.latents = latents
         self._reset()
 
     def _reset(self) -> None:
@@ -147,6 +153,7 @@ class Learner:
         self._backbone_changed = False
         self._stats_graph: ArchGraph | None = None  # the graph the strategy's state describes, after with_graph
         self._first_index = 0  # increments learned before this learner was restored (load_state_dict)
+        self.latents_, self._latents_staged = _as_store(self.latents), False
 
     # -- learning -----------------------------------------------------------------------------
 
@@ -166,9 +173,11 @@ class Learner:
         preprocess = self.preprocess
         strategy = self.strategy.clone()  # work on copies: an error leaves the learner unchanged
         graph = self._grow(new, known, strategy)
+        meter = CostMeter(self.device)
+        latents = self._staged_latents(graph, train, preprocess, meter)
         ctx = Context(graph=graph, parent=self.graph_, images=train.images, labels=labels, classes=classes,
                       new_classes=[classes.index(c) for c in new], memory=self.memory_, preprocess=preprocess,
-                      meter=CostMeter(self.device), progress=self.progress, device=self.device,
+                      meter=meter, progress=self.progress, device=self.device, latents=latents,
                       backbone_changed=self._backbone_changed, index=index,
                       stats_graph=self._stats_graph if self._backbone_changed else None)
         with ctx.meter:
@@ -180,6 +189,7 @@ class Learner:
         # commit
         self.strategy, self.graph_, self.classes_, self.memory_ = strategy, result.graph, classes, memory
         self._backbone_changed, self._stats_graph = False, None
+        self.latents_, self._latents_staged = latents, False
         in_matrix = row is not None and len(row) == len(self.accuracy_matrix_) + 1
         if in_matrix:
             self.accuracy_matrix_.append(row, seen)
@@ -188,6 +198,25 @@ class Learner:
         self.reports_.append(report)
         self.cost_ = self.cost_ + report.cost
         return report
+
+    def use_latents(self, store: Any, staged: bool = True) -> Learner:
+        """Use `store` (a LatentStore) from now on; `staged`: its `current` part already holds the next
+        increment's latents (a search round encodes them once for all its candidates)."""
+        self.latents_, self._latents_staged = store, staged
+        return self
+
+    def _staged_latents(self, graph: ArchGraph, train: ImageSet, preprocess: Preprocess, meter: CostMeter):
+        """The latent store holding this increment's part: staged already, or encoded here below the cut."""
+        from evo.learn.latent import cut_node, encode_part
+
+        store = self.latents_
+        if store is None or self._latents_staged:
+            return store
+        cut = store.cut or cut_node(graph, store.config.cut)
+        with meter:
+            part = encode_part(graph, cut, train.images, train.labels, list(train.classes), store.next_key(),
+                               store.config.codec, preprocess, meter, self.eval_batch_size)
+        return store.with_part(part)
 
     def _initial_classes(self, train: ImageSet) -> list[str]:
         """Classes the model keeps on the first increment: none after a head reset, else its own."""
@@ -396,6 +425,18 @@ class _FeatureNet(torch.nn.Module):
 
 def _features(net: torch.nn.Module, x: Tensor) -> Tensor:
     return net.forward_features(x)
+
+
+def _as_store(latents: Any):
+    """A LatentStore from the Learner's `latents` argument (None, a StoreConfig, or a store)."""
+    from evo.learn.latent import LatentStore, StoreConfig
+
+    if latents is None or isinstance(latents, LatentStore):
+        return latents
+    if isinstance(latents, StoreConfig):
+        return LatentStore(latents)
+    raise ConfigError(f"Learner latents must be None, an evo.learn.latent.StoreConfig or LatentStore; got "
+                      f"{type(latents).__name__}")
 
 
 def _logits(net: torch.nn.Module, x: Tensor) -> Tensor:

@@ -69,6 +69,7 @@ class Driver:
         self.say = progress
         self.cpus = cpus_per_candidate
         self.gpus = gpus_per_candidate
+        self._staged = None  # the round's pending latent part (evo.search.latents.Staged)
 
     # ---- the loop ----------------------------------------------------------------------------------
     def run(self) -> list[RoundResult]:
@@ -102,6 +103,9 @@ class Driver:
         joint = pricing.joint_flops(parent, stream, index, self.space)
         budget = pricing.budget_flops(self.space, joint, parent)
         state = self._state(study, budget, policy)
+        self._staged = self._stage_latents(index, parent_version, base, inc)
+        if self._staged is not None:  # the round's shared pass below the cut, charged once
+            state.spent += self._staged.flops
         if policy != "random":  # first start, or their run was cut by a killed driver
             done = {t.user_attrs.get("enqueued") for t in study.trials
                     if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING)}
@@ -129,6 +133,22 @@ class Driver:
         timing = {"seconds": elapsed, "driver_seconds": elapsed - waited,
                   "trials": sum(1 for t in study.trials if t.state.is_finished())}
         return self._commit(study, index, parent_version, budget, state.spent, joint, timing)
+
+    def _stage_latents(self, index: int, parent_version: int, base, inc):
+        """With a latent store: the increment's pass below the cut, once for every candidate of the round."""
+        if self.space.latents is None:
+            return None
+        from evo.learn import Learner
+        from evo.search.latents import stage_round
+
+        preprocess = Learner(base, progress=False).preprocess
+        staged = stage_round(self.run_dir.path, index, parent_version, base, inc.train, self.space.latents,
+                             preprocess)
+        ev = (staged.summary.get("eviction") or {}).get("evicted")
+        self.say(f"  latents: increment encoded below {staged.cut} once for the round ({staged.bytes / 2**20:.1f} "
+                 f"MiB, {staged.flops / 1e9:.1f} GFLOPs); store {staged.summary['live_rows']} rows, "
+                 f"{staged.summary['live_bytes'] / 2**20:.1f} MiB" + (f"; evicted {ev}" if ev else ""))
+        return staged
 
     def _study(self, index: int, policy: str) -> optuna.Study:
         seed = index + 1000 * int(self.space.scenario.get("seed", 0))
@@ -158,7 +178,13 @@ class Driver:
         trial = study.ask()
         try:
             cand, grown = suggest_candidate(trial, self.space, base, min_ops=int(policy == "random"))
-            price = pricing.candidate_flops(grown, inc, parent_meta, cand, self.space, seen_before)
+            staged = self._staged
+            if staged is not None and cand.growth:
+                from evo.learn.latent import check_growth
+
+                check_growth(base, grown, staged.cut, self.space.scenario.get("source"))
+            price = pricing.candidate_flops(grown, inc, parent_meta, cand, self.space, seen_before,
+                                            cut=staged.cut if staged is not None else None)
         except EvoError as e:
             state.invalid()
             trial.set_user_attr("fail_reason", f"invalid candidate: {e}")
@@ -186,14 +212,19 @@ class Driver:
 
     # ---- pieces ------------------------------------------------------------------------------------
     def _enqueued(self, base, policy: str) -> list[tuple[str, dict[str, Any]]]:
-        """Trials every round starts with: the no-growth fast path, then (policy search) `add_tap` onto
-        each spare tap whose statistics the closed-form head keeps, the growths that lose nothing."""
+        """Trials every round starts with: the no-growth fast path, then (policy search) training above the
+        latent cut on everything stored (where the space keeps latents), and `add_tap` onto each spare tap
+        whose statistics the closed-form head keeps, the growths that lose nothing."""
         out = [("no-growth fast path", _fast_path_params(self.space))]
-        return out + (_spare_tap_params(self.space, base) if policy == "search" else [])
+        if policy != "search":
+            return out
+        return out + _latent_params(self.space) + _spare_tap_params(self.space, base)
 
     def _task(self, parent_version: int, index: int, cand: Candidate, number: int) -> dict[str, Any]:
+        staged = getattr(self, "_staged", None)
         return {"run_dir": str(self.run_dir.path), "parent_version": parent_version, "increment": index,
                 "space": self.space.to_dict(), "candidate": cand.to_dict(),
+                "latents": str(staged.folder) if staged is not None else None,
                 "out_dir": str(self.run_dir.path / "candidates" / f"round-{index}" / f"trial-{number}")}
 
     def _finish(self, study: optuna.Study, flight: InFlight, outcome: Any) -> int:
@@ -268,6 +299,10 @@ class Driver:
         lost = sum(int(t.user_attrs.get("lost_flops", 0)) for t in study.trials)
         metrics = dict(report["metrics"])
         metrics.update(self._history_metrics(metrics.get("row")))
+        staged = getattr(self, "_staged", None)
+        latent_meta = {} if staged is None else {"latents": {
+            "cut": staged.cut, "flops": staged.flops, "seconds": staged.seconds, "bytes_written": staged.bytes,
+            **{k: staged.summary.get(k) for k in ("codec", "live_rows", "live_bytes", "budget_bytes", "eviction")}}}
         version = self.run_dir.commit_version(graph, {
             "increment": index, "parent": parent_version, "ops": cand.growth, "training": cand.training,
             "chosen": cand.name, "trial": best.number, "classes": graph.classes, "params": graph.num_params(),
@@ -275,8 +310,12 @@ class Driver:
             "cost": {"flops": spent, "seconds": timing["seconds"], "budget_flops": budget, "joint_flops": joint,
                      "joint_ratio": spent / joint if joint else None, "chosen_flops": best.user_attrs.get("flops"),
                      "lost_flops": lost},
-            "preprocess": graph.meta.get("preprocess"),
-        }, state=state)
+            "preprocess": graph.meta.get("preprocess"), **latent_meta,
+        }, state=state, extra_dirs={"latents": staged.folder} if staged is not None else None)
+        if staged is not None:
+            from evo.search.latents import drop_pending
+
+            drop_pending(self.run_dir.path, index)
         self.run_dir.write_round(index, {"increment": index, "version": version, "budget_flops": budget,
                                          "spent_flops": spent, "lost_flops": lost, "joint_flops": joint,
                                          "timing": timing, "trials": trials})
@@ -317,6 +356,17 @@ def _fast_path_params(space: SearchSpace) -> dict[str, Any]:
     if strategy is not None and strategy.choices and len(strategy.choices) > 1 and "evo" in strategy.choices:
         params["train_strategy"] = "evo"
     return params
+
+
+def _latent_params(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:
+    """Optuna parameters of `evo_latent` without growth, where the space offers it (its knobs are sampled)."""
+    strategy = space.training.get("strategy")
+    if space.latents is None or strategy is None or "evo_latent" not in strategy.values():
+        return []
+    params: dict[str, Any] = {"n_ops": 0}
+    if strategy.choices and len(strategy.choices) > 1:
+        params["train_strategy"] = "evo_latent"
+    return [("train above the latent cut", params)]
 
 
 def _spare_tap_params(space: SearchSpace, base) -> list[tuple[str, dict[str, Any]]]:

@@ -23,11 +23,12 @@ def _per_image(graph: ArchGraph, backward: bool) -> int:
 
 
 def candidate_flops(grown: ArchGraph, inc, parent_meta: dict[str, Any], cand, space,
-                    seen_before: int | None = None) -> int:
+                    seen_before: int | None = None, cut: str | None = None) -> int:
     """What learning `inc` with this candidate may cost, in FLOPs (an upper bound of the measured cost):
     the candidate's strategy prices its own work (`Strategy.price`).
 
-    `seen_before` (training images of the earlier increments) bounds the exemplar memory's fill.
+    `seen_before` (training images of the earlier increments) bounds the exemplar memory's fill and the
+    stored latents; `cut`: the latent store's cut node (the pass below it is priced once per round).
     """
     from evo.learn.strategies import Workload, make_strategy, split_settings
 
@@ -37,7 +38,7 @@ def candidate_flops(grown: ArchGraph, inc, parent_meta: dict[str, Any], cand, sp
     if seen_before is not None:
         m = min(m, seen_before)
     work = Workload(n_train=len(inc.train), n_classes=len(inc.classes_so_far), n_memory=m,
-                    n_seen=seen_before or 0, first=first, grown=bool(cand.growth))
+                    n_seen=seen_before or 0, first=first, grown=bool(cand.growth), cut=cut)
     return make_strategy(name, **options).price(grown, work)
 
 

@@ -88,6 +88,7 @@ class SearchSpace:
     objective: tuple[str, ...]
     policy: str = "search"
     validation_per_class: int = 100
+    latents: Any = None  # evo.learn.latent.StoreConfig, or None (`latents: none`: today's behaviour)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,7 +96,7 @@ class SearchSpace:
 
 
 _TOP_KEYS = {"name", "scenario", "model", "memory", "operators", "max_ops", "training", "budget", "trials",
-             "concurrency", "objective", "description", "policy", "validation_per_class"}
+             "concurrency", "objective", "description", "policy", "validation_per_class", "latents"}
 
 
 def load_space(path: str | Path) -> SearchSpace:
@@ -179,6 +180,8 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
     if policy not in POLICIES:
         raise SpaceError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
 
+    latents = _latents(doc.get("latents"), training)
+
     return SearchSpace(
         name=str(doc.get("name") or Path(source).stem),
         scenario=scenario, model=model,
@@ -192,6 +195,7 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
         objective=objective,
         policy=policy,
         validation_per_class=_positive_int(doc, "validation_per_class", 100),
+        latents=latents,
         raw=doc,
     )
 
@@ -223,6 +227,21 @@ def _training(training_doc: Any) -> dict[str, Range]:
                 except ConfigError as e:
                     raise SpaceError(f"training.{key}: {e}") from None
     return training
+
+
+def _latents(doc: Any, training: dict[str, Range]) -> Any:
+    """The latent store's config (`latents: {cut, codec, budget_mb}`), or None for `latents: none`."""
+    from evo.learn.latent import StoreConfig
+
+    try:
+        config = StoreConfig.parse(doc)
+    except ConfigError as e:
+        raise SpaceError(str(e)) from None
+    names = training["strategy"].values() if "strategy" in training else ("evo",)
+    if config is None and "evo_latent" in names:
+        raise SpaceError("training.strategy evo_latent trains on stored latents; add `latents: {cut: 8, codec: fp16}` "
+                         "to the space or drop evo_latent")
+    return config
 
 
 def _positive_int(doc: dict[str, Any], key: str, default: int, minimum: int = 1) -> int:

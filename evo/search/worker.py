@@ -70,6 +70,10 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
     learner, fresh = make_learner(grown, state, meta, space.memory, training, device=task_device(task))
     if cand.growth and not fresh:
         learner = learner.with_graph(grown)
+    if task.get("latents"):  # the round's pending part: the increment's latents, encoded once by the driver
+        from evo.learn.latent import open_store
+
+        learner.use_latents(open_store(run.path, task["parent_version"], space.latents, pending=Path(task["latents"])))
     report = learner.learn(inc)
     val_accuracy, val_nll = validation_scores(learner, validation) if len(validation) else (report.accuracy, 0.0)
     child, child_state = learner.graph_, learner.state_dict()

@@ -2,6 +2,7 @@
 
 - `evo`: frozen multi-layer features + exact closed-form ridge head (the fast path);
 - `evo_tune`: the fast path, then fine-tune (grown capacity) with replay, then refit the head;
+- `evo_latent`: train above a frozen cut on increment + stored latents, recompute the statistics exactly;
 - `joint`: retrain on all data so far (upper bound, cost reference);
 - `naive`: fine-tune on the increment only (lower bound);
 - `replay`: increment + exemplar memory;
@@ -22,7 +23,7 @@ from evo.learn.strategies.base import (
 )
 
 # Importing each strategy module registers it.
-from evo.learn.strategies import evo, evo_tune, ewc, joint, lwf, naive, replay  # noqa: E402,F401  isort: skip
+from evo.learn.strategies import evo, evo_latent, evo_tune, ewc, joint, lwf, naive, replay  # noqa: E402,F401  isort: skip
 
 
 def list_strategies() -> list[str]:

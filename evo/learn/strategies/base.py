@@ -55,6 +55,7 @@ class Context:
     index: int = 0
     stats_graph: ArchGraph | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    latents: Any = None  # evo.learn.latent.LatentStore whose `current` part is this increment's (or None)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ class Workload:
 
     `n_memory` is the exemplars the memory may hold (bounded by `n_seen`, the training images of
     earlier increments); `first`: the first increment, whose graph is not prepared yet; `grown`:
-    the graph was grown from the one the strategy's learned state describes.
+    the graph was grown from the one the strategy's learned state describes; `cut`: the node of the latent store's cut (None without a
+    store); `n_seen` then also bounds the stored latents.
     """
 
     n_train: int
@@ -72,6 +74,7 @@ class Workload:
     n_seen: int = 0
     first: bool = False
     grown: bool = False
+    cut: str | None = None  # the latent store's cut node, when the run keeps one
 
 
 @dataclass

@@ -1,0 +1,235 @@
+"""`evo_latent`: train the layers above a frozen cut on the increment + stored latents of everything seen,
+then recompute the closed-form head's statistics exactly from the store (issue 14).
+
+The latent store (`evo.learn.latent`, given to the Learner as `latents=`) holds every training
+image's activation at the cut. Nothing below the cut runs here: the increment's part was encoded
+once when it arrived (in a search, once per round for all candidates). The strategy
+
+1. fits a provisional ridge head on the training set's features (so new classes start sensible),
+2. trains everything above the cut (or its last `trainable` blocks) with cross-entropy on the
+   increment plus `replay` × as many stored latents, drawn class-balanced over the old classes,
+   with light Gaussian noise on the latents (`noise` × the batch's std),
+3. recomputes G = ΦᵀΦ and B = ΦᵀY over every live stored latent plus the increment with the
+   trained layers, and solves the head (λ by GCV) — the joint ridge solve on the evolved features
+   over all data the store holds, not a refit from the exemplar memory.
+
+When the store has never evicted, that is all data seen; otherwise it is the class-balanced sample
+the budget kept (the manifest reports it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from evo.errors import ConfigError
+from evo.graph.archgraph import ArchGraph
+from evo.graph.taps import tap_graph
+from evo.learn.cost import matmul_flops, ridge_flops, ridge_solve_flops
+from evo.learn.head import RidgeHead
+from evo.learn.latent import LatentRows, LatentStore, check_layout, merge_above, split
+from evo.learn.strategies.base import Context, Result, Workload, register_strategy
+from evo.learn.strategies.evo import Evo, calibrate_scale
+from evo.learn.tracked import LAYOUT_KEY, head_map, head_taps, layout_width, map_features, to_meta
+from evo.learn.train import TrainConfig, fit, step_flops_per_image
+
+
+@register_strategy("evo_latent")
+class EvoLatent(Evo):
+    """Layers above the cut trained on increment ∪ stored latents → statistics recomputed from the store."""
+
+    @dataclass
+    class Options(Evo.Options):
+        """Evo's options plus training above the cut (`evo.learn.train.TrainConfig`: AdamW with cosine
+        decay by default; `trainable` 'all' = every layer above the cut, or the head + last N blocks).
+        `replay`: stored latents replayed per increment image (class-balanced over the old classes).
+        `noise`: std of the Gaussian noise added to training latents, relative to each batch's std.
+        `gcv_evals`: cap of the GCV walk for the recomputed head (it starts at the last λ, where it
+        usually stops after three evaluations); the provisional head before training uses that λ."""
+
+        epochs: int = 2
+        lr: float = 1e-3
+        optimizer: str = "adamw"
+        momentum: float = 0.9
+        weight_decay: float = 1e-4
+        trainable: str | int = "all"
+        train_batch_size: int = 64
+        replay: float = 1.0
+        noise: float = 0.1
+        gcv_evals: int = 6
+        max_flops: int | None = None
+        seed: int = 0
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            for name in ("replay", "noise"):
+                v = getattr(self, name)
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+                    raise ConfigError(f"evo_latent option {name} must be a finite number >= 0; got {v!r}")
+            if isinstance(self.gcv_evals, bool) or not isinstance(self.gcv_evals, int) or self.gcv_evals < 3:
+                raise ConfigError(f"evo_latent option gcv_evals must be an int >= 3; got {self.gcv_evals!r}")
+            self.train_config()
+
+        def train_config(self) -> TrainConfig:
+            names = {f.name for f in fields(TrainConfig)}
+            opts = {k: v for k, v in vars(self).items() if k in names and k != "batch_size"}
+            return TrainConfig.build(**opts, batch_size=self.train_batch_size, channels_last=False)
+
+    # -- the hook -----------------------------------------------------------------------------
+
+    def learn(self, ctx: Context) -> Result:
+        store: LatentStore | None = ctx.latents
+        if store is None or store.cut is None:
+            raise ConfigError("strategy 'evo_latent' trains on stored latents: give the Learner a latent store "
+                              "(Learner(..., latents=StoreConfig(...))) or add `latents:` to the search space")
+        graph, cut = ctx.graph, store.cut
+        head = head_taps(graph)
+        layout = head + self.spare(graph, head)
+        check_layout(graph, cut, layout)
+        _, above = split(graph, cut)
+        increment = store.rows_of(store.current)
+        if len(increment) != len(ctx.labels) or not np.array_equal(increment.labels(ctx.classes), ctx.labels):
+            raise ConfigError(f"the latent store's part for increment {ctx.index} does not hold this increment's "
+                              "images (row count or labels differ); it was staged for other data")
+        old = store.rows(exclude=store.current)
+        replay = self._replay(old, ctx, len(increment))
+        train_rows = LatentRows.concat(increment, replay)
+        train_labels = np.concatenate([ctx.labels, replay.labels(ctx.classes)]).astype(np.int64)
+        cfg = self.options.train_config()
+        # 1. a provisional head for every class, from the training set's features
+        above = self._solve_into(above, layout, head, train_rows, train_labels, ctx, fresh=True)[0]
+        # 2. train above the cut
+        net = above.to_module()
+        stats = fit(net, above, train_rows, train_labels, self._augment(cfg.seed), cfg, ctx.meter,
+                    progress=ctx.progress, desc=f"evo_latent (increment {ctx.index})")
+        above = above.with_weights(net)
+        # 3. the statistics again, exactly, over everything the store holds
+        every = LatentRows.concat(old, increment)
+        every_labels = np.concatenate([old.labels(ctx.classes), ctx.labels]).astype(np.int64)
+        above, feats, info = self._solve_into(above, layout, head, every, every_labels, ctx, fresh=False,
+                                              calibrate_rows=len(old))
+        out = merge_above(graph, above)
+        out.meta.update({k: above.meta[k] for k in ("head_scale", LAYOUT_KEY)})
+        info.update(train_steps=stats["steps"], train_flops=stats["flops"], stopped_by_cap=stats["stopped_by_cap"],
+                    replayed=len(replay), recomputed_from=len(every), cut=cut)
+        return Result(out, feats, info)
+
+    def _replay(self, old: LatentRows, ctx: Context, n: int) -> LatentRows:
+        """`replay` × n stored rows, class-balanced over the old classes (all of a class if it has fewer)."""
+        want = min(len(old), int(round(self.options.replay * n)))
+        if not want:
+            return LatentRows([])
+        names = old.label_names()
+        rng = np.random.default_rng(self.options.seed + 7919 * ctx.index)
+        by_class = [rng.permutation(np.flatnonzero(names == c)) for c in np.unique(names)]
+        picked: list[int] = []
+        depth = 0
+        while len(picked) < want:  # round-robin over classes: balanced until a class runs out
+            layer = [idx[depth] for idx in by_class if depth < len(idx)]
+            picked += layer[: want - len(picked)]
+            depth += 1
+        return old.subset(np.array(picked))
+
+    def _augment(self, seed: int):
+        noise, gen = self.options.noise, torch.Generator().manual_seed(seed)
+
+        def prep(z: Tensor) -> Tensor:
+            if noise <= 0:
+                return z
+            return z + noise * z.std() * torch.randn(z.shape, generator=gen)
+
+        return prep
+
+    def _solve_into(self, above: ArchGraph, layout, head, rows: LatentRows, labels: np.ndarray, ctx: Context,
+                    fresh: bool, calibrate_rows: int = 0) -> tuple[ArchGraph, Tensor, dict[str, Any]]:
+        """Fresh ridge statistics over `rows` with `above`'s current weights; the head solved into `above`.
+        Returns the head's features of the rows from `calibrate_rows` on (the increment's). The softmax
+        scale is fitted on those rows plus as many stored ones drawn at random (old classes too: the
+        increment alone was trained on and would make the head overconfident on the old classes)."""
+        self.head_ = RidgeHead(self.head_.ridge)
+        n_inc = len(rows) - calibrate_rows
+        extra = np.random.default_rng(self.options.seed).permutation(calibrate_rows)[:n_inc]
+        calib = np.zeros(len(rows), bool)
+        calib[calibrate_rows:] = True
+        calib[extra] = True
+        net = (above if layout == head else tap_graph(above, layout)).to_module().eval()
+        fpi = net_flops(above if layout == head else tap_graph(above, layout))
+        bs = self.options.batch_size
+        tail = []
+        for start in range(0, len(rows), bs):
+            idx = np.arange(start, min(start + bs, len(rows)))
+            with torch.inference_mode():
+                f = net.forward_features(rows[idx]).float()
+            ctx.meter.add_flops(fpi * len(idx))
+            self._absorb(f, labels[idx], len(ctx.classes), ctx)
+            keep = calib[idx]
+            if keep.any():
+                tail.append(f[torch.from_numpy(keep)])
+        mapping = head_map(above, head, layout)
+        view = self._head_view(mapping, ctx)
+        if self.options.ridge != "gcv":
+            lam = self._choose_ridge(view, ctx, fresh=False)
+        elif fresh:  # the provisional head: the last λ (or GCV's usual starting point), no walk
+            lam = self.lambda_ if self.lambda_ is not None else _start_lambda(view)
+        else:  # GCV walking from the last λ (the features moved, not the data's scale), capped
+            lam, flops = view.gcv_walk(self.lambda_, max_evals=self.options.gcv_evals)
+            ctx.meter.add_flops(flops)
+            self.lambda_ = self.head_.ridge = view.ridge = lam
+        weight, bias = view.solve(lam)
+        c, d = weight.shape
+        ctx.meter.add_flops(ridge_solve_flops(d + 1, c))
+        cal = map_features(mapping, torch.cat(tail)) if tail else torch.empty(0, d)
+        z = cal.double() @ weight.T + bias
+        ctx.meter.add_flops(matmul_flops(len(cal), d, c))
+        scale = calibrate_scale(z, torch.as_tensor(labels[calib], dtype=torch.int64)) if len(cal) else 1.0
+        feats = cal[-n_inc:] if n_inc else cal[:0]  # the increment's rows come last in `rows` and in `cal`
+        out = above.copy()
+        dtype = out.params(out.head)["weight"].dtype
+        out.set_params(out.head, weight=(scale * weight).to(dtype), bias=(scale * bias).to(dtype))
+        out.meta["head_scale"] = scale
+        out.meta[LAYOUT_KEY] = to_meta(layout)
+        info = {"feature_dim": d, "statistics_dim": self.head_.n_features_in_, "ridge": lam,
+                "n_samples": self.head_.n_samples_, "head_scale": scale, "statistics_recomputed": not fresh}
+        return out, feats, info
+
+    # -- cost -----------------------------------------------------------------------------------
+
+    def price(self, graph: ArchGraph, work: Workload) -> int:
+        """Above the cut only (the pass below it is paid once per round): the provisional head over the
+        training set, training steps on increment + replay (capped by `max_flops`), the statistics
+        recomputed over increment + every stored latent, and the memory's features (full forward)."""
+        if work.cut is None:
+            raise ConfigError("strategy 'evo_latent' needs a latent store; add `latents:` to the search space")
+        g = self.prepare(graph) if work.first else graph
+        _, above = split(g, work.cut)
+        head = head_taps(g)
+        layout = head + self.spare(g, head)
+        fwd = net_flops(above if layout == head else tap_graph(above, layout))
+        n, stored = work.n_train, work.n_seen
+        r = min(stored, int(round(self.options.replay * n)))
+        cfg = self.options.train_config()
+        train = cfg.epochs * (n + r) * step_flops_per_image(above, cfg.trainable)
+        if cfg.max_flops is not None:
+            train = min(train, cfg.max_flops)
+        d = layout_width(g, layout)
+        solves = (ridge_flops(n + r, d, work.n_classes, 0)
+                  + ridge_flops(n + stored, d, work.n_classes, self.options.gcv_evals))
+        memory = g.flops(batch=1) * (n + work.n_memory)
+        return int(fwd * (2 * n + r + stored) + train + solves + memory)
+
+
+def _start_lambda(view: RidgeHead) -> float:
+    """Where `RidgeHead.gcv_walk` starts: 10^-1.5 × the mean centred feature variance."""
+    g = view.gram_
+    n, s = float(g[-1, -1]), g[:-1, -1]
+    variance = float((torch.diagonal(g)[:-1] - s * s / n).sum()) / max(g.shape[0] - 1, 1)
+    return max(variance * 10**-1.5, 1e-8)
+
+
+def net_flops(graph: ArchGraph) -> int:
+    return graph.flops(batch=1)

@@ -1,0 +1,236 @@
+"""The latent store (issue 14): exact statistics after training above the cut, crash safety, eviction,
+and refusing growth below the cut."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import evo.ops
+import evo.zoo
+from evo.data.dataset import ImageSet
+from evo.errors import EvoError
+from evo.learn import Learner
+from evo.learn.head import RidgeHead
+from evo.learn.latent import (
+    LatentError,
+    LatentStore,
+    Part,
+    StoreConfig,
+    check_growth,
+    cut_node,
+    decode,
+    encode,
+    open_store,
+    pending_dir,
+    read_part,
+    write_part,
+    write_pending,
+)
+from evo.learn.latent.store import committed_parts
+from evo.runs import Run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _data(n_per_class: int, classes: list[str], seed: int) -> ImageSet:
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for k in range(len(classes)):
+        base = rng.integers(0, 255, (1, 32, 32, 3))
+        images.append(np.clip(base + rng.normal(0, 40, (n_per_class, 32, 32, 3)), 0, 255).astype(np.uint8))
+        labels += [k] * n_per_class
+    return ImageSet.from_arrays(np.concatenate(images), labels, classes)
+
+
+def _part(increment: int, labels: list[int], classes: list[str], codec: str = "fp16", dim: int = 4) -> Part:
+    z = torch.randn(len(labels), dim, 2, 2)
+    codes, scales = encode(z, codec)
+    return Part(increment, classes, np.array(labels), codes, scales, codec, "cut")
+
+
+# -- codecs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("codec, tol", [("fp32", 0.0), ("fp16", 1e-3), ("int8", 1 / 127)])
+def test_codecs_round_trip_within_their_precision(codec: str, tol: float) -> None:
+    z = torch.randn(16, 8, 4, 4) * torch.logspace(-2, 2, 8).view(1, 8, 1, 1)  # channels of very different scale
+    back = decode(*encode(z, codec), codec)
+    per_channel_max = z.abs().amax(dim=(2, 3), keepdim=True)
+    assert ((back - z).abs() <= tol * per_channel_max + 1e-12).all()
+
+
+# -- exact statistics -------------------------------------------------------------------------------
+
+
+def test_statistics_recomputed_from_fp32_store_equal_a_fresh_pass() -> None:
+    """After training above the cut, the head's G and B from stored latents == a fresh pass over the images."""
+    g = evo.zoo.load("small_cnn")
+    classes = ["a", "b", "c", "d"]
+    incs = [_data(12, classes[:2], 0), _data(12, classes[2:], 1)]
+    learner = Learner(g, memory=8, strategy="evo_latent", progress=False, taps="features", epochs=1, lr=1e-3,
+                      latents=StoreConfig(cut=1, codec="fp32"))
+    for inc in incs:
+        report = learner.learn(inc)
+    assert report.info["train_steps"] > 0 and report.info["recomputed_from"] == 48
+    graph = learner.graph_
+    # the trained layers above the cut changed the features: a fresh pass over every image seen
+    before = evo.zoo.load("small_cnn")
+    net = graph.to_module().eval()
+    fresh = RidgeHead(1.0)
+    for inc in incs:
+        names = [inc.classes[i] for i in inc.labels]
+        with torch.inference_mode():
+            feats = net.forward_features(learner.preprocess(inc.images))
+        fresh.partial_fit(feats, torch.tensor([learner.classes_.index(c) for c in names]), 4)
+    head = learner.strategy.head_
+    scale = float(fresh.gram_.abs().max())
+    assert float((head.gram_ - fresh.gram_).abs().max()) <= 1e-5 * scale
+    assert float((head.xty_ - fresh.xty_).abs().max()) <= 1e-5 * float(fresh.xty_.abs().max())
+    trained = [n for n in graph.nodes() if graph.params(n) and n in before
+               and not all(torch.equal(graph.params(n)[k], before.params(n)[k]) for k in graph.params(n))]
+    cut = learner.latents_.cut
+    import networkx as nx
+    below = nx.ancestors(graph.g, cut)
+    assert trained and not set(trained) & below  # layers above the cut trained; nothing below changed
+
+
+def test_evo_latent_without_a_store_is_refused() -> None:
+    learner = Learner(evo.zoo.load("small_cnn"), strategy="evo_latent", progress=False, taps="features")
+    with pytest.raises(EvoError, match="latent store"):
+        learner.learn(_data(4, ["a", "b"], 0))
+    assert learner.graph_ is None
+
+
+# -- eviction ---------------------------------------------------------------------------------------
+
+
+def test_full_store_evicts_class_balanced_and_reports_it() -> None:
+    per_row = _part(0, [0], ["a"]).codes.nbytes + 8  # fp16 4×2×2 + the label
+    store = LatentStore(StoreConfig(codec="fp16", budget_mb=60 * per_row / 2**20), cut="cut")
+    store = store.with_part(_part(0, [0] * 50 + [1] * 10, ["a", "b"]))  # 60 rows: fits
+    assert store.n_live() == 60 and store.last_eviction["evicted"] == {}
+    store = store.with_part(_part(1, [0] * 30, ["c"]))  # 90 rows, room for 60
+    ev = store.last_eviction
+    assert store.n_live() == 60 and store.live_bytes() <= store.config.budget_bytes
+    assert ev["kept"] == {"a": 25, "b": 10, "c": 25}  # b keeps all it has; a and c share the rest
+    assert ev["evicted"] == {"a": 25, "c": 5}
+    summary = store.summary()
+    assert summary["live_per_class"] == {"a": 25, "b": 10, "c": 25} and summary["eviction"] == ev
+    assert sorted(store.rows().label_names().tolist()).count("a") == 25
+
+
+# -- growth below the cut -----------------------------------------------------------------------------
+
+
+def test_growth_below_the_cut_without_readable_images_is_refused() -> None:
+    g = evo.zoo.load("small_cnn")
+    cut = cut_node(g, 1)
+    assert cut_node(g, 2) != cut
+    below_sites = [s for s in evo.ops.sites(g, "widen") if s.get("group") in ("stem_0", "res_a_0")]
+    grown = evo.ops.apply(g, "widen", site=below_sites[0], factor=1.5)
+    with pytest.raises(LatentError, match="cannot give them back.*grow above the cut"):
+        check_growth(g, grown, cut, "fashion-mnist")
+    above_sites = [s for s in evo.ops.sites(g, "widen") if s.get("group") == "down_0"]
+    check_growth(g, evo.ops.apply(g, "widen", site=above_sites[0], factor=1.5), cut, "fashion-mnist")
+
+
+# -- crash safety ---------------------------------------------------------------------------------
+
+
+WRITER = textwrap.dedent("""
+    import shutil, sys, numpy as np, torch
+    from pathlib import Path
+    from evo.learn.latent import LatentStore, Part, StoreConfig, encode, write_pending, open_store, pending_dir
+    from evo.runs import Run
+    run = Run.open(sys.argv[1])
+    v = run.latest()
+    store = open_store(run.path, v, StoreConfig(codec="fp16"))
+    i = 0 if not store.parts else max(store.parts) + 1
+    ROWS = 16000
+    while True:
+        z = torch.randn(ROWS, 16, 8, 8)
+        codes, _ = encode(z, "fp16")
+        part = Part(i, ["a", "b"], np.arange(ROWS) % 2, codes, None, "fp16", "cut")
+        s = store.with_part(part)
+        shutil.rmtree(pending_dir(run.path, i), ignore_errors=True)  # a round cut short: encoded again
+        print("writing", i, flush=True)
+        folder = write_pending(run.path, i, s, {"parent_version": v})
+        graph, meta, state = run.load_version(v)
+        print("committing", i, flush=True)
+        v = run.commit_version(graph, {"increment": i, "parent": v}, state, extra_dirs={"latents": folder})
+        print("committed", i, flush=True)
+        store, i = s, i + 1
+""")
+
+
+def test_kill9_during_store_writes_leaves_only_whole_committed_parts(tmp_path: Path) -> None:
+    run = Run.create(tmp_path / "run", {"test": True})
+    run.commit_version(evo.zoo.load("small_cnn"), {"increment": None})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # kill while a part is written, while a version commits, and just after a commit
+    for wait_for, delay in (("writing", 0.05), ("committing", 0.0), ("committed", 0.0)):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(run.path)], env=env, stdout=subprocess.PIPE)
+        while not proc.stdout.readline().startswith(wait_for.encode()):
+            assert proc.poll() is None, "the writer stopped by itself"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with run.lock("test"):  # what a resume does first: remove evo's own temporary names
+            pass
+        latest = run.latest()
+        store = open_store(run.path, latest, StoreConfig(codec="fp16"))
+        committed = {run.version_meta(v).get("increment") for v in run.versions()} - {None}
+        assert set(store.parts) == committed  # no latent of an uncommitted version
+        for _inc, part in store.parts.items():
+            assert len(part) == 16000 and np.asarray(part.codes[-1]).shape == (16, 8, 8)
+        for folder in committed_parts(run.path).values():
+            read_part(folder)  # every part on disk is whole
+        leftovers = [p.name for p in (run.path / "latents").iterdir()] if (run.path / "latents").is_dir() else []
+        assert all(n.startswith("round-") for n in leftovers)  # no torn temp: only whole pending parts
+        for n in leftovers:  # a pending part is whole too (it is only ever renamed into place complete)
+            read_part(run.path / "latents" / n)
+    assert len(committed) >= 1
+
+
+def test_a_damaged_part_is_refused(tmp_path: Path) -> None:
+    folder = write_part(tmp_path / "p", _part(0, [0, 1, 1], ["a", "b"]))
+    info = json.loads((folder / "part.json").read_text())
+    (folder / "part.json").write_text(json.dumps({**info, "rows": 5}))
+    with pytest.raises(LatentError, match="damaged"):
+        read_part(folder)
+    assert pending_dir(tmp_path, 3).name == "round-3"
+    assert write_pending  # noqa: B018 - the pending writer is exercised by the kill test
+
+
+def test_grown_and_trained_above_the_cut_keeps_exact_statistics() -> None:
+    """A block widened above the cut, then trained on increment + stored latents: G and B again equal a
+    fresh pass of the grown, trained network over every image seen."""
+    g = evo.zoo.load("small_cnn")
+    incs = [_data(10, ["a", "b"], 0), _data(10, ["c", "d"], 1)]
+    learner = Learner(g, memory=8, strategy="evo_latent", progress=False, taps="features", epochs=1,
+                      latents=StoreConfig(cut=1, codec="fp32"))
+    learner.learn(incs[0])
+    site = next(s for s in evo.ops.sites(learner.graph_, "widen") if s.get("group") == "down_0")
+    grown = evo.ops.apply(learner.graph_, "widen", site=site, factor=1.5)
+    child = learner.with_graph(grown)
+    child.learn(incs[1])
+    assert child.graph_.shape("down_0")[0] > g.shape("down_0")[0]
+    net = child.graph_.to_module().eval()
+    fresh = RidgeHead(1.0)
+    for inc in incs:
+        with torch.inference_mode():
+            feats = net.forward_features(child.preprocess(inc.images))
+        fresh.partial_fit(feats, torch.tensor([child.classes_.index(inc.classes[i]) for i in inc.labels]), 4)
+    head = child.strategy.head_
+    assert float((head.gram_ - fresh.gram_).abs().max()) <= 1e-5 * float(fresh.gram_.abs().max())

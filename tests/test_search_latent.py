@@ -1,0 +1,133 @@
+"""The growth search with a latent store: one pass below the cut per round, evo_latent candidates trained
+above it on everything stored, the store committed with each version, growth below the cut refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evo.learn.latent import StoreConfig, open_store, read_part
+from evo.runs import Run
+from evo.search import SpaceError, parse_space
+from evo.search.executor import InProcessExecutor
+
+SPACE = {
+    "name": "tiny_latent",
+    "scenario": {"kind": "class_incremental", "source": "digits", "increments": 3, "seed": 0,
+                 "per_class_train": 16, "per_class_test": 10},
+    "model": {"name": "small_cnn", "input_size": 32},
+    "memory": 40,
+    "latents": {"cut": 1, "codec": "fp16"},
+    "operators": {"widen": {"factor": 1.5}},
+    "max_ops": 1,
+    "training": {"strategy": ["evo", "evo_latent"], "epochs": 1, "taps": "features"},
+    "budget": {"fraction_of_joint": 4.0},
+    "trials": 4,
+    "concurrency": 1,
+    "validation_per_class": 3,
+}
+
+
+def _drive(tmp_path: Path, doc: dict) -> tuple[Run, list]:
+    from evo.search.driver import Driver
+    from evo.search.launch import check_space
+
+    space = parse_space(json.loads(json.dumps(doc)))
+    graph = check_space(space)
+    run = Run.create(tmp_path / "run", {"space": space.to_dict()})
+    run.commit_version(graph, {"increment": None, "ops": [], "classes": graph.classes})
+    lines: list[str] = []
+    results = Driver(run, space, progress=lines.append, executor=InProcessExecutor()).run()
+    return run, results, lines
+
+
+def test_latent_search_commits_the_store_with_each_version(tmp_path: Path) -> None:
+    run, results, lines = _drive(tmp_path, SPACE)
+    assert run.versions() == [0, 1, 2, 3]
+    assert sum("encoded below" in line for line in lines) == 3  # once per round, not per candidate
+    latent_trials = [t for r in results for t in r.trials
+                     if t["state"] == "COMPLETE" and t["candidate"]["training"].get("strategy") == "evo_latent"]
+    assert latent_trials and all(t["flops"] <= t["price_flops"] for t in latent_trials)
+    for r in results:
+        assert 0 < r.flops_spent <= r.budget_flops
+    seen = 0
+    for v in (1, 2, 3):
+        meta = run.version_meta(v)
+        part = read_part(run.version_dir(v) / "latents")
+        assert part.increment == meta["increment"] and meta["latents"]["flops"] > 0
+        seen += len(part)
+        store = open_store(run.path, v, StoreConfig(codec="fp16"))
+        assert store.n_live() == seen == meta["latents"]["live_rows"]  # everything seen, nothing evicted
+    assert not any((run.path / "latents").iterdir())  # pending parts went with their versions
+    # the evo_latent report recomputed its statistics from every stored latent
+    report = json.loads((Path(latent_trials[-1]["out_dir"]) / "report.json").read_text())
+    assert "summary" in report
+
+
+def test_growth_below_the_cut_is_an_invalid_candidate(tmp_path: Path) -> None:
+    doc = json.loads(json.dumps(SPACE))
+    doc["scenario"]["increments"] = 1
+    doc["latents"]["cut"] = 2  # stem, residual, down, left, right: 5 of the 6 widen sites are below it
+    doc["trials"] = 3
+    run, results, _ = _drive(tmp_path, doc)
+    reasons = [t.get("fail_reason", "") for r in results for t in r.trials]
+    below = [x for x in reasons if "below the latent cut" in x]
+    assert below and all("cannot give them back" in x for x in below)
+
+
+def test_a_space_without_latents_refuses_evo_latent(tmp_path: Path) -> None:
+    doc = {k: v for k, v in SPACE.items() if k != "latents"}
+    with pytest.raises(SpaceError, match="add `latents:"):
+        parse_space(doc)
+    doc["latents"] = "none"
+    doc["training"] = {"strategy": ["evo"], "taps": "features"}
+    assert parse_space(doc).latents is None
+    doc["latents"] = {"cut": 8, "codec": "fp8"}
+    with pytest.raises(SpaceError, match="codec"):
+        parse_space(yaml.safe_load(yaml.safe_dump(doc)))
+
+
+def test_a_round_part_is_encoded_once_and_reused_after_a_kill(tmp_path: Path) -> None:
+    """A resumed round finds its pending part whole and does not pay for the pass below the cut again;
+    a part staged on another parent version is encoded again."""
+    import evo.zoo
+    from evo.learn import Learner
+    from evo.search.latents import stage_round
+    from evo.search.scenario import stream_for
+
+    space = parse_space(json.loads(json.dumps(SPACE)))
+    graph = evo.zoo.load("small_cnn")
+    run = Run.create(tmp_path / "run", {"space": space.to_dict()})
+    run.commit_version(graph, {"increment": None})
+    train = stream_for(space)[0].train
+    pre = Learner(graph, progress=False).preprocess
+    first = stage_round(run.path, 0, 0, graph, train, space.latents, pre)
+    stamp = (first.folder / "latents.npy").stat().st_mtime_ns
+    again = stage_round(run.path, 0, 0, graph, train, space.latents, pre)
+    assert again.folder == first.folder and (again.folder / "latents.npy").stat().st_mtime_ns == stamp
+    assert again.flops == first.flops > 0
+    (run.path / "latents" / ".evo-tmp-round-0.x").mkdir()  # a write cut by a kill
+    with run.lock("test"):
+        pass
+    assert [p.name for p in (run.path / "latents").iterdir()] == ["round-0"]
+    other = stage_round(run.path, 0, 1, graph, train, space.latents, pre)  # another parent: encoded again
+    assert (other.folder / "latents.npy").stat().st_mtime_ns != stamp
+
+
+def test_a_store_budget_evicts_class_balanced_and_the_version_reports_it(tmp_path: Path) -> None:
+    doc = json.loads(json.dumps(SPACE))
+    doc["training"] = {"strategy": ["evo"], "taps": "features"}
+    doc["operators"], doc["max_ops"] = {}, 0
+    # small_cnn's stride-1 cut: 16×32×32 fp16 = 32 KiB per image; room for 40 of the 3 × 26 training images
+    doc["latents"] = {"cut": 1, "codec": "fp16", "budget_mb": 40 * (16 * 32 * 32 * 2 + 8) / 2**20}
+    run, _, lines = _drive(tmp_path, doc)
+    meta = run.version_meta(3)["latents"]
+    assert meta["live_rows"] == 40 and meta["live_bytes"] <= meta["budget_bytes"]
+    kept = meta["eviction"]["kept"]
+    assert meta["eviction"]["evicted"] and max(kept.values()) - min(kept.values()) <= 1  # class-balanced
+    assert any("evicted" in line for line in lines)
+    store = open_store(run.path, 3, StoreConfig(codec="fp16"))
+    assert store.n_live() == 40 and len(store.parts) == 3
