@@ -96,6 +96,7 @@ class Strategy:
 
     name: ClassVar[str] = ""
     uses_memory: ClassVar[bool] = True
+    needs_latents: ClassVar[bool] = False  # trains on a latent store: Learner(..., latents=StoreConfig(...))
 
     @dataclass
     class Options:

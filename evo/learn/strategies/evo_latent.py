@@ -43,6 +43,8 @@ from evo.learn.train import TrainConfig, fit, step_flops_per_image
 class EvoLatent(Evo):
     """Layers above the cut trained on increment ∪ stored latents → statistics recomputed from the store."""
 
+    needs_latents = True
+
     @dataclass
     class Options(Evo.Options):
         """Evo's options plus training above the cut (`evo.learn.train.TrainConfig`: AdamW with cosine
