@@ -363,15 +363,17 @@ class Corrections:
         if self._log is not None and not self._log.write:
             raise CorrectionError("this engine was opened read-only; open it with write=True to correct or undo")
 
-    def _apply_op(self, st: _State, kind: str, cid: int, w: float, phi: Tensor, label: int) -> _State:
-        """One logged rank-one change (the only way the head moves, live or in a replay)."""
+    def _apply_op(self, st: _State, kind: str, cid: int, w: float, phi: Tensor, label: int,
+                  in_place: bool = False) -> _State:
+        """One logged rank-one change (the only way the head moves, live or in a replay; a replay on
+        opening may update in place: no reader exists yet)."""
         live = dict(st.live)
         if kind == "undo":
             del live[cid]
         else:
             old = live[cid]
             live[cid] = replace(old, weight=old.weight + w)
-        head = st.head.updated(phi, label, w)
+        head = st.head.updated(phi, label, w, in_place=in_place)
         labels = {v.label for v in live.values()}
         active = self._base_support.clone()
         if len(active) < len(st.classes):
@@ -482,10 +484,10 @@ class Corrections:
                 st = replace(st, live={**st.live, op.cid: _Live(phi, st.classes.index(op.label), 0.0,
                                                                   rows[op.cid].image_sha256,
                                                                   x.double() / (norm if norm > 0 else 1.0))})
-                st = self._apply_op(st, "add", op.cid, op.weight, phi, st.classes.index(op.label))
+                st = self._apply_op(st, "add", op.cid, op.weight, phi, st.classes.index(op.label), in_place=True)
             else:
                 e = st.live[op.cid]
-                st = self._apply_op(st, op.kind, op.cid, op.weight, e.phi, e.label)
+                st = self._apply_op(st, op.kind, op.cid, op.weight, e.phi, e.label, in_place=True)
             st = replace(st, seq=op.seq)
         self._state = st
         self._next_id = log.next_id()

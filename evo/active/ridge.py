@@ -56,8 +56,12 @@ class RankOneHead:
         """s = φᵀA⁻¹φ for one bias-augmented row."""
         return float(phi @ (self.inverse @ phi))
 
-    def updated(self, phi: Tensor, label: int, w: float) -> RankOneHead:
-        """The head after A += wφφᵀ, B += wφe_labelᵀ (w < 0 takes a correction back out)."""
+    def updated(self, phi: Tensor, label: int, w: float, in_place: bool = False) -> RankOneHead:
+        """The head after A += wφφᵀ, B += wφe_labelᵀ (w < 0 takes a correction back out).
+
+        A new head by default, so readers of the old one never see a half update; `in_place` changes
+        this one (the same arithmetic, bit for bit) where nobody else can see it yet, e.g. while a log
+        is replayed on opening, to avoid copying the (d + 1)² inverse at every step."""
         u = self.inverse @ phi
         s = float(phi @ u)
         denom = 1.0 + w * s
@@ -66,6 +70,10 @@ class RankOneHead:
         c = w / denom
         resid = -(phi @ self.weight)
         resid[label] += 1.0
+        if in_place:
+            self.inverse.addr_(u, u, alpha=-c)
+            self.weight.addr_(u, resid, alpha=c)
+            return self
         return RankOneHead(torch.addr(self.inverse, u, u, alpha=-c), torch.addr(self.weight, u, resid, alpha=c))
 
     def with_class(self) -> RankOneHead:
