@@ -99,8 +99,7 @@ def test_every_bad_input_is_one_line_exit_2_and_changes_nothing(run, base, tmp_p
 _HOLDER = """
 import sys, time
 from evo.runs import Run
-from evo.active.lock import run_lock
-with run_lock(Run(sys.argv[1]), "launch"):
+with Run(sys.argv[1]).lock("launch"):
     print("locked", flush=True)
     time.sleep(120)
 """

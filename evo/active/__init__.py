@@ -4,8 +4,8 @@ or evo.serve, and evo.learn never imports it."""
 
 from evo.active.engine import CorrectionRecord, CorrectionResult, Corrections, Prediction, Suggestion
 from evo.active.errors import CorrectionError
-from evo.active.lock import RunBusyError
 from evo.active.queries import QUERIES
+from evo.runs import RunBusyError
 
 __all__ = ["QUERIES", "CorrectionError", "CorrectionRecord", "CorrectionResult", "Corrections", "Prediction",
            "RunBusyError", "Suggestion"]

@@ -37,7 +37,6 @@ from torch import Tensor
 import evo.ops
 from evo.active.errors import CorrectionError
 from evo.active.images import as_image, as_images, check_label, from_png, image_files, sha256, to_png
-from evo.active.lock import run_lock
 from evo.active.log import CorrectionLog, Row
 from evo.active.queries import QUERIES
 from evo.active.ridge import RankOneHead, weight_needed
@@ -170,7 +169,7 @@ class Corrections:
         exit_stack = contextlib.ExitStack()
         try:
             if write:
-                exit_stack.enter_context(run_lock(run, "correct"))
+                exit_stack.enter_context(run.lock("correct"))
             latest = run.latest()
             if latest is None:
                 raise RunError(f"run {path} has no committed version yet; learn one with `evo learn`")
