@@ -8,7 +8,7 @@ A write is durable before it is visible: data and folder are fsynced, then renam
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import json
 import os
 import shutil
@@ -84,17 +84,15 @@ _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
+@functools.cache
 def _renameat2():
+    """libc's renameat2, looked up on first use (the process's own symbols: no library search)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.renameat2
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     return fn
-
-
-_EXCHANGE = _renameat2()
 
 
 def swap_dir(new: Path, target: Path) -> None:
@@ -106,8 +104,9 @@ def swap_dir(new: Path, target: Path) -> None:
         os.replace(new, target)
         fsync_dir(target.parent)
         return
-    if _EXCHANGE is not None and _EXCHANGE(_AT_FDCWD, os.fsencode(new), _AT_FDCWD, os.fsencode(target),
-                                           _RENAME_EXCHANGE) == 0:
+    exchange = _renameat2()
+    if exchange is not None and exchange(_AT_FDCWD, os.fsencode(new), _AT_FDCWD, os.fsencode(target),
+                                         _RENAME_EXCHANGE) == 0:
         fsync_dir(target.parent)
         shutil.rmtree(new, ignore_errors=True)  # `new` now holds the old contents
         return
