@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,20 +69,16 @@ def video_folder_frames(
     return read_videos(clips, classes, spec, f"video folder {root}").split(test_fraction, seed)
 
 
-@SOURCES.register("video_folder")
-def video_folder(
-    path: str | os.PathLike,
-    sampling: str = "uniform",
-    frames: int = 8,
-    fps: float = 1.0,
-    detector: str | None = "content",
-    threshold: float | None = None,
-    min_shot: float = 0.4,
-    size: int | Sequence[int] | None = None,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-) -> Split:
-    """Sampled frames as (train, test) ImageSets, split by clip (`groups` = clip ids); options and
-    behaviour as `video_folder_frames`, which also returns each frame's clip, shot and time."""
-    train, test = video_folder_frames(path=path, sampling=sampling, frames=frames, fps=fps, detector=detector, threshold=threshold, min_shot=min_shot, size=size, test_fraction=test_fraction, seed=seed)
-    return train.data, test.data
+def images_only(frames_fn):
+    """The registered source for a `*_frames` reader: its (train, test) ImageSets without the per-frame
+    clip/shot/time. `functools.wraps` keeps the reader's signature, which `load_source` binds options to."""
+
+    @functools.wraps(frames_fn)
+    def source(*args, **kwargs) -> Split:
+        train, test = frames_fn(*args, **kwargs)
+        return train.data, test.data
+
+    return source
+
+
+video_folder = SOURCES.register("video_folder")(images_only(video_folder_frames))

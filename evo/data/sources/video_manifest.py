@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evo.data.sources._images import inside, natural_key
-from evo.data.sources.base import SOURCES, Split
-from evo.data.sources.video_folder import sampling_from
+from evo.data.sources.base import SOURCES
+from evo.data.sources.video_folder import images_only, sampling_from
 from evo.errors import DataError
 
 if TYPE_CHECKING:
@@ -91,22 +91,4 @@ def video_csv_frames(
     return read_videos(clips, classes, spec, f"manifest {path}").split(test_fraction, seed)
 
 
-@SOURCES.register("video_csv")
-def video_csv(
-    path: str | os.PathLike,
-    root: str | os.PathLike | None = None,
-    classes: Sequence[str] | None = None,
-    sampling: str = "uniform",
-    frames: int = 8,
-    fps: float = 1.0,
-    detector: str | None = "content",
-    threshold: float | None = None,
-    min_shot: float = 0.4,
-    size: int | Sequence[int] | None = None,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-) -> Split:
-    """Sampled frames as (train, test) ImageSets, split by clip (`groups` = clip ids); options and
-    behaviour as `video_csv_frames`, which also returns each frame's clip, shot and time."""
-    train, test = video_csv_frames(path=path, root=root, classes=classes, sampling=sampling, frames=frames, fps=fps, detector=detector, threshold=threshold, min_shot=min_shot, size=size, test_fraction=test_fraction, seed=seed)
-    return train.data, test.data
+video_csv = SOURCES.register("video_csv")(images_only(video_csv_frames))
