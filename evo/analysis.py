@@ -77,7 +77,8 @@ def versions(run: str | os.PathLike | Run) -> pd.DataFrame:
                      "average_incremental_accuracy": metrics.get("average_incremental_accuracy"),
                      "flops": cost.get("flops"), "seconds": cost.get("seconds"),
                      "budget_flops": cost.get("budget_flops"), "joint_flops": cost.get("joint_flops"),
-                     "joint_ratio": cost.get("joint_ratio"), "depth": _depth(_graph_doc(run, n))})
+                     "joint_ratio": cost.get("joint_ratio"), "depth": _depth(_graph_doc(run, n)),
+                     "corrections": _ids_text(meta.get("corrections"))})
     df = pd.DataFrame(rows)
     for col in ("parent", "increment", "trial", "params"):
         df[col] = df[col].astype("Int64")
@@ -95,9 +96,14 @@ def lineage(run: str | os.PathLike | Run) -> pd.DataFrame:
         added = row["params"] - v.loc[parent, "params"] if parent in v.index else pd.NA
         rows.append({"parent": parent, "child": int(child), "ops": row["ops"], "chosen": row["chosen"],
                      "params_added": added, "accuracy": row["accuracy"], "flops": row["flops"],
-                     "seconds": row["seconds"]})
+                     "seconds": row["seconds"], "corrections": row["corrections"]})
     return pd.DataFrame(rows, columns=["parent", "child", "ops", "chosen", "params_added", "accuracy", "flops",
-                                       "seconds"])
+                                       "seconds", "corrections"])
+
+
+def _ids_text(ids: list[int] | None) -> str:
+    """The correction ids a version learned, as '3: 1, 2, 5' ('' for none)."""
+    return f"{len(ids)}: " + ", ".join(map(str, ids)) if ids else ""
 
 
 def ops_text(ops: list[dict[str, Any]] | None) -> str:
@@ -313,6 +319,64 @@ def test_split(run: str | os.PathLike | Run):
     if latest.get("increment") is None:
         return None, "no test split: the run has not learned an increment yet"
     return None, "no test split: the run has no scenario in config.json and its latest data is not readable"
+
+
+def video_source(run: str | os.PathLike | Run) -> tuple[str, dict[str, Any]] | None:
+    """(source, options) when the run learns from a video folder or video CSV manifest, else None: a
+    search run's scenario source with its `source_opts`, or the data an `evo learn` run last read."""
+    run = open_run(run)
+    scenario = run.config.get("space", {}).get("scenario")
+    if scenario and isinstance(scenario.get("source"), str):
+        source, opts = scenario["source"], dict(scenario.get("source_opts") or {})
+    else:
+        source, opts = run.version_meta(run.latest()).get("data"), {}
+    if not source or not Path(source).exists():
+        return None
+    return (str(source), opts) if _is_video_source(Path(source)) else None
+
+
+def _is_video_source(path: Path) -> bool:
+    """A folder with video files in its class subfolders, or a CSV whose first rows name video files."""
+    from evo.data.video import VIDEO_EXTENSIONS
+
+    if path.is_dir():
+        return any(p.suffix.lower() in VIDEO_EXTENSIONS for d in path.iterdir() if d.is_dir()
+                   for p in d.rglob("*") if p.is_file())
+    if path.suffix.lower() != ".csv":
+        return False
+    try:
+        rows = path.read_text().splitlines()[:3]
+    except (OSError, UnicodeDecodeError):
+        return False
+    return any(Path(r.split(",")[0].strip()).suffix.lower() in VIDEO_EXTENSIONS for r in rows)
+
+
+def test_videos(run: str | os.PathLike | Run, limit: int = 3) -> tuple[pd.DataFrame, str]:
+    """Up to `limit` held-out clips of a video run (one per class first): path, start, end, truth; and
+    the sentence saying where they came from. The split is the source's own, by clip, so these clips
+    were never learned from; only one frame per clip is decoded to rebuild it."""
+    cols = ["path", "start", "end", "truth"]
+    found = video_source(run)
+    if found is None:
+        return pd.DataFrame(columns=cols), "the run's data is not a video folder or video manifest"
+    from evo.data.video import load_videos
+
+    source, opts = found
+    keep = {k: v for k, v in opts.items() if k in ("test_fraction", "seed")}
+    _, test = load_videos(source, sampling="uniform", frames=1, detector=None, size=16, **keep)
+    rows, seen_paths = [], set()
+    clips = [test.clips[i] for i in dict.fromkeys(test.clip.tolist())]
+    first = {}
+    for c in clips:
+        first.setdefault(c.label, c)
+    for c in [*first.values(), *clips]:
+        if len(rows) >= limit:
+            break
+        if c.path not in seen_paths:
+            seen_paths.add(c.path)
+            rows.append({"path": c.path, "start": c.start, "end": c.end, "truth": c.label})
+    how = f"{len(rows)} of the {len(clips)} held-out clips of {source} (the source's split by clip)"
+    return pd.DataFrame(rows, columns=cols), how
 
 
 def predictions(run: str | os.PathLike | Run, versions_: list[int] | None = None, batch_size: int = 256

@@ -74,7 +74,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from evo.report import write_report
 
-    write_report(args.run_dir, out=args.out, predict=args.predict)
+    write_report(args.run_dir, out=args.out, predict=args.predict, videos=args.video, max_videos=args.videos)
     return 0
 
 
@@ -134,26 +134,11 @@ def _is_video(path: str) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS and Path(path).is_file()
 
 
-def _video_callables(eng, aggregate: str):
-    """predict_proba (and embed/head for feature averaging) from the corrections engine, so a video's
-    predictions see every live correction."""
-    import torch
-
-    def proba(frames):
-        return torch.softmax(eng.logits(eng.features(frames)), dim=1).numpy()
-
-    if aggregate != "features":
-        return proba, None, None
-    return proba, (lambda frames: eng.features(frames).double().numpy()), \
-        (lambda feats: torch.softmax(eng.logits(torch.as_tensor(feats).float()), dim=1).numpy())
-
-
 def _predict_video(eng, path: str, args: argparse.Namespace):
-    from evo.data.video.predict import predict_video
+    from evo.active.video import predict_video
 
-    proba, embed, head = _video_callables(eng, args.aggregate)
-    return predict_video(path, proba, eng.classes, fps=args.fps, detector=args.detector, threshold=args.threshold,
-                         smooth=args.smooth, aggregate=args.aggregate, embed=embed, head=head)
+    return predict_video(eng, path, fps=args.fps, detector=args.detector, threshold=args.threshold,
+                         smooth=args.smooth, aggregate=args.aggregate)
 
 
 @command("predict")
@@ -353,7 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default=None, help="report folder (default RUN/report)")
     rp.add_argument("--predict", action=argparse.BooleanOptionalAction, default=True,
                     help="run every version on the run's test split for the confusion matrix and per-class "
-                         "forgetting (default: yes)")
+                         "forgetting, and the video strips (default: yes)")
+    rp.add_argument("--video", action="append", default=[], metavar="FILE",
+                    help="also show this video's shots with the latest model's labels (repeatable)")
+    rp.add_argument("--videos", type=int, default=3, metavar="N",
+                    help="a run learnt from videos: show N of its held-out clips (default 3; 0: none)")
     _active_parsers(sub)
     _add_serve_parser(sub)
     return p

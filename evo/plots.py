@@ -57,6 +57,8 @@ def lineage(edges: pd.DataFrame, versions: pd.DataFrame) -> Figure:
         strategy = str(e["chosen"]).rpartition(" [")[2].rstrip("]") if " [" in str(e["chosen"]) else ""
         ops += f" [{strategy}]" if strategy else ""
         label = f"{textwrap.shorten(ops, 60)}  |  params {added}  |  test acc {acc}  |  {cost}"
+        fixes = str(e.get("corrections") or "")
+        label += f"  |  corrections {fixes.partition(':')[0]}" if fixes else ""
         ax.text((x0 + x1) / 2 + 0.06, (y0 + y1) / 2, label, ha="left", va="center", fontsize=8,
                 bbox={"boxstyle": "round", "fc": "#f4f6fb", "ec": "0.8"})
     for n, (x, y) in pos.items():

@@ -43,11 +43,14 @@ class Section:
 
 
 def write_report(run: str | os.PathLike, out: str | os.PathLike | None = None, predict: bool = True,
-                 say: Callable[[str], None] = print) -> Path:
+                 say: Callable[[str], None] = print, videos: list[str] | None = None, max_videos: int = 3) -> Path:
     """Write the report of the run at `run` into `out` (default RUN/report) and return that folder.
 
-    `predict=False` skips the confusion matrix and per-class forgetting, which run every learned
-    version on the run's test split (see `evo.analysis.predictions`).
+    `predict=False` skips everything that runs the model: the confusion matrix and per-class
+    forgetting (every learned version on the run's test split, see `evo.analysis.predictions`) and
+    the video strips. Those show, per shot, a keyframe and the latest model's prediction (corrections
+    included) for each file in `videos` and, for a run learnt from videos, up to `max_videos` of
+    its held-out clips (`evo.analysis.test_videos`).
     """
     if plots is None:
         raise ReportError(f"evo report needs matplotlib ({_PLOTS_ERROR}); install it with "
@@ -59,7 +62,7 @@ def write_report(run: str | os.PathLike, out: str | os.PathLike | None = None, p
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; a report is for reading
     try:
-        sections, summary = _build(r, staging, predict, say)
+        sections, summary = _build(r, staging, predict, say, videos or [], max_videos)
         (staging / "index.html").write_text(_html(r.path.name, sections, summary, staging))
         (staging / "summary.md").write_text(_markdown(r.path.name, summary, sections))
         _swap(staging, out)
@@ -72,7 +75,8 @@ def write_report(run: str | os.PathLike, out: str | os.PathLike | None = None, p
 # ---- content ------------------------------------------------------------------------------------------
 
 
-def _build(run, folder: Path, predict: bool, say: Callable[[str], None]) -> tuple[list[Section], list[str]]:
+def _build(run, folder: Path, predict: bool, say: Callable[[str], None], videos: list[str],
+           max_videos: int) -> tuple[list[Section], list[str]]:
     data = analysis.load_run(run)
     v, sections = data.versions, []
     latest = v.iloc[-1]
@@ -142,8 +146,44 @@ def _build(run, folder: Path, predict: bool, say: Callable[[str], None]) -> tupl
     if log is not None and len(log):
         sections.append(Section("Corrections over time", save(plots.corrections(log), "corrections.png"),
                                 f"{len(log)} corrections from corrections.sqlite, cumulative."))
+    if predict:
+        sections += _video_sections(run, folder, videos, max_videos, summary, say)
+    elif videos:
+        raise ReportError("--video needs the model to run; drop --no-predict")
     say(f"report: {len(sections)} figures from {run.path}")
     return sections, summary
+
+
+def _video_sections(run, folder: Path, videos: list[str], limit: int, summary: list[str],
+                    say: Callable[[str], None]) -> list[Section]:
+    """One keyframe strip per video: each shot's middle frame with the latest model's label."""
+    from evo.active import Corrections
+    from evo.active.video import predict_video
+    from evo.data.video.strip import shot_strip
+
+    for v in videos:
+        if not Path(v).is_file():
+            raise ReportError(f"--video {v}: no such file")
+    held, how = analysis.test_videos(run, limit) if limit > 0 else (pd.DataFrame(), "")
+    wanted = [(v, None) for v in videos] + [(p, t) for p, t in zip(held["path"], held["truth"], strict=True)
+                                            if p not in videos]
+    if not wanted:
+        return []
+    out = []
+    with Corrections.open(run.path, write=False) as eng:
+        for i, (path, truth) in enumerate(wanted):
+            say(f"report: predicting the shots of {path}")
+            pred = predict_video(eng, path)
+            name = f"video_{i}.png"
+            shot_strip(pred).save(folder / name)
+            shots = pd.DataFrame([s.to_dict() for s in pred.shots]).drop(columns=["top"])
+            clip = f"whole clip: {pred.label} (p={pred.probability:.2f})" + (f"; true class {truth}" if truth else "")
+            out.append(Section(f"Video shots: {Path(path).name}", name,
+                               f"{path}: the middle keyframe of each of its {len(pred.shots)} shots, captioned "
+                               f"'shot: predicted class, probability' and its time span, predicted by "
+                               f"{eng.model_version} at 2 frames/s. {clip}.", [("shots", shots)]))
+    summary.append(f"video strips: {len(out)} video(s)" + (f"; {how}" if len(held) else ""))
+    return out
 
 
 def _reasons(failed: pd.DataFrame) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,3 +169,33 @@ def test_cli_correct_a_video_shot(tmp_path, capsys):
     with Corrections.open(run, write=False) as eng:
         after = eng.head_weight[:, : before.shape[1]]
         assert float((after - before).abs().max()) <= 1e-6 * max(1.0, float(before.abs().max()))
+
+
+def test_report_shows_held_out_clips_and_named_videos_as_keyframe_strips(tmp_path):
+    """`evo report` on a run learnt from videos: a keyframe strip per held-out clip (never a trained one)
+    and per `--video`, each shot captioned with the latest model's label."""
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    from evo.analysis import test_videos
+    from evo.data.video import load_videos
+
+    coll = tmp_path / "coll"
+    collection(coll, n_classes=3, clips_per_class=3, shots_per_clip=2, size=32)
+    truth = shot_video(tmp_path / "q.mp4", 3, seed=4, size=32)
+    run = str(tmp_path / "run")
+    assert main(["learn", "small_cnn", "--data", str(coll), "--run-dir", run, "--no-progress", "--memory", "50"]) == 0
+    held, how = test_videos(run, limit=5)
+    _, test = load_videos(coll, frames=1, detector=None)
+    assert set(held["path"]) == {c.path for i, c in enumerate(test.clips) if i in set(test.clip.tolist())}
+    assert len(held) == 3 and set(held["truth"]) == {"T-shirt-top", "Trouser", "Pullover"} and "held-out" in how
+    assert main(["report", run, "--video", str(tmp_path / "q.mp4"), "--videos", "2"]) == 0
+    page = (Path(run) / "report" / "index.html").read_text()
+    import re
+
+    assert re.findall(r"<h2 id=\"s\d+\">Video shots: ([^<]+)</h2>", page) == ["q.mp4", "clip2.mp4", "clip1.mp4"]
+    with Image.open(Path(run) / "report" / "video_0.png") as strip:  # the named video first: one tile per shot
+        assert strip.size == (96 * len(truth), 96 + 28)
+    assert "true class" in page and "video strips: 3 video(s)" in (Path(run) / "report" / "summary.md").read_text()
+    assert main(["report", run, "--video", str(tmp_path / "missing.mp4")]) == 2
+    assert main(["report", run, "--no-predict", "--video", str(tmp_path / "q.mp4")]) == 2
