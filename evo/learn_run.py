@@ -56,7 +56,8 @@ def learn_from_data(model: str, data: str | os.PathLike, run_dir: str | os.PathL
             graph, meta, state = run.load_version()
             saved = {**DEFAULTS, **run.config.get("learn", {}), **(meta.get("learn") or {})}
             opts = _options(strategy, memory, head, saved)
-            learned = _learn(graph, state, meta, data, opts, allow_duplicates, progress, say, options)
+            learned = _learn(graph, state, meta, data, opts, allow_duplicates, progress, say, options,
+                             run=run, parent=run.latest())
             return _commit(run, learned, opts, data, say)
     if path.is_dir() and not (path / "graph.json").is_file():
         raise RunError(f"{path} is neither an evo run folder (no run.json) nor a saved model folder (no graph.json)")
@@ -89,11 +90,14 @@ class _Learned:
     skipped: list[str]
     seen: torch.Tensor
     parent_increment: int | None
+    corrections: dict[str, Any]  # the version meta's `corrections`/`corrections_size` (evo.active.rounds)
 
 
 def _learn(graph, state, meta, data, opts: LearnOptions, allow_duplicates: bool, progress: bool,
-           say: Callable[[str], None], options: dict[str, Any]) -> _Learned:
-    """Validate and learn in memory; raises before anything is written."""
+           say: Callable[[str], None], options: dict[str, Any], run: Run | None = None,
+           parent: int | None = None) -> _Learned:
+    """Validate and learn in memory; raises before anything is written. Continuing `run` from
+    `parent`, the live corrections it has not learned join the data (`evo.active.rounds`)."""
     from evo.data import load_source
     from evo.learn import Learner
 
@@ -122,7 +126,12 @@ def _learn(graph, state, meta, data, opts: LearnOptions, allow_duplicates: bool,
                             "a classifier needs two or more classes; add another class folder")
     else:
         learner.load_state_dict(state, graph)
-    report = learner.learn(train)
+    from evo.active.rounds import RoundCorrections, for_round
+
+    rc = for_round(run, parent, train.image_size) if run is not None and not fresh else RoundCorrections()
+    if str(rc):
+        say(f"corrections: {rc}")
+    report = learner.learn(train, corrections=rc.learn, forget=rc.forget)
     if len(learner.classes_) < 2:
         raise DataError(f"{data} holds one class ({learner.classes_[0]!r}) and the model keeps no other: a "
                         "classifier needs two or more classes; add another class folder")
@@ -133,7 +142,7 @@ def _learn(graph, state, meta, data, opts: LearnOptions, allow_duplicates: bool,
                 f"{len(learner.classes_)} classes of {data} (head {opts.head}; --head keep keeps them)")
     accuracy = learner.score(test) if len(test) else None
     return _Learned(learner, report, accuracy, len(test), list(train.skipped),
-                    torch.cat([seen, torch.from_numpy(hashes)]), meta.get("increment"))
+                    torch.cat([seen, torch.from_numpy(hashes)]), meta.get("increment"), rc.meta(train.image_size))
 
 
 def _check_first_classes(graph, learner, train, opts: LearnOptions, data) -> None:
@@ -162,7 +171,7 @@ def _commit(run: Run, learned: _Learned, opts: LearnOptions, data, say: Callable
         "chosen": f"learn {Path(str(data)).name} [{opts.strategy}]", "learn": vars(opts),
         "classes": learner.classes_, "params": learner.graph_.num_params(),
         "metrics": {"accuracy": learned.accuracy, "heldout_images": learned.n_test},
-        "cost": report.cost.to_dict(), "data": str(data), "skipped": learned.skipped,
+        "cost": report.cost.to_dict(), "data": str(data), "skipped": learned.skipped, **learned.corrections,
     }, state=state)
     acc = "-" if learned.accuracy is None else f"{learned.accuracy:.4f}"
     say(f"{report}\ncommitted {run.version_dir(version)}: {len(learner.classes_)} classes, held-out accuracy {acc}")

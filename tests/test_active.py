@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from active_helpers import CLASSES, copy_run, fashion, make_run
+from active_helpers import CLASSES, copy_run, fashion, make_run, write_folder
 
 from evo.active import CorrectionError, Corrections
 from evo.active.log import CorrectionLog
 from evo.active.ridge import RankOneHead
 from evo.learn.strategies.base import sub_state
+from evo.learn.tracked import apply_map, from_meta, head_map, head_taps
 from evo.runs import Run
 
 
@@ -288,3 +289,65 @@ def test_dependencies_point_one_way():
         assert "evo.active" not in imports(f), f
     for f in (root / "active").rglob("*.py"):
         assert not imports(f) & {"evo.search", "evo.serve", "evo.cli"}, f
+
+
+def _more_data(tmp_path: Path, offset: int, n: int = 30) -> Path:
+    images, labels = fashion("train")
+    idx = np.concatenate([np.nonzero(labels == c)[0][offset:offset + n] for c in range(3)])
+    return write_folder(tmp_path / f"more{offset}", images[idx], labels[idx])
+
+
+def test_next_version_learns_the_corrections_and_forgets_undone_ones(run, pool, tmp_path):
+    """`evo learn RUN` learns the live corrections with its data: the version lists their ids, the memory
+    keeps them first, the engine on it counts each as a weight-1 sample already in the statistics
+    (topped up until it holds), and an undo there is the exact downdate of the version's own solve.
+    The next round forgets an undone one: out of the memory and out of the statistics."""
+    from evo.learn_run import learn_from_data
+
+    images, labels = pool
+    with Corrections.open(run) as eng:
+        ids = [eng.correct(images[i], CLASSES[(labels[i] + 1) % 3]).id for i in _wrong(eng, images, labels, 3)]
+    learn_from_data(str(run), _more_data(tmp_path, 1000), progress=False, say=lambda _: None)
+    r = Run(run)
+    meta = r.version_meta(2)
+    assert meta["corrections"] == ids and meta["corrections_size"] == [32, 32]
+    _, _, state = r.load_version(2)
+    mem_keys = state["memory.keys"].numpy()
+    assert (mem_keys < 0).sum() == 3  # the three corrections, kept first in memory
+    with Corrections.open(run) as eng:
+        live = {c.id: c for c in eng.list() if not c.undone}
+        assert set(live) == set(ids) and all(c.holds for c in live.values())
+        assert all(c.weight >= 1.0 for c in live.values())  # learned at weight 1, topped up by the guard
+        victim = eng._state.live[ids[0]]  # noqa: SLF001  (its features and label index, as the head sees them)
+        phi = victim.phi
+        eng.undo(ids[0])
+        w_after = eng.head_weight.clone()
+        others = {i: eng._state.live[i] for i in ids[1:]}  # noqa: SLF001
+    # the exact reference: the version's statistics minus the learned sample, plus the other two's top-ups
+    graph, _, state = r.load_version(2)
+    st = sub_state("strategy", state)
+    head = head_taps(graph)
+    gram, xty = apply_map(head_map(graph, head, from_meta(graph) or head), st["head.gram"].double(),
+                          st["head.xty"].double())
+    reg = torch.full((gram.shape[0],), float(st["ridge"][0]), dtype=torch.float64)
+    reg[-1] = 0.0
+    y = torch.zeros(xty.shape[1], dtype=torch.float64)
+    y[victim.label] = 1.0
+    a, b = gram + torch.diag(reg) - torch.outer(phi, phi), xty - torch.outer(phi, y)
+    for e in others.values():
+        extra = e.weight - 1.0  # weight 1 is already in the version's statistics
+        ye = torch.zeros_like(y)
+        ye[e.label] = 1.0
+        a, b = a + extra * torch.outer(e.phi, e.phi), b + extra * torch.outer(e.phi, ye)
+    ref = torch.linalg.solve(a, b)
+    assert float((ref - w_after).abs().max()) <= 1e-6 * max(1.0, float(ref.abs().max()))
+    # the next round forgets the undone correction and keeps the others
+    learn_from_data(str(run), _more_data(tmp_path, 2000), progress=False, say=lambda _: None)
+    assert r.version_meta(3)["corrections"] == ids[1:]
+    _, _, state3 = r.load_version(3)
+    assert (state3["memory.keys"].numpy() < 0).sum() == 2
+    n2, n3 = sub_state("strategy", state)["head.n_samples"], sub_state("strategy", state3)["head.n_samples"]
+    assert int(n3) == int(n2) - 1 + 72  # minus the undone sample, plus the new data (90 less 20 % held out)
+    with Corrections.open(run) as eng:
+        assert {c.id for c in eng.list() if not c.undone} == set(ids[1:])
+        assert all(c.holds for c in eng.list() if not c.undone)

@@ -153,3 +153,17 @@ def test_bad_config_and_unfitted_use() -> None:
         RidgeHead().solve()
     with pytest.raises(ConfigError, match="expects 4"):
         RidgeHead(projection=RandomProjection(4, 8)).fit(np.zeros((2, 5)), np.zeros(2, dtype=int))
+
+
+def test_partial_fit_takes_a_batch_back_out_exactly():
+    """sign=-1 removes a batch added earlier: the statistics equal those of the data without it."""
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(30, 6)), rng.integers(0, 3, 30)
+    full = RidgeHead().partial_fit(x[:20], y[:20], 3).partial_fit(x[20:], y[20:], 3)
+    full.partial_fit(x[5:9], y[5:9], 3, sign=-1)
+    keep = np.r_[0:5, 9:30]
+    ref = RidgeHead().partial_fit(x[keep], y[keep], 3)
+    assert torch.allclose(full.gram_, ref.gram_, atol=1e-12) and torch.allclose(full.xty_, ref.xty_, atol=1e-12)
+    assert full.n_samples_ == ref.n_samples_ == 26
+    with pytest.raises(ConfigError, match="sign"):
+        full.partial_fit(x[:1], y[:1], 3, sign=2)

@@ -144,3 +144,28 @@ def test_bad_input_is_refused() -> None:
     assert len(mem) == 10  # failed updates changed nothing
     with pytest.raises(ConfigError, match="budget"):
         ExemplarMemory(budget=0)
+
+
+@pytest.mark.parametrize("selector", ["reservoir", "herding"])
+def test_priority_samples_are_kept_first_and_dropped_last(selector):
+    """A user's corrections (priority) fill a class's quota before any selected exemplar, survive a
+    shrink when new classes arrive, and `without` takes one out exactly."""
+    rng = np.random.default_rng(0)
+    mem = ExemplarMemory(budget=12, selector=selector, seed=0)
+    x = rng.integers(0, 255, (40, 4, 4, 3), dtype=np.uint8)
+    y = np.repeat([0, 1], 20)
+    feats = rng.normal(size=(40, 5)).astype(np.float32)
+    prio = np.zeros(40, bool)
+    prio[[3, 25, 26]] = True
+    mem.update(x, y, feats, priority=prio)
+    kept = {im.tobytes() for im in mem.images[mem.priority]}
+    assert kept == {x[i].tobytes() for i in (3, 25, 26)} and len(mem) == 12
+    x2 = rng.integers(0, 255, (60, 4, 4, 3), dtype=np.uint8)  # 3 new classes: each quota shrinks to 2-3
+    mem.update(x2, np.repeat([2, 3, 4], 20), rng.normal(size=(60, 5)).astype(np.float32))
+    assert {im.tobytes() for im in mem.images[mem.priority]} == kept  # all three survived the shrink
+    assert all(mem.images[mem.labels == c][0].tobytes() in kept for c in (0, 1))  # first in their class
+    drop = np.array([im.tobytes() == x[3].tobytes() for im in mem.images])
+    smaller = mem.without(drop)
+    assert len(smaller) == len(mem) - 1 and int(smaller.priority.sum()) == 2
+    with pytest.raises(DataError, match="priority"):
+        mem.update(x[:2], y[:2], feats[:2], priority=[True])

@@ -96,3 +96,41 @@ def test_failures_are_contained_with_their_reason(reason_of):
 
     assert _failure_reason(reason_of) == "ValueError: bad lr"
     assert optuna.__version__  # the driver's storage API is public (no study._storage)
+
+
+def test_a_search_round_learns_the_live_corrections(tmp_path):
+    """Corrections made between rounds join the next round's data (every candidate's) and memory with
+    priority; the committed version lists them, and the engine on it finds them holding."""
+    import evo
+    from evo.active import Corrections
+    from evo.runs import Run
+    from evo.search.driver import Driver
+    from evo.search.executor import InProcessExecutor
+    from evo.search.scenario import stream_for
+    from evo.search.space import parse_space
+
+    doc = {"name": "t", "scenario": {"source": "digits", "increments": 2, "per_class_train": 15,
+                                     "per_class_test": 5, "seed": 0},
+           "model": {"name": "small_cnn", "input_size": 32}, "memory": 50, "operators": {"deepen": {"kernel_size": 1}},
+           "max_ops": 1, "training": {"strategy": "evo", "taps": "features"}, "budget": {"fraction_of_joint": 2.0},
+           "trials": 1, "concurrency": 1, "validation_per_class": 3}
+    space = parse_space(doc)
+    stream = stream_for(space)
+    run = Run.create(tmp_path / "run", {"space": doc}, kind="search")
+    with run.lock("test"):
+        run.commit_version(evo.zoo.load("small_cnn", input_size=32), {"increment": None, "ops": []})
+        Driver(run, space, progress=lambda s: None, executor=InProcessExecutor()).round(0, stream)
+    test = stream[0].test
+    with Corrections.open(run.path) as eng:  # two images flagged as one other known class (no conflict)
+        target = eng.classes[0]
+        picks = [i for i in range(len(test)) if test.classes[test.labels[i]] != target][:2]
+        ids = [eng.correct(test.images[i], target).id for i in picks]
+    with run.lock("test"):
+        result = Driver(run, space, progress=lambda s: None, executor=InProcessExecutor()).round(1, stream)
+    meta = Run.open(run.path).version_meta(result.version)
+    assert meta["corrections"] == ids and meta["corrections_size"] == list(stream[1].train.image_size)
+    _, _, state = Run.open(run.path).load_version(result.version)
+    assert int((state["memory.keys"] < 0).sum()) == 2
+    with Corrections.open(run.path, write=False) as eng:
+        live = [c for c in eng.list() if not c.undone]
+        assert {c.id for c in live} == set(ids) and all(c.holds for c in live)

@@ -40,6 +40,7 @@ from evo.active.images import as_image, as_images, check_label, from_png, image_
 from evo.active.log import CorrectionLog, Row
 from evo.active.queries import QUERIES
 from evo.active.ridge import RankOneHead, weight_needed
+from evo.active.rounds import META_KEY, SIZE_KEY, learned_image
 from evo.data.transforms import Preprocess
 from evo.graph.archgraph import ArchGraph
 from evo.learn.strategies.base import sub_state
@@ -179,12 +180,13 @@ class Corrections:
                 raise CorrectionError(f"corrections go to the latest version ({latest}); "
                                       f"version {version} can only be read (write=False)")
             n = latest if version is None else version
-            graph, _, state = run.load_version(n)
+            graph, meta, state = run.load_version(n)
             log = CorrectionLog(path, write)
             exit_stack.callback(log.close)
             eng = cls(graph, state, version=n, log=log, **options)
             eng._exit = exit_stack
-            eng._replay(rebase=n == latest)
+            eng._replay(rebase=n == latest, learned=[int(i) for i in meta.get(META_KEY) or []],
+                        size=meta.get(SIZE_KEY))
             return eng
         except BaseException:
             exit_stack.close()
@@ -467,12 +469,15 @@ class Corrections:
         self._state = st
         return st
 
-    def _replay(self, rebase: bool) -> None:
-        """Apply the log's ops for this version in order; then re-apply live corrections made on an
-        older version (the run moved on) through the normal path, logged when writable."""
+    def _replay(self, rebase: bool, learned: list[int] = (), size: list[int] | None = None) -> None:
+        """Seed the corrections this version learned as samples (weight 1, already in its statistics);
+        apply the log's ops for this version in order; then re-apply live corrections made on an
+        older version (the run moved on) through the normal path, and top up learned ones that do
+        not hold, logged when writable."""
         log, st = self._log, self._state
         rows = {r.id: r for r in log.rows()}
         feats = log.features(self.version)
+        st, fresh = self._seed_learned(st, rows, feats, learned, size)
         for op in log.ops(self.version):
             if op.kind == "class":
                 st = self._with_class(st, op.label)
@@ -491,11 +496,41 @@ class Corrections:
         self._state = st
         self._next_id = log.next_id()
         if rebase:
-            self._rebase(rows, feats)
+            self._rebase(rows, set(learned), fresh)
 
-    def _rebase(self, rows: dict[int, Row], feats: dict[int, np.ndarray]) -> None:
+    def _seed_learned(self, st: _State, rows: dict[int, Row], feats: dict[int, np.ndarray], learned: list[int],
+                      size: list[int] | None) -> tuple[_State, list[tuple[int, np.ndarray]]]:
+        """Live entries of weight 1 for the corrections the version learned (the head already has them);
+        their features are the log's for this version, or computed from the image as the round saw it."""
+        fresh = []
+        live, active = dict(st.live), st.active.clone()
+        for cid in learned:
+            r = rows.get(cid)
+            if r is None or r.label not in st.classes:
+                raise CorrectionError(f"version {self.version} learned correction {cid}, which "
+                                      f"{'the log lacks' if r is None else 'has a label the version lacks'}; "
+                                      "this corrections.sqlite does not belong to this run")
+            if cid in feats:
+                x = torch.from_numpy(feats[cid])
+            else:
+                img = learned_image(self._log.image_png(cid), size) if size else from_png(self._log.image_png(cid))
+                x = self.features([img])[0]
+                fresh.append((cid, x.numpy()))
+            norm = float(x.double().norm())
+            y = st.classes.index(r.label)
+            live[cid] = _Live(_augment(x[None])[0], y, 1.0, r.image_sha256, x.double() / (norm if norm > 0 else 1.0))
+            active[y] = True
+        return replace(st, live=live, active=active), fresh
+
+    def _rebase(self, rows: dict[int, Row], learned: set[int], fresh: list[tuple[int, np.ndarray]]) -> None:
         st = self._state
-        done = {op.cid for op in self._log.ops(self.version) if op.cid is not None}
+        ops_here = self._log.ops(self.version)
+        if fresh:  # the first open of this version since its round learned them: make them hold
+            st, ops, _, _ = self._guard(st, None)
+            if self._log.write and (ops or fresh):
+                st = self._commit(st, None, fresh, ops)
+            self._state = st
+        done = {op.cid for op in ops_here if op.cid is not None} | learned
         for r in rows.values():
             if r.undone is None and r.id not in done and r.version < self.version:
                 img = from_png(self._log.image_png(r.id))

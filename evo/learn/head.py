@@ -201,8 +201,14 @@ class RidgeHead:
             return None
         return self.projection.out_dim if self.projection else self.n_features_in_
 
-    def partial_fit(self, features: ArrayLike, labels: ArrayLike, n_classes: int | None = None) -> RidgeHead:
-        """Add a batch to G and B. `n_classes` defaults to max(label)+1 and may grow, never shrink."""
+    def partial_fit(self, features: ArrayLike, labels: ArrayLike, n_classes: int | None = None,
+                    sign: int = 1) -> RidgeHead:
+        """Add a batch to G and B. `n_classes` defaults to max(label)+1 and may grow, never shrink.
+
+        `sign=-1` takes a batch added earlier back out (the same features and labels): sums
+        commute, so the statistics are then exactly those of the data without it."""
+        if sign not in (1, -1):
+            raise ConfigError(f"sign must be 1 or -1; got {sign!r}")
         x = as_features(features)
         if n_classes is not None:
             n_classes = _check_int("n_classes", n_classes, 1)
@@ -222,9 +228,9 @@ class RidgeHead:
             self.gram_ = torch.zeros(phi.shape[1], phi.shape[1], dtype=torch.float64, device=dev)
             self.xty_ = torch.zeros(phi.shape[1], 0, dtype=torch.float64, device=dev)
         self._grow_classes(c)
-        self.gram_ += phi.T @ phi
-        self.xty_ += phi.T @ onehot
-        self.n_samples_ += phi.shape[0]
+        self.gram_ += sign * (phi.T @ phi)
+        self.xty_ += sign * (phi.T @ onehot)
+        self.n_samples_ += sign * phi.shape[0]
         self.n_features_in_ = x.shape[1]
         self.coef_ = self.intercept_ = None  # stale
         return self

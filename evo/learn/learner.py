@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from evo.data.dataset import ImageSet
+from evo.data.dataset import ImageSet, concat
 from evo.data.scenarios import Increment
 from evo.data.transforms import Preprocess
 from evo.errors import ConfigError, DataError, EvoError
@@ -157,12 +157,21 @@ class Learner:
 
     # -- learning -----------------------------------------------------------------------------
 
-    def learn(self, data: Increment | ImageSet) -> IncrementReport:
+    def learn(self, data: Increment | ImageSet, corrections: ImageSet | None = None,
+              forget: ImageSet | None = None) -> IncrementReport:
         """Learn one increment (an `evo.data.Increment`, or a labelled `ImageSet` without test data).
 
+        `corrections`: images a user labelled (`evo.active`); they are learned with the increment
+        and kept in the exemplar memory before any other exemplar of their class. `forget`:
+        corrections learned by an earlier increment and since undone; they leave the memory, and
+        a statistics strategy takes them out of its sums (exact when its statistics are kept).
         Returns the report (also appended to `reports_`). On any error the learner is unchanged.
         """
         train, tests = _unpack(data)
+        priority = None
+        if corrections is not None and len(corrections):
+            train, priority = _with_corrections(train, corrections)
+        forget = forget if forget is not None and len(forget) else None
         _check_images(train.images, "increment training images")
         first = self.graph_ is None
         known = self._initial_classes(train) if first else self.classes_
@@ -175,11 +184,15 @@ class Learner:
         graph = self._grow(new, known, strategy)
         meter = CostMeter(self.device)
         latents = self._staged_latents(graph, train, preprocess, meter)
+        memory = self.memory_
+        if forget is not None and memory is not None and len(memory):
+            memory = memory.without(_matches(memory.images, forget.images))
         ctx = Context(graph=graph, parent=self.graph_, images=train.images, labels=labels, classes=classes,
-                      new_classes=[classes.index(c) for c in new], memory=self.memory_, preprocess=preprocess,
+                      new_classes=[classes.index(c) for c in new], memory=memory, preprocess=preprocess,
                       meter=meter, progress=self.progress, device=self.device, latents=latents,
                       backbone_changed=self._backbone_changed, index=index,
-                      stats_graph=self._stats_graph if self._backbone_changed else None)
+                      stats_graph=self._stats_graph if self._backbone_changed else None, priority=priority,
+                      forget=None if forget is None else _forget_set(forget, train, classes))
         with ctx.meter:
             result = strategy.learn(ctx)
             memory = self._updated_memory(result, ctx)
@@ -247,7 +260,7 @@ class Learner:
         if self.memory_ is None:
             return None
         mem = ExemplarMemory(self.memory_.budget, self.memory_.selector, self.memory_.seed)
-        mem.load_state_dict(self.memory_.state_dict())
+        mem.load_state_dict(ctx.memory.state_dict())  # the learner's, less any forgotten correction
         feats = None
         if SELECTORS.get(mem.selector).needs_features:
             feats = result.features
@@ -263,7 +276,7 @@ class Learner:
                 state["features"] = run_batches(net, mem.images, ctx.preprocess, _features, ctx.meter,
                                                 self.eval_batch_size, fpi, False, device=self.device).numpy()
                 mem.load_state_dict(state)
-        mem.update(ctx.images, ctx.labels, None if feats is None else feats.numpy())
+        mem.update(ctx.images, ctx.labels, None if feats is None else feats.numpy(), priority=ctx.priority)
         return mem
 
     def with_graph(self, graph: ArchGraph) -> Learner:
@@ -465,6 +478,42 @@ def _unpack(data: Any) -> tuple[ImageSet, tuple[ImageSet, list[ImageSet]] | None
     if len(train) == 0:
         raise DataError("the increment has no training images; skip it or add labelled samples")
     return train, tests
+
+
+def _with_corrections(train: ImageSet, corrections: ImageSet) -> tuple[ImageSet, np.ndarray]:
+    """The increment's training set with the corrections appended, and the mask of the appended rows."""
+    if not isinstance(corrections, ImageSet):
+        raise DataError(f"corrections must be an evo.data.ImageSet; got {type(corrections).__name__}")
+    _check_images(corrections.images, "corrections")
+    if corrections.image_size != train.image_size:
+        corrections = corrections.resized(train.image_size)
+    classes = list(dict.fromkeys([*train.classes, *corrections.classes]))
+    both = concat([train.relabel(classes), corrections.relabel(classes)])
+    both = ImageSet(both.images, both.labels, classes, train.skipped)  # corrections have no clip/group id
+    return both, np.arange(len(both)) >= len(train)
+
+
+def _matches(items: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """Which stored items equal (pixel for pixel, after resizing to the items' size) one of `images`."""
+    from evo.data.transforms import resize_uint8
+
+    if items.ndim != 4 or not len(images):
+        return np.zeros(len(items), bool)
+    if images.shape[1:3] != items.shape[1:3]:
+        images = resize_uint8(images, tuple(items.shape[1:3]))
+    keys = {im.tobytes() for im in images}
+    return np.array([it.tobytes() in keys for it in items], dtype=bool)
+
+
+def _forget_set(forget: ImageSet, train: ImageSet, classes: list[str]) -> ImageSet:
+    """The undone corrections at the training images' size, labelled in the model's class order."""
+    _check_images(forget.images, "forget")
+    if forget.image_size != train.image_size:
+        forget = forget.resized(train.image_size)
+    unknown = [c for c in forget.present_classes() if c not in classes]
+    if unknown:
+        raise DataError(f"forget: labels {unknown} are not classes of this model; nothing learned them")
+    return ImageSet(forget.images, _map_labels(forget, classes, "forget"), classes)
 
 
 def _map_labels(data: ImageSet, classes: list[str], what: str = "training") -> np.ndarray:

@@ -10,6 +10,9 @@ needs features or a model (iCaRL's ReduceExemplarSet). Selectors decide the keys
   (bottom-k sampling), so a class's exemplars are a uniform sample of everything seen of that
   class, across updates and after any shrink.
 
+Priority samples (a user's corrections, `update(..., priority=mask)`) are kept before any other
+exemplar of their class, up to its quota: they carry negative keys, so a shrink drops them last.
+
 When a class already in memory reappears (new samples, data-incremental), the pool is its current
 exemplars plus the new samples. Herding then uses the *stored* features of the old exemplars, i.e.
 those of the model that saw them; reservoir needs no features at all.
@@ -142,9 +145,20 @@ class ExemplarMemory:
 
     # -- update --------------------------------------------------------------------------------
 
-    def update(self, images: Any, labels: Any, features: Any = None) -> ExemplarMemory:
-        """Offer new samples; re-select the touched classes and shrink the others to their quota."""
+    @property
+    def priority(self) -> np.ndarray:
+        """Which stored samples came in with priority (bool, aligned with `labels`)."""
+        return self.keys_ < 0
+
+    def update(self, images: Any, labels: Any, features: Any = None, priority: Any = None) -> ExemplarMemory:
+        """Offer new samples; re-select the touched classes and shrink the others to their quota.
+
+        `priority` (bool per sample): these are kept first, oldest first, and the selector fills the
+        rest of the class's quota."""
         items, y, f = self._validate(images, labels, features)
+        prio = np.zeros(len(y), bool) if priority is None else np.asarray(priority, dtype=bool)
+        if prio.shape != y.shape:
+            raise DataError(f"priority must be one bool per image ({len(y)}); got shape {prio.shape}")
         rng = np.random.default_rng([self.seed, self.n_updates_])
         new_keys = rng.random(len(y))
         classes = np.union1d(self.classes_, np.unique(y)).astype(np.int64)
@@ -162,12 +176,30 @@ class ExemplarMemory:
             pool_feats = None
             if f is not None:
                 pool_feats = np.concatenate([self._feat(old), f[new]]) if len(old) else f[new]
-            order, keys = self._selector.rank(pool_feats, pool_keys, quota[int(c)])
+            is_prio = np.concatenate([self.keys_[old] < 0, prio[new]])
+            first = np.flatnonzero(is_prio)[: quota[int(c)]]  # old priority samples (key order), then new ones
+            rest = np.flatnonzero(~is_prio)
+            room = quota[int(c)] - len(first)
+            order, keys = (self._selector.rank(None if pool_feats is None else pool_feats[rest], pool_keys[rest], room)
+                           if room > 0 and len(rest) else (np.zeros(0, np.int64), np.zeros(0)))
+            order = np.concatenate([first, rest[order]]).astype(np.int64)
+            keys = np.concatenate([np.arange(len(first), dtype=np.float64) - len(first), keys])
             parts.append((pool_items[order], keys, None if pool_feats is None else pool_feats[order], int(c)))
         self._store(parts, items)
         self.classes_ = classes
         self.n_updates_ += 1
         return self
+
+    def without(self, drop: np.ndarray) -> ExemplarMemory:
+        """A copy without the stored samples where `drop` (bool, aligned with `labels`) is set: a
+        correction the user undid leaves the memory. The freed slots refill with the next samples."""
+        drop = np.asarray(drop, dtype=bool)
+        if drop.shape != self.labels_.shape:
+            raise DataError(f"drop must be one bool per stored sample ({len(self)}); got shape {drop.shape}")
+        out = ExemplarMemory(self.budget, self.selector, self.seed)
+        state = {k: (v[~drop] if k in ("items", "labels", "keys", "features") else v)
+                 for k, v in self.state_dict().items()}
+        return out.load_state_dict(state)
 
     def _feat(self, idx: np.ndarray) -> np.ndarray | None:
         return None if self.features_ is None else self.features_[idx]

@@ -310,7 +310,7 @@ class Driver:
             "cost": {"flops": spent, "seconds": timing["seconds"], "budget_flops": budget, "joint_flops": joint,
                      "joint_ratio": spent / joint if joint else None, "chosen_flops": best.user_attrs.get("flops"),
                      "lost_flops": lost},
-            "preprocess": graph.meta.get("preprocess"), **latent_meta,
+            "preprocess": graph.meta.get("preprocess"), **latent_meta, **(report.get("corrections") or {}),
         }, state=state, extra_dirs={"latents": staged.folder} if staged is not None else None)
         if staged is not None:
             from evo.search.latents import drop_pending

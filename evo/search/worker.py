@@ -74,7 +74,10 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
         from evo.learn.latent import open_store
 
         learner.use_latents(open_store(run.path, task["parent_version"], space.latents, pending=Path(task["latents"])))
-    report = learner.learn(inc)
+    from evo.active.rounds import for_round
+
+    fixes = for_round(run, task["parent_version"], inc.train.image_size)  # the user's corrections join the data
+    report = learner.learn(inc, corrections=fixes.learn, forget=fixes.forget)
     val_accuracy, val_nll = validation_scores(learner, validation) if len(validation) else (report.accuracy, 0.0)
     child, child_state = learner.graph_, learner.state_dict()
     metrics = {"accuracy": report.accuracy, "forgetting": report.forgetting, "bwt": report.bwt,
@@ -82,7 +85,8 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
     result = {"accuracy": float(report.accuracy), "val_accuracy": float(val_accuracy), "val_nll": float(val_nll),
               "params": child.num_params(), "flops": int(report.cost.flops),
               "seconds": float(report.cost.seconds), "peak_mem_bytes": int(report.cost.peak_mem_bytes),
-              "out_dir": task["out_dir"], "report": {"metrics": metrics, "summary": str(report)}}
+              "out_dir": task["out_dir"], "report": {"metrics": metrics, "summary": str(report),
+                                                     "corrections": fixes.meta(inc.train.image_size)}}
     save_candidate(Path(task["out_dir"]), child, child_state, result["report"])
     return result
 

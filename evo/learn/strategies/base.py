@@ -56,6 +56,8 @@ class Context:
     stats_graph: ArchGraph | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     latents: Any = None  # evo.learn.latent.LatentStore whose `current` part is this increment's (or None)
+    priority: np.ndarray | None = None  # bool per training image: a user's correction, kept first in memory
+    forget: Any = None  # ImageSet of corrections learnt earlier and since undone: statistics take them out
 
 
 @dataclass(frozen=True)

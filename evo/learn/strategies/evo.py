@@ -135,7 +135,13 @@ class Evo(Strategy):
             layout = head + self.spare(graph, head)
         net = (graph if layout == head else tap_graph(graph, layout)).to_module().eval()
         fpi = forward_flops_per_image(net, tuple(graph.input_shape), features_only=True)
-        if self.head_.gram_ is None and ctx.memory is not None and len(ctx.memory):
+        kept = self.head_.gram_ is not None
+        if kept and ctx.forget is not None:  # undone corrections an earlier increment learned: out of the sums
+            gone = run_batches(net, ctx.forget.images, ctx.preprocess, _features, ctx.meter,
+                               self.options.batch_size, fpi, False, device=ctx.device)
+            self._absorb(gone, ctx.forget.labels, len(ctx.classes), ctx, sign=-1)
+            info["forgotten"] = len(ctx.forget)
+        if not kept and ctx.memory is not None and len(ctx.memory):
             mem = run_batches(net, ctx.memory.images, ctx.preprocess, _features, ctx.meter,
                               self.options.batch_size, fpi, ctx.progress, "features (memory)", ctx.device)
             self._absorb(mem, ctx.memory.labels, len(ctx.classes), ctx)
@@ -264,11 +270,11 @@ class Evo(Strategy):
 
     # -- pieces -------------------------------------------------------------------------------
 
-    def _absorb(self, feats: Tensor, labels: Any, n_classes: int, ctx: Context) -> None:
-        """Add a batch to the ridge statistics; the matmuls are counted with torch's FLOP counter."""
+    def _absorb(self, feats: Tensor, labels: Any, n_classes: int, ctx: Context, sign: int = 1) -> None:
+        """Add (or, sign=-1, take out) a batch of the ridge statistics; matmuls counted by torch's FLOP counter."""
         labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         with FlopCounterMode(display=False) as counter:
-            self.head_.partial_fit(feats, labels, n_classes)
+            self.head_.partial_fit(feats, labels, n_classes, sign=sign)
         ctx.meter.add_flops(int(counter.get_total_flops()))
 
     def _choose_ridge(self, view: RidgeHead, ctx: Context, fresh: bool) -> float:
