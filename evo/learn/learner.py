@@ -170,7 +170,7 @@ class Learner:
         train, tests = _unpack(data)
         priority = None
         if corrections is not None and len(corrections):
-            train, priority = _with_corrections(train, corrections)
+            train, priority = with_corrections(train, corrections)
         forget = forget if forget is not None and len(forget) else None
         _check_images(train.images, "increment training images")
         first = self.graph_ is None
@@ -480,8 +480,11 @@ def _unpack(data: Any) -> tuple[ImageSet, tuple[ImageSet, list[ImageSet]] | None
     return train, tests
 
 
-def _with_corrections(train: ImageSet, corrections: ImageSet) -> tuple[ImageSet, np.ndarray]:
-    """The increment's training set with the corrections appended, and the mask of the appended rows."""
+def with_corrections(train: ImageSet, corrections: ImageSet | None) -> tuple[ImageSet, np.ndarray]:
+    """The increment's training set with the corrections appended, and the mask of the appended rows:
+    what `Learner.learn(train, corrections=)` learns, in that order (a search stages its latents so)."""
+    if corrections is None or not len(corrections):
+        return train, np.zeros(len(train), bool)
     if not isinstance(corrections, ImageSet):
         raise DataError(f"corrections must be an evo.data.ImageSet; got {type(corrections).__name__}")
     _check_images(corrections.images, "corrections")

@@ -138,11 +138,15 @@ class Driver:
         """With a latent store: the increment's pass below the cut, once for every candidate of the round."""
         if self.space.latents is None:
             return None
+        from evo.active.rounds import for_round
         from evo.learn import Learner
+        from evo.learn.learner import with_corrections
         from evo.search.latents import stage_round
 
         preprocess = Learner(base, progress=False).preprocess
-        staged = stage_round(self.run_dir.path, index, parent_version, base, inc.train, self.space.latents,
+        fixes = for_round(self.run_dir, parent_version, inc.train.image_size)  # what every candidate learns
+        train, _ = with_corrections(inc.train, fixes.learn)
+        staged = stage_round(self.run_dir.path, index, parent_version, base, train, self.space.latents,
                              preprocess)
         ev = (staged.summary.get("eviction") or {}).get("evicted")
         self.say(f"  latents: increment encoded below {staged.cut} once for the round ({staged.bytes / 2**20:.1f} "
