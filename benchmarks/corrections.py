@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 import evo  # noqa: E402
 import evo.data  # noqa: E402
 import evo.zoo  # noqa: E402
-from evo.active import Corrections  # noqa: E402
+from evo.active import Corrections, local  # noqa: E402
 from evo.active.queries import QUERIES  # noqa: E402
 from evo.learn.strategies.base import sub_state  # noqa: E402
 from evo.learn.tracked import apply_map, from_meta, head_map, head_taps  # noqa: E402
@@ -151,19 +151,23 @@ def corrections_protocol(args, run_dir: Path, test, pool_idx, held_idx) -> dict:
         if (n + 1) % args.resolve_every and n != len(flagged) - 1:
             continue
         t, c = time.perf_counter(), time.process_time()
-        live = eng._state.live  # noqa: SLF001  (benchmark reads the engine's live weights)
-        phi = torch.stack([e.phi for e in live.values()])
-        w = torch.tensor([e.weight for e in live.values()], dtype=torch.float64)
-        y = torch.zeros(len(live), len(classes), dtype=torch.float64)
-        y[torch.arange(len(live)), [e.label for e in live.values()]] = 1.0
-        a = a_sys + phi.T @ (w[:, None] * phi)
-        chol = torch.linalg.cholesky(a)
-        ref = torch.cholesky_solve(b_sys + phi.T @ (w[:, None] * y), chol)
+        st = eng._state  # noqa: SLF001  (benchmark reads the engine's live weights and local features)
+        ids = list(st.live)
+        z = eng._z_live(st, ids)  # noqa: SLF001  rows [φ, 1, ψ]: ψ the corrections' local features
+        w = torch.tensor([st.live[i].weight for i in ids], dtype=torch.float64)
+        y = torch.zeros(len(ids), len(classes), dtype=torch.float64)
+        y[torch.arange(len(ids)), [st.live[i].label for i in ids]] = 1.0
+        m = z.shape[1] - a_sys.shape[0]
+        a = torch.block_diag(a_sys, eng.options.local_ridge * torch.eye(m, dtype=torch.float64))
+        b = torch.cat([b_sys, torch.zeros(m, len(classes), dtype=torch.float64)])
+        chol = torch.linalg.cholesky(a + z.T @ (w[:, None] * z))
+        ref = torch.cholesky_solve(b + z.T @ (w[:, None] * y), chol)
         resolve_s.append(time.perf_counter() - t)
         resolve_cpu.append(time.process_time() - c)
         if n == len(flagged) - 1:
-            z = eng.scale * (torch.cat([held_f.double(), torch.ones(len(held_f), 1, dtype=torch.float64)], 1) @ ref)
-            resolve_acc = float((z.argmax(1).numpy() == truth[held_idx]).mean())
+            zh = eng._z(st, torch.cat([held_f.double(), torch.ones(len(held_f), 1, dtype=torch.float64)], 1),  # noqa: SLF001
+                        local.normalised(held_f))
+            resolve_acc = float(((zh @ ref).argmax(1).numpy() == truth[held_idx]).mean())
             out["resolve_vs_rank_one_max_abs_diff"] = float((ref - eng.head_weight).abs().max())
         if (n + 1) % 50 == 0:
             print(f"{n + 1} corrections, median {1000 * statistics.median(lat):.1f} ms", flush=True)

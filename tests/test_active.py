@@ -16,9 +16,8 @@ import pytest
 import torch
 from active_helpers import CLASSES, copy_run, fashion, make_run, write_folder
 
-from evo.active import CorrectionError, Corrections
+from evo.active import CorrectionError, Corrections, local
 from evo.active.log import CorrectionLog
-from evo.active.ridge import RankOneHead
 from evo.learn.strategies.base import sub_state
 from evo.learn.tracked import apply_map, from_meta, head_map, head_taps
 from evo.runs import Run
@@ -63,18 +62,29 @@ def test_corrections_hold_and_equal_the_batch_solve(run, pool):
         # reference: G + λD + Σ w φφᵀ solved from scratch equals the rank-one-updated head. The features
         # are the logged ones: a batched forward differs from a single image's by float32 rounding,
         # which this ill-conditioned system (cond ~1e10) would amplify past 1e-6
+        # Each correction also has its local feature ψ (evo.active.local): the reference system is
+        # [[G + λD, 0], [0, λ_ψ I]] + Σ w z zᵀ over z = [φ, 1, ψ(x)], with no ψ in the base statistics.
         graph, _, state = Run(run).load_version()
         st = sub_state("strategy", state)
         logged = CorrectionLog(run, write=False).features(1)
-        feats = torch.from_numpy(np.stack([logged[c] for c in sorted(recs)])).double()
-        phi = torch.cat([feats, torch.ones(len(picks), 1, dtype=torch.float64)], 1)
-        w = torch.tensor([recs[c].weight for c in sorted(recs)], dtype=torch.float64)
-        y = torch.zeros(len(picks), len(eng.classes), dtype=torch.float64)
-        y[torch.arange(len(picks)), [eng.classes.index(recs[c].label) for c in sorted(recs)]] = 1.0
-        gram = st["head.gram"] + phi.T @ (w[:, None] * phi)
-        xty = st["head.xty"] + phi.T @ (w[:, None] * y)
-        ref = RankOneHead.solve(gram, xty, float(st["ridge"][0])).weight
+        ids = sorted(recs)
+        assert eng._state.protos == tuple(ids)  # noqa: SLF001  (one local feature per correction, in order)
+        feats = torch.from_numpy(np.stack([logged[c] for c in ids])).double()
+        ln = local.normalised(feats)
+        z = torch.cat([feats, torch.ones(len(ids), 1, dtype=torch.float64),
+                       local.psi(ln, ln, eng.options.locality)], 1)
+        w = torch.tensor([recs[c].weight for c in ids], dtype=torch.float64)
+        y = torch.zeros(len(ids), len(eng.classes), dtype=torch.float64)
+        y[torch.arange(len(ids)), [eng.classes.index(recs[c].label) for c in ids]] = 1.0
+        d1 = st["head.gram"].shape[0]
+        a = torch.zeros(len(z.T), len(z.T), dtype=torch.float64)
+        a[:d1, :d1] = st["head.gram"] + torch.diag(torch.tensor([float(st["ridge"][0])] * (d1 - 1) + [0.0],
+                                                                dtype=torch.float64))
+        a[d1:, d1:] = eng.options.local_ridge * torch.eye(len(ids), dtype=torch.float64)
+        b = torch.cat([st["head.xty"], torch.zeros(len(ids), len(eng.classes), dtype=torch.float64)])
+        ref = torch.linalg.solve(a + z.T @ (w[:, None] * z), b + z.T @ (w[:, None] * y))
         assert (ref - eng.head_weight).abs().max() < 1e-6
+        assert max(c.weight for c in recs.values()) < 5  # local features fix each image at a small weight
         # undo every correction in random order: back to the original head
         ids = list(recs)
         random.Random(0).shuffle(ids)
@@ -319,26 +329,32 @@ def test_next_version_learns_the_corrections_and_forgets_undone_ones(run, pool, 
         assert set(live) == set(ids) and all(c.holds for c in live.values())
         assert all(c.weight >= 1.0 for c in live.values())  # learned at weight 1, topped up by the guard
         victim = eng._state.live[ids[0]]  # noqa: SLF001  (its features and label index, as the head sees them)
-        phi = victim.phi
         eng.undo(ids[0])
         w_after = eng.head_weight.clone()
         others = {i: eng._state.live[i] for i in ids[1:]}  # noqa: SLF001
-    # the exact reference: the version's statistics minus the learned sample, plus the other two's top-ups
+    # the exact reference: the version's statistics less the three learned samples, then the two live
+    # ones at their full weight over z = [φ, 1, ψ] (their local features; evo.active.local)
     graph, _, state = r.load_version(2)
     st = sub_state("strategy", state)
     head = head_taps(graph)
     gram, xty = apply_map(head_map(graph, head, from_meta(graph) or head), st["head.gram"].double(),
                           st["head.xty"].double())
-    reg = torch.full((gram.shape[0],), float(st["ridge"][0]), dtype=torch.float64)
-    reg[-1] = 0.0
-    y = torch.zeros(xty.shape[1], dtype=torch.float64)
-    y[victim.label] = 1.0
-    a, b = gram + torch.diag(reg) - torch.outer(phi, phi), xty - torch.outer(phi, y)
+    d1, m, c = gram.shape[0], len(others), xty.shape[1]
+    a = torch.zeros(d1 + m, d1 + m, dtype=torch.float64)
+    a[:d1, :d1] = gram + torch.diag(torch.tensor([float(st["ridge"][0])] * (d1 - 1) + [0.0], dtype=torch.float64))
+    a[d1:, d1:] = torch.eye(m, dtype=torch.float64)  # local_ridge 1
+    b = torch.cat([xty, torch.zeros(m, c, dtype=torch.float64)])
+    lns = torch.stack([e.ln for e in others.values()])
+    for e in [victim, *others.values()]:  # out of the base statistics: the learned weight-1 samples
+        y = torch.zeros(c, dtype=torch.float64)
+        y[e.label] = 1.0
+        a[:d1, :d1] -= torch.outer(e.phi, e.phi)
+        b[:d1] -= torch.outer(e.phi, y)
     for e in others.values():
-        extra = e.weight - 1.0  # weight 1 is already in the version's statistics
-        ye = torch.zeros_like(y)
-        ye[e.label] = 1.0
-        a, b = a + extra * torch.outer(e.phi, e.phi), b + extra * torch.outer(e.phi, ye)
+        z = torch.cat([e.phi, local.psi(e.ln[None], lns, 0.9)[0]])
+        y = torch.zeros(c, dtype=torch.float64)
+        y[e.label] = 1.0
+        a, b = a + e.weight * torch.outer(z, z), b + e.weight * torch.outer(z, y)
     ref = torch.linalg.solve(a, b)
     assert float((ref - w_after).abs().max()) <= 1e-6 * max(1.0, float(ref.abs().max()))
     # the next round forgets the undone correction and keeps the others

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 import evo.ops
+from evo.active import local
 from evo.active.errors import CorrectionError
 from evo.active.images import as_image, as_images, check_label, from_png, image_files, sha256, to_png
 from evo.active.log import CorrectionLog, Row
@@ -103,6 +104,14 @@ class _Live:
     weight: float
     sha: str
     unit: Tensor  # features / ‖features‖, for the near-duplicate test
+    ln: Tensor  # `local.normalised` features: its correlation with any image, for the local features
+
+
+def _live(x: Tensor, label: int, weight: float, sha: str) -> _Live:
+    """The live entry of a correction whose head features are `x` (d,)."""
+    norm = float(x.double().norm())
+    return _Live(_augment(x[None])[0], label, weight, sha, x.double() / (norm if norm > 0 else 1.0),
+                 local.normalised(x[None])[0])
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,8 @@ class _State:
     live: dict[int, _Live]
     seq: int
     graph: ArchGraph
+    protos: tuple[int, ...] = ()  # corrections with a local feature, in column order after [φ, 1]
+    proto_ln: Tensor | None = None  # (len(protos), d) their `local.normalised` features
 
 
 @dataclass
@@ -122,7 +133,10 @@ class Options:
     """`margin`: how far (nats of the calibrated logits) a corrected image's label must beat the
     runner-up. `min_weight`: a correction counts at least as this many samples. `max_weight`: the
     cap; a correction that needs more is reported as not holding. `duplicate_cosine`: feature cosine
-    above which two images are near-duplicates. `guard_rounds`: re-check passes per update."""
+    above which two images are near-duplicates. `guard_rounds`: re-check passes per update.
+    `locality`: the correlation τ above which a correction's local feature fires (`evo.active.local`;
+    None: no local features, the head's own features only); `local_ridge`: the ridge on them. A
+    run's log keeps the values it was started with, so its replay never changes."""
 
     margin: float = 1.0
     min_weight: float = 1.0
@@ -130,6 +144,8 @@ class Options:
     duplicate_cosine: float = 0.99
     guard_rounds: int = 8
     batch_size: int = 128
+    locality: float | None = 0.9
+    local_ridge: float = 1.0
 
 
 class Corrections:
@@ -137,7 +153,11 @@ class Corrections:
 
     def __init__(self, graph: ArchGraph, state: dict[str, Tensor], *, version: int | None = None,
                  log: CorrectionLog | None = None, **options: Any) -> None:
-        self.options = Options(**options)
+        settings = log.settings() if log is not None else {}
+        self.options = Options(**{**options, **settings})
+        local.check(self.options.locality, self.options.local_ridge)
+        if log is not None and log.write and not settings:  # a new log records how it is to be replayed
+            log.save_settings({"locality": self.options.locality, "local_ridge": self.options.local_ridge})
         self.version, self._log = version, log
         self._lock = threading.RLock()
         self._exit = contextlib.ExitStack()
@@ -226,8 +246,11 @@ class Corrections:
         st = self._state
         g = st.graph.copy()
         w = self.scale * st.head.weight
-        weight, bias = w[:-1].T.clone(), w[-1].clone()
+        d = w.shape[0] - 1 - len(st.protos)
+        weight, bias = torch.cat([w[:d], w[d + 1:]]).T.clone(), w[d].clone()
         weight[~st.active], bias[~st.active] = 0.0, INACTIVE_LOGIT
+        if st.protos:
+            return local.export(g, st.proto_ln * d ** 0.5, self.options.locality, weight, bias)
         dtype = g.params(g.head)["weight"].dtype
         g.set_params(g.head, weight=weight.to(dtype), bias=bias.to(dtype))
         return g
@@ -253,7 +276,7 @@ class Corrections:
     def logits(self, feats: Tensor, state: _State | None = None) -> Tensor:
         """Calibrated logits (n, C), float64, from features (n, d)."""
         st = self._state if state is None else state
-        z = self.scale * st.head.outputs(_augment(feats))
+        z = self.scale * st.head.outputs(self._z(st, _augment(feats), local.normalised(feats)))
         z[:, ~st.active] = INACTIVE_LOGIT
         return z
 
@@ -331,7 +354,7 @@ class Corrections:
                     raise CorrectionError(f"correction {cid} was already undone; see `evo corrections`")
                 raise CorrectionError(f"there is no correction {cid}; list them with `evo corrections RUN`")
             live = st.live[cid]
-            st = self._apply_op(st, "undo", cid, -live.weight, live.phi, live.label)
+            st = self._apply_op(st, "undo", cid, -live.weight, live.label)
             st = self._commit(st, None, [], [("undo", cid, -live.weight, st.classes[live.label])], undone=cid)
         held = self._holding(st)
         return [i for i, ok in held.items() if not ok]
@@ -364,23 +387,54 @@ class Corrections:
         if self._log is not None and not self._log.write:
             raise CorrectionError("this engine was opened read-only; open it with write=True to correct or undo")
 
-    def _apply_op(self, st: _State, kind: str, cid: int, w: float, phi: Tensor, label: int,
-                  in_place: bool = False) -> _State:
+    def _z(self, st: _State, phi: Tensor, ln: Tensor) -> Tensor:
+        """Rows [φ, 1, ψ]: bias-augmented features and the live local features (`evo.active.local`)."""
+        if not st.protos:
+            return phi
+        return torch.cat([phi, local.psi(ln, st.proto_ln, self.options.locality)], dim=1)
+
+    def _z_live(self, st: _State, ids: Sequence[int]) -> Tensor:
+        return self._z(st, torch.stack([st.live[i].phi for i in ids]), torch.stack([st.live[i].ln for i in ids]))
+
+    def _apply_op(self, st: _State, kind: str, cid: int, w: float, label: int, in_place: bool = False) -> _State:
         """One logged rank-one change (the only way the head moves, live or in a replay; a replay on
-        opening may update in place: no reader exists yet)."""
+        opening may update in place: no reader exists yet). An undo also drops the correction's
+        local feature, its cross terms with every other correction included."""
         live = dict(st.live)
+        z = self._z_live(st, [cid])[0]
         if kind == "undo":
             del live[cid]
         else:
             old = live[cid]
             live[cid] = replace(old, weight=old.weight + w)
-        head = st.head.updated(phi, label, w, in_place=in_place)
+        head = st.head.updated(z, label, w, in_place=in_place)
+        if kind == "undo" and cid in st.protos:
+            j = st.protos.index(cid)
+            head = head.without_column(head.inverse.shape[0] - len(st.protos) + j)
+            keep = [k for k in range(len(st.protos)) if k != j]
+            st = replace(st, protos=tuple(st.protos[k] for k in keep), proto_ln=st.proto_ln[keep])
         labels = {v.label for v in live.values()}
         active = self._base_support.clone()
         if len(active) < len(st.classes):
             active = torch.cat([active, torch.zeros(len(st.classes) - len(active), dtype=torch.bool)])
         active[list(labels)] = True
         return replace(st, head=head, live=live, active=active)
+
+    def _add_proto(self, st: _State, cid: int) -> _State:
+        """Correction `cid`'s local feature as a new column: its ridge, and its cross terms with every
+        live correction at its current weight (the base statistics have none)."""
+        if self.options.locality is None:
+            return st
+        e = st.live[cid]
+        ids = list(st.live)
+        z = self._z_live(st, ids)
+        col = local.psi(torch.stack([st.live[i].ln for i in ids]), e.ln[None], self.options.locality)[:, 0]
+        w = torch.tensor([st.live[i].weight for i in ids], dtype=torch.float64) * col
+        y = torch.zeros(len(ids), st.head.n_classes, dtype=torch.float64)
+        y[torch.arange(len(ids)), [st.live[i].label for i in ids]] = 1.0
+        head = st.head.with_column(z.T @ w, self.options.local_ridge + float(w @ col), y.T @ w)
+        ln = e.ln[None] if st.proto_ln is None else torch.cat([st.proto_ln, e.ln[None]])
+        return replace(st, head=head, protos=(*st.protos, cid), proto_ln=ln)
 
     def _with_class(self, st: _State, label: str) -> _State:
         graph = evo.ops.apply(st.graph, "add_classes", names=[label])
@@ -394,17 +448,15 @@ class Corrections:
             st = self._with_class(st, label)
             ops.append(("class", None, None, label))
         y = st.classes.index(label)
-        phi = _augment(x[None])[0]
-        norm = float(x.double().norm())
-        unit = x.double() / (norm if norm > 0 else 1.0)
-        conflicts = [(cid, j) for j in self._duplicates(st, sha, unit, y)]
-        entry = _Live(phi, y, 0.0, sha, unit)
-        st = replace(st, live={**st.live, cid: entry})
+        entry = _live(x, y, 0.0, sha)
+        conflicts = [(cid, j) for j in self._duplicates(st, sha, entry.unit, y)]
+        st = self._add_proto(replace(st, live={**st.live, cid: entry}), cid)
         active = st.active.clone()
         active[y] = True
-        need = weight_needed(st.head.outputs(phi[None])[0], y, st.head.leverage(phi), self._delta, active)
+        z = self._z_live(st, [cid])[0]
+        need = weight_needed(st.head.outputs(z[None])[0], y, st.head.leverage(z), self._delta, active)
         w = min(max(self.options.min_weight, need), self.options.max_weight)
-        st = self._apply_op(st, "add", cid, w, phi, y)
+        st = self._apply_op(st, "add", cid, w, y)
         ops.append(("add", cid, w, label))
         st, more, broken, found = self._guard(st, cid)
         ops += more
@@ -425,7 +477,7 @@ class Corrections:
         if not st.live:
             return {}
         ids = list(st.live)
-        z = _masked(st.head.outputs(torch.stack([st.live[i].phi for i in ids])), st.active)
+        z = _masked(st.head.outputs(self._z_live(st, ids)), st.active)
         best = z.argmax(dim=1)
         return {i: int(best[n]) == st.live[i].label for n, i in enumerate(ids)}
 
@@ -438,18 +490,19 @@ class Corrections:
                 break
             for i in failing:
                 e = st.live[i]
-                p = st.head.outputs(e.phi[None])[0]
+                z = self._z_live(st, [i])[0]
+                p = st.head.outputs(z[None])[0]
                 if int(_masked(p[None], st.active)[0].argmax()) == e.label:
                     continue  # an earlier re-weighting in this pass fixed it
                 dup = self._duplicates(st, e.sha, e.unit, e.label, skip=i)
-                need = weight_needed(p, e.label, st.head.leverage(e.phi), self._delta, st.active)
+                need = weight_needed(p, e.label, st.head.leverage(z), self._delta, st.active)
                 if dup or e.weight + need > self.options.max_weight:
                     given_up.add(i)
                     other = dup[-1] if dup else (culprit if i != culprit else self._nearest_other(st, i))
                     if other is not None:
                         conflicts.append((i, other))
                     continue
-                st = self._apply_op(st, "reweight", i, need, e.phi, e.label)
+                st = self._apply_op(st, "reweight", i, need, e.label)
                 ops.append(("reweight", i, need, st.classes[e.label]))
         broken = sorted(i for i, ok in self._holding(st).items() if not ok and i != culprit)
         return st, ops, broken, conflicts
@@ -482,16 +535,12 @@ class Corrections:
             if op.kind == "class":
                 st = self._with_class(st, op.label)
             elif op.kind == "add":
-                x = torch.from_numpy(feats[op.cid])
-                norm = float(x.double().norm())
-                phi = _augment(x[None])[0]
-                st = replace(st, live={**st.live, op.cid: _Live(phi, st.classes.index(op.label), 0.0,
-                                                                  rows[op.cid].image_sha256,
-                                                                  x.double() / (norm if norm > 0 else 1.0))})
-                st = self._apply_op(st, "add", op.cid, op.weight, phi, st.classes.index(op.label), in_place=True)
+                entry = _live(torch.from_numpy(feats[op.cid]), st.classes.index(op.label), 0.0,
+                              rows[op.cid].image_sha256)
+                st = self._add_proto(replace(st, live={**st.live, op.cid: entry}), op.cid)
+                st = self._apply_op(st, "add", op.cid, op.weight, entry.label, in_place=True)
             else:
-                e = st.live[op.cid]
-                st = self._apply_op(st, op.kind, op.cid, op.weight, e.phi, e.label, in_place=True)
+                st = self._apply_op(st, op.kind, op.cid, op.weight, st.live[op.cid].label, in_place=True)
             st = replace(st, seq=op.seq)
         self._state = st
         self._next_id = log.next_id()
@@ -516,11 +565,13 @@ class Corrections:
                 img = learned_image(self._log.image_png(cid), size) if size else from_png(self._log.image_png(cid))
                 x = self.features([img])[0]
                 fresh.append((cid, x.numpy()))
-            norm = float(x.double().norm())
             y = st.classes.index(r.label)
-            live[cid] = _Live(_augment(x[None])[0], y, 1.0, r.image_sha256, x.double() / (norm if norm > 0 else 1.0))
+            live[cid] = _live(x, y, 1.0, r.image_sha256)
             active[y] = True
-        return replace(st, live=live, active=active), fresh
+        st = replace(st, live=live, active=active)
+        for cid in learned:  # their local features, with the weight-1 samples already in the statistics
+            st = self._add_proto(st, cid)
+        return st, fresh
 
     def _rebase(self, rows: dict[int, Row], learned: set[int], fresh: list[tuple[int, np.ndarray]]) -> None:
         st = self._state

@@ -1,6 +1,6 @@
 """The durable corrections log: `RUN/corrections.sqlite` (SQLite, WAL, synchronous=FULL).
 
-Three tables. `corrections`: one row per correction with the image's content hash and a lossless
+Four tables. `settings`: the engine options the log replays with. `corrections`: one row per correction with the image's content hash and a lossless
 PNG copy. `features`: the head's input features of a correction's image under one model version
 (float32 bytes), so a replay never depends on recomputing a forward pass. `ops`: the exact sequence
 of rank-one changes applied to a version's head (a correction's weight, each re-weighting by the
@@ -12,10 +12,12 @@ leaves nothing half-applied.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +43,10 @@ CREATE TABLE IF NOT EXISTS features (
     dim INTEGER NOT NULL,
     data BLOB NOT NULL,
     PRIMARY KEY (cid, version)
+);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ops (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -102,6 +108,17 @@ class CorrectionLog:
         self.db.close()
 
     # ---- reading --------------------------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        """The engine options this log is replayed with (`save_settings`). A log written before they
+        were kept, with ops already in it, replays as it was written: without local features."""
+        has_table = self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='settings'").fetchone()
+        saved = dict(self.db.execute("SELECT key, value FROM settings").fetchall()) if has_table else {}
+        if saved:
+            return {k: json.loads(v) for k, v in saved.items()}
+        if self.db.execute("SELECT 1 FROM ops LIMIT 1").fetchone():
+            return {"locality": None}
+        return {}
+
     def rows(self) -> list[Row]:
         cur = self.db.execute("SELECT id, created, image_sha256, previous, label, source, external_id, version, "
                               "undone FROM corrections ORDER BY id")
@@ -128,6 +145,18 @@ class CorrectionLog:
         return int(self.db.execute("SELECT coalesce(max(seq), 0) FROM ops").fetchone()[0])
 
     # ---- writing: one transaction per user action ----------------------------------------------
+    def save_settings(self, values: dict[str, Any]) -> None:
+        """Record the options a new log is to be replayed with (one transaction, before any op)."""
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.executemany("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)",
+                            [(k, json.dumps(v)) for k, v in values.items()])
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
     def next_id(self) -> int:
         """The id the next correction gets (rows are never deleted; one writer holds the run lock)."""
         return int(self.db.execute("SELECT coalesce(max(id), 0) FROM corrections").fetchone()[0]) + 1

@@ -9,6 +9,8 @@ weight w adds wφφᵀ to A and wφe_lᵀ to B; with u = A⁻¹φ and s = φᵀu
 so the corrected image's outputs move along f(w) = (p + ws·e_l)/(1 + ws): the smallest weight that
 makes l win by a margin δ is closed-form (`weight_needed`). A negative w is the exact downdate
 (undo). Each step is O(d²) instead of the O(d³) re-solve, and λ never changes between increments.
+`with_column`/`without_column` add and remove one feature (a correction's local feature, see
+`evo.active.local`) by the bordered inverse, also O(d²) and exact.
 Every method returns a new object, so a reader holding the old one never sees a half update.
 """
 
@@ -75,6 +77,32 @@ class RankOneHead:
             self.weight.addr_(u, resid, alpha=c)
             return self
         return RankOneHead(torch.addr(self.inverse, u, u, alpha=-c), torch.addr(self.weight, u, resid, alpha=c))
+
+    def with_column(self, b: Tensor, a: float, r: Tensor) -> RankOneHead:
+        """One more feature: A' = [[A, b], [bᵀ, a]], B' = [B; rᵀ], by the bordered inverse (O(D²)).
+
+        With k = a − bᵀA⁻¹b and t = (bᵀW − rᵀ)/k: A'⁻¹ = [[A⁻¹ + (A⁻¹b)(A⁻¹b)ᵀ/k, −A⁻¹b/k], [·, 1/k]]
+        and W' = [W + (A⁻¹b)t; −t]."""
+        pb = self.inverse @ b
+        k = float(a) - float(b @ pb)
+        if not k > 1e-12:
+            raise ConfigError(f"a new correction feature would make the system singular (Schur complement {k})")
+        d = len(b)
+        inv = torch.empty(d + 1, d + 1, dtype=torch.float64)
+        torch.addr(self.inverse, pb, pb, alpha=1.0 / k, out=inv[:d, :d])
+        inv[:d, d] = inv[d, :d] = -pb / k
+        inv[d, d] = 1.0 / k
+        t = (b @ self.weight - r) / k
+        return RankOneHead(inv, torch.cat([torch.addr(self.weight, pb, t), -t[None]]))
+
+    def without_column(self, j: int) -> RankOneHead:
+        """Feature `j` removed from A and B (its row and column, cross terms included), exactly:
+        A₋ⱼ⁻¹ = P₋ⱼ₋ⱼ − P₋ⱼⱼPⱼ₋ⱼ/Pⱼⱼ and W' = W₋ⱼ − P₋ⱼⱼWⱼ/Pⱼⱼ."""
+        keep = torch.cat([torch.arange(j), torch.arange(j + 1, self.inverse.shape[0])])
+        pj = self.inverse[keep, j]
+        pjj = float(self.inverse[j, j])
+        inv = torch.addr(self.inverse[keep][:, keep], pj, pj, alpha=-1.0 / pjj)
+        return RankOneHead(inv, torch.addr(self.weight[keep], pj, self.weight[j], alpha=-1.0 / pjj))
 
     def with_class(self) -> RankOneHead:
         """One more class with no data yet: a zero column of B, hence of W."""
