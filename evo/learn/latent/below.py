@@ -15,6 +15,12 @@ from evo.learn.latent.part import Part
 from evo.learn.train import run_batches
 
 
+def encode_flops(graph: ArchGraph, cut: str, n: int) -> int:
+    """FLOPs of the pass below `cut` for `n` images: what a learner's meter records for encoding them
+    (a search pays it once per round, apart from every candidate's `Strategy.price`)."""
+    return int(split(graph, cut)[0].flops(batch=1) * n)
+
+
 def encode_part(graph: ArchGraph, cut: str, images: np.ndarray, labels: np.ndarray, classes: list[str],
                 increment: int, codec: str, preprocess: Any, meter: CostMeter | None = None,
                 batch_size: int = 256, progress: bool = False) -> Part:
@@ -33,7 +39,7 @@ def encode_part(graph: ArchGraph, cut: str, images: np.ndarray, labels: np.ndarr
     codes_a = np.concatenate(codes) if codes else np.empty((0, *shape), dtype=np.float32)
     scales_a = np.concatenate(scales) if codec == "int8" and scales else None
     return Part(increment, list(classes), np.asarray(labels, dtype=np.int64), codes_a, scales_a, codec, cut,
-                flops=int(fpi * len(images)))
+                flops=encode_flops(graph, cut, len(images)))
 
 
 def _forward(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
