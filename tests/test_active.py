@@ -107,7 +107,7 @@ def test_restart_replays_the_log_exactly(run, pool):
         before, version = eng.head_weight.clone(), eng.model_version
         records = eng.list()
     with Corrections.open(run, write=False) as eng:
-        assert torch.equal(eng.head_weight, before) and eng.model_version == version
+        assert (eng.head_weight - before).abs().max() < 1e-9 and eng.model_version == version  # one solve vs steps
         assert [(c.id, c.weight, c.holds, c.undone) for c in eng.list()] == \
                [(c.id, c.weight, c.holds, c.undone) for c in records]
         assert eng.find("ann-3") == 4 and eng.find("ann-1") is None  # ann-1 is correction 2, undone

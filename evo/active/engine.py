@@ -126,6 +126,7 @@ class _State:
     graph: ArchGraph
     protos: tuple[int, ...] = ()  # corrections with a local feature, in column order after [φ, 1]
     proto_ln: Tensor | None = None  # (len(protos), d) their `local.normalised` features
+    psi_live: Tensor | None = None  # (len(live), len(protos)) ψ of every live correction, rows in live order
 
 
 @dataclass
@@ -171,8 +172,12 @@ class Corrections:
         classes = tuple(graph.classes or [])
         support = head[1].abs().sum(dim=0) > 0
         self._base_support = support
-        rank = RankOneHead.solve(head[0], head[1], head[2])
-        self._state = _State(rank, classes, support.clone(), {}, 0, graph)
+        # `open` solves once, with its log folded in (`_replay`); without a log, solve the version now
+        rank = RankOneHead.solve(head[0], head[1], head[2]) if log is None else None
+        self._base = head  # (G, B, λ): `_fold` solves the version plus its log from these in one go
+        d = head[0].shape[0] - 1
+        self._state = _State(rank, classes, support.clone(), {}, 0, graph, (),
+                             torch.zeros(0, d, dtype=torch.float64), torch.zeros(0, 0, dtype=torch.float64))
         self._next_id = 1
 
     # ---- opening ----------------------------------------------------------------------------------
@@ -394,16 +399,26 @@ class Corrections:
         return torch.cat([phi, local.psi(ln, st.proto_ln, self.options.locality)], dim=1)
 
     def _z_live(self, st: _State, ids: Sequence[int]) -> Tensor:
-        return self._z(st, torch.stack([st.live[i].phi for i in ids]), torch.stack([st.live[i].ln for i in ids]))
+        """Rows [φ, 1, ψ] of live corrections (ψ from the state's cache, kept by add/undo)."""
+        order = {c: n for n, c in enumerate(st.live)}
+        rows = [order[i] for i in ids]
+        return torch.cat([torch.stack([st.live[i].phi for i in ids]), st.psi_live[rows]], dim=1)
+
+    def _with_live(self, st: _State, cid: int, entry: _Live) -> _State:
+        """`entry` live as correction `cid`, its ψ row (over the current local features) cached."""
+        row = local.psi(entry.ln[None], st.proto_ln, self.options.locality)
+        return replace(st, live={**st.live, cid: entry}, psi_live=torch.cat([st.psi_live, row]))
 
     def _apply_op(self, st: _State, kind: str, cid: int, w: float, label: int, in_place: bool = False) -> _State:
-        """One logged rank-one change (the only way the head moves, live or in a replay; a replay on
-        opening may update in place: no reader exists yet). An undo also drops the correction's
-        local feature, its cross terms with every other correction included."""
+        """One logged rank-one change (the only way the head moves, live or in a replay). `in_place`
+        where nobody else can see the head yet (a replay on opening, or a head this update already
+        copied). An undo also drops the correction's local feature, cross terms included."""
         live = dict(st.live)
         z = self._z_live(st, [cid])[0]
         if kind == "undo":
+            row = list(st.live).index(cid)
             del live[cid]
+            st = replace(st, psi_live=torch.cat([st.psi_live[:row], st.psi_live[row + 1:]]))
         else:
             old = live[cid]
             live[cid] = replace(old, weight=old.weight + w)
@@ -412,7 +427,8 @@ class Corrections:
             j = st.protos.index(cid)
             head = head.without_column(head.inverse.shape[0] - len(st.protos) + j)
             keep = [k for k in range(len(st.protos)) if k != j]
-            st = replace(st, protos=tuple(st.protos[k] for k in keep), proto_ln=st.proto_ln[keep])
+            st = replace(st, protos=tuple(st.protos[k] for k in keep), proto_ln=st.proto_ln[keep],
+                         psi_live=st.psi_live[:, keep])
         labels = {v.label for v in live.values()}
         active = self._base_support.clone()
         if len(active) < len(st.classes):
@@ -428,13 +444,13 @@ class Corrections:
         e = st.live[cid]
         ids = list(st.live)
         z = self._z_live(st, ids)
-        col = local.psi(torch.stack([st.live[i].ln for i in ids]), e.ln[None], self.options.locality)[:, 0]
-        w = torch.tensor([st.live[i].weight for i in ids], dtype=torch.float64) * col
+        col = local.psi(torch.stack([st.live[i].ln for i in ids]), e.ln[None], self.options.locality)
+        w = torch.tensor([st.live[i].weight for i in ids], dtype=torch.float64) * col[:, 0]
         y = torch.zeros(len(ids), st.head.n_classes, dtype=torch.float64)
         y[torch.arange(len(ids)), [st.live[i].label for i in ids]] = 1.0
-        head = st.head.with_column(z.T @ w, self.options.local_ridge + float(w @ col), y.T @ w)
-        ln = e.ln[None] if st.proto_ln is None else torch.cat([st.proto_ln, e.ln[None]])
-        return replace(st, head=head, protos=(*st.protos, cid), proto_ln=ln)
+        head = st.head.with_column(z.T @ w, self.options.local_ridge + float(w @ col[:, 0]), y.T @ w)
+        return replace(st, head=head, protos=(*st.protos, cid), proto_ln=torch.cat([st.proto_ln, e.ln[None]]),
+                       psi_live=torch.cat([st.psi_live, col], dim=1))
 
     def _with_class(self, st: _State, label: str) -> _State:
         graph = evo.ops.apply(st.graph, "add_classes", names=[label])
@@ -450,15 +466,16 @@ class Corrections:
         y = st.classes.index(label)
         entry = _live(x, y, 0.0, sha)
         conflicts = [(cid, j) for j in self._duplicates(st, sha, entry.unit, y)]
-        st = self._add_proto(replace(st, live={**st.live, cid: entry}), cid)
+        before = st.head
+        st = self._add_proto(self._with_live(st, cid, entry), cid)
         active = st.active.clone()
         active[y] = True
         z = self._z_live(st, [cid])[0]
         need = weight_needed(st.head.outputs(z[None])[0], y, st.head.leverage(z), self._delta, active)
         w = min(max(self.options.min_weight, need), self.options.max_weight)
-        st = self._apply_op(st, "add", cid, w, y)
+        st = self._apply_op(st, "add", cid, w, y, in_place=st.head is not before)  # a new head: ours alone
         ops.append(("add", cid, w, label))
-        st, more, broken, found = self._guard(st, cid)
+        st, more, broken, found = self._guard(st, cid, owned=True)
         ops += more
         for pair in found:
             if pair not in conflicts and pair[::-1] not in conflicts:
@@ -481,8 +498,9 @@ class Corrections:
         best = z.argmax(dim=1)
         return {i: int(best[n]) == st.live[i].label for n, i in enumerate(ids)}
 
-    def _guard(self, st: _State, culprit: int):
-        """Re-check every live correction; re-weight those that flipped; report those that cannot hold."""
+    def _guard(self, st: _State, culprit: int | None, owned: bool = False):
+        """Re-check every live correction; re-weight those that flipped; report those that cannot hold.
+        `owned`: `st.head` is this update's own copy (re-weight it in place)."""
         ops, conflicts, given_up = [], [], set()
         for _ in range(self.options.guard_rounds):
             failing = [i for i, ok in self._holding(st).items() if not ok and i not in given_up]
@@ -502,7 +520,8 @@ class Corrections:
                     if other is not None:
                         conflicts.append((i, other))
                     continue
-                st = self._apply_op(st, "reweight", i, need, e.label)
+                st = self._apply_op(st, "reweight", i, need, e.label, in_place=owned)
+                owned = True
                 ops.append(("reweight", i, need, st.classes[e.label]))
         broken = sorted(i for i, ok in self._holding(st).items() if not ok and i != culprit)
         return st, ops, broken, conflicts
@@ -523,39 +542,81 @@ class Corrections:
         return st
 
     def _replay(self, rebase: bool, learned: list[int] = (), size: list[int] | None = None) -> None:
-        """Seed the corrections this version learned as samples (weight 1, already in its statistics);
-        apply the log's ops for this version in order; then re-apply live corrections made on an
-        older version (the run moved on) through the normal path, and top up learned ones that do
-        not hold, logged when writable."""
+        """The version plus its log: the corrections this version learned (weight-1 samples already in
+        its statistics), then the log's ops for this version folded in order into the live set and
+        their weights, and the head solved once from the result (`_fold`: the same system the
+        rank-one steps built, one factorisation instead of one copy per step). Then live corrections
+        made on an older version (the run moved on) are re-applied through the normal path, and
+        learned ones that do not hold are topped up, logged when writable."""
         log, st = self._log, self._state
         rows = {r.id: r for r in log.rows()}
         feats = log.features(self.version)
-        st, fresh = self._seed_learned(st, rows, feats, learned, size)
-        for op in log.ops(self.version):
-            if op.kind == "class":
-                st = self._with_class(st, op.label)
-            elif op.kind == "add":
-                entry = _live(torch.from_numpy(feats[op.cid]), st.classes.index(op.label), 0.0,
-                              rows[op.cid].image_sha256)
-                st = self._add_proto(replace(st, live={**st.live, op.cid: entry}), op.cid)
-                st = self._apply_op(st, "add", op.cid, op.weight, entry.label, in_place=True)
-            else:
-                st = self._apply_op(st, op.kind, op.cid, op.weight, st.live[op.cid].label, in_place=True)
-            st = replace(st, seq=op.seq)
-        self._state = st
+        xs, fresh = self._learned_features(rows, feats, learned, size)
+        ops = log.ops(self.version)
+        if xs or ops:
+            live, classes, seq = {}, list(st.classes), st.seq
+            for cid, (x, label) in xs.items():
+                live[cid] = _live(x, classes.index(label), 1.0, rows[cid].image_sha256)
+            for op in ops:
+                if op.kind == "class":
+                    classes.append(op.label)
+                elif op.kind == "add":
+                    live[op.cid] = _live(torch.from_numpy(feats[op.cid]), classes.index(op.label), 0.0 + op.weight,
+                                         rows[op.cid].image_sha256)
+                elif op.kind == "reweight":
+                    live[op.cid] = replace(live[op.cid], weight=live[op.cid].weight + op.weight)
+                else:
+                    del live[op.cid]
+                seq = op.seq
+            self._state = self._fold(st, live, classes, xs, seq)
+        else:
+            self._state = replace(st, head=RankOneHead.solve(*self._base))
         self._next_id = log.next_id()
         if rebase:
             self._rebase(rows, set(learned), fresh)
 
-    def _seed_learned(self, st: _State, rows: dict[int, Row], feats: dict[int, np.ndarray], learned: list[int],
-                      size: list[int] | None) -> tuple[_State, list[tuple[int, np.ndarray]]]:
-        """Live entries of weight 1 for the corrections the version learned (the head already has them);
-        their features are the log's for this version, or computed from the image as the round saw it."""
-        fresh = []
-        live, active = dict(st.live), st.active.clone()
+    def _fold(self, st: _State, live: dict[int, _Live], classes: list[str],
+              learned: dict[int, tuple[Tensor, str]], seq: int) -> _State:
+        """The state whose head solves [[G + λD, 0], [0, λ_ψ I]] + Σ w z zᵀ over the live corrections
+        (z = [φ, 1, ψ], one local feature each), the learned samples' weight 1 taken out of G first."""
+        gram, xty, ridge = self._base
+        d1, c, ids = gram.shape[0], len(classes), list(live)
+        ln = torch.stack([live[i].ln for i in ids]) if ids else torch.zeros(0, d1 - 1, dtype=torch.float64)
+        protos = ids if self.options.locality is not None else []
+        psi = local.psi(ln, ln[:len(protos)], self.options.locality)
+        m = len(protos)
+        a = torch.zeros(d1 + m, d1 + m, dtype=torch.float64)
+        a[:d1, :d1] = gram
+        a[range(d1 - 1), range(d1 - 1)] += ridge
+        a[range(d1, d1 + m), range(d1, d1 + m)] = self.options.local_ridge
+        b = torch.zeros(d1 + m, c, dtype=torch.float64)
+        b[:d1, :xty.shape[1]] = xty
+        for x, label in learned.values():  # in the statistics at weight 1; back below at their full weight
+            phi = _augment(x[None])[0]
+            a[:d1, :d1] -= torch.outer(phi, phi)
+            b[:d1, classes.index(label)] -= phi
+        if ids:
+            z = torch.cat([torch.stack([live[i].phi for i in ids]), psi], dim=1)
+            w = torch.tensor([live[i].weight for i in ids], dtype=torch.float64)
+            y = torch.zeros(len(ids), c, dtype=torch.float64)
+            y[torch.arange(len(ids)), [live[i].label for i in ids]] = 1.0
+            a += z.T @ (w[:, None] * z)
+            b += z.T @ (w[:, None] * y)
+        new = classes[len(st.classes):]
+        graph = evo.ops.apply(st.graph, "add_classes", names=new) if new else st.graph
+        active = torch.cat([self._base_support, torch.zeros(c - len(self._base_support), dtype=torch.bool)])
+        active[[e.label for e in live.values()]] = True
+        return replace(st, head=RankOneHead.from_system(a, b), classes=tuple(classes), active=active, live=live,
+                       seq=seq, graph=graph, protos=tuple(protos), proto_ln=ln[:m], psi_live=psi)
+
+    def _learned_features(self, rows: dict[int, Row], feats: dict[int, np.ndarray], learned: list[int],
+                          size: list[int] | None) -> tuple[dict[int, tuple[Tensor, str]], list[tuple[int, np.ndarray]]]:
+        """The head features of the corrections the version learned: the log's for this version, or
+        computed from the image as the round saw it (then returned in `fresh`, to be logged)."""
+        xs, fresh = {}, []
         for cid in learned:
             r = rows.get(cid)
-            if r is None or r.label not in st.classes:
+            if r is None or r.label not in self._state.classes:
                 raise CorrectionError(f"version {self.version} learned correction {cid}, which "
                                       f"{'the log lacks' if r is None else 'has a label the version lacks'}; "
                                       "this corrections.sqlite does not belong to this run")
@@ -565,13 +626,8 @@ class Corrections:
                 img = learned_image(self._log.image_png(cid), size) if size else from_png(self._log.image_png(cid))
                 x = self.features([img])[0]
                 fresh.append((cid, x.numpy()))
-            y = st.classes.index(r.label)
-            live[cid] = _live(x, y, 1.0, r.image_sha256)
-            active[y] = True
-        st = replace(st, live=live, active=active)
-        for cid in learned:  # their local features, with the weight-1 samples already in the statistics
-            st = self._add_proto(st, cid)
-        return st, fresh
+            xs[cid] = (x, r.label)
+        return xs, fresh
 
     def _rebase(self, rows: dict[int, Row], learned: set[int], fresh: list[tuple[int, np.ndarray]]) -> None:
         st = self._state

@@ -37,14 +37,23 @@ class RankOneHead:
         """Factor A = G + λD once (Cholesky) and keep its inverse and the solution."""
         reg = torch.full((gram.shape[0],), float(ridge), dtype=torch.float64)
         reg[-1] = 0.0
-        a = gram.to(torch.float64) + torch.diag(reg)
+        try:
+            return cls.from_system(gram.to(torch.float64) + torch.diag(reg), xty.to(torch.float64))
+        except ConfigError:
+            raise ConfigError(f"the head's ridge system is not positive definite (λ = {ridge}); "
+                              "the run's statistics cannot take corrections") from None
+
+    @classmethod
+    def from_system(cls, a: Tensor, b: Tensor) -> RankOneHead:
+        """Factor an already regularised system A (symmetric positive definite) once; keep A⁻¹ and A⁻¹B."""
         chol, info = torch.linalg.cholesky_ex(a)
         if int(info) != 0:
-            raise ConfigError(f"the head's ridge system is not positive definite (λ = {ridge}); "
-                              "the run's statistics cannot take corrections")
-        inv = torch.cholesky_inverse(chol)
-        inv = (inv + inv.T) / 2
-        return cls(inv, torch.cholesky_solve(xty.to(torch.float64), chol))
+            raise ConfigError("the corrected head's system is not positive definite; the corrections log "
+                              "does not fit this version's statistics")
+        # [I B] solved against the factor in one call: several times faster than cholesky_inverse here
+        both = torch.cholesky_solve(torch.cat([torch.eye(a.shape[0], dtype=a.dtype), b], dim=1), chol)
+        inv = both[:, :a.shape[0]]
+        return cls((inv + inv.T) / 2, both[:, a.shape[0]:].contiguous())
 
     @property
     def n_classes(self) -> int:
