@@ -272,7 +272,7 @@ class Evo(Strategy):
 
     def _absorb(self, feats: Tensor, labels: Any, n_classes: int, ctx: Context, sign: int = 1) -> None:
         """Add (or, sign=-1, take out) a batch of the ridge statistics; matmuls counted by torch's FLOP counter."""
-        labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+        labels = torch.as_tensor(np.array(labels), dtype=torch.int64)  # a copy: the source may be read-only
         with FlopCounterMode(display=False) as counter:
             self.head_.partial_fit(feats, labels, n_classes, sign=sign)
         ctx.meter.add_flops(int(counter.get_total_flops()))
