@@ -123,3 +123,29 @@ def test_correct_during_a_search_round_is_refused(run, base, capsys):
     proc = subprocess.run([sys.executable, "-m", "evo.cli", "correct", str(run), img, "--label", "top"],
                           capture_output=True, text=True, env=_env())
     assert proc.returncode == 0, proc.stderr  # the lock of a dead holder is free again
+
+
+def test_a_damaged_corrections_log_is_one_line_and_left_alone(run, base, tmp_path, capsys):
+    """A corrections.sqlite that is not ours (garbage, or another program's database) stops every command
+    that reads it with one line, exit 2, and stays byte for byte as it was."""
+    import sqlite3
+
+    foreign = tmp_path / "other.sqlite"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE notes (text)")
+    for content in (b"not a database at all", foreign.read_bytes()):
+        (run / "corrections.sqlite").write_bytes(content)
+        for argv in (["corrections", str(run)], ["predict", str(run), str(base / "pool")],
+                     ["learn", str(run), "--data", str(base / "data"), "--allow-duplicates", "--no-progress"]):
+            capsys.readouterr()
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and "corrections.sqlite is not a readable corrections log" in err[0], err
+        assert (run / "corrections.sqlite").read_bytes() == content
+
+
+def test_learn_from_a_builtin_dataset_resizes_to_the_model(tmp_path, capsys):
+    """`evo learn MODEL --data builtin:digits`: a built-in source that cannot resize is resized after reading."""
+    assert main(["learn", "small_cnn", "--data", "builtin:digits", "--run-dir", str(tmp_path / "r"),
+                 "--no-progress"]) == 0
+    assert "held-out accuracy" in capsys.readouterr().out

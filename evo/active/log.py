@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from evo.active.errors import CorrectionError
+
 LOG_FILE = "corrections.sqlite"
 
 _SCHEMA = """
@@ -91,6 +93,13 @@ class CorrectionLog:
     def __init__(self, run_path: Path, write: bool) -> None:
         self.path = Path(run_path) / LOG_FILE
         self.write = write
+        try:
+            self._connect(write)
+        except sqlite3.DatabaseError as e:
+            raise CorrectionError(f"{self.path} is not a readable corrections log ({e}); move it away to start "
+                                  "a new log, or put back a good copy") from None
+
+    def _connect(self, write: bool) -> None:
         if not write and not self.path.is_file():
             self.db = sqlite3.connect(":memory:", check_same_thread=False)
         elif write:
@@ -103,6 +112,8 @@ class CorrectionLog:
         self.db.execute("PRAGMA busy_timeout=10000")
         if write or not self.path.is_file():
             self.db.executescript(_SCHEMA)
+        elif not self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='ops'").fetchone():
+            raise sqlite3.DatabaseError("it has no corrections tables")
 
     def close(self) -> None:
         self.db.close()

@@ -83,16 +83,22 @@ def load_source(source: str | os.PathLike, names: bool = True, **options: Any) -
     the CLI passes False, so a typo or a missing folder is never silently a built-in dataset.
 
     Options go to the source function; an option it does not take is a ConfigError listing valid ones.
+    `size` (height, width) is the exception: every source honours it, resizing as it reads or after.
     """
     name, implied = _resolve(source, names)
     fn = SOURCES.get(name)
     kwargs = {**implied, **options}
+    params = inspect.signature(fn).parameters
+    size = kwargs.pop("size", None) if "size" not in params else None  # resized here when the source does not
     try:
         inspect.signature(fn).bind(**kwargs)
     except TypeError as e:
-        valid = [p for p in inspect.signature(fn).parameters if p not in implied]
+        valid = [p for p in params if p not in implied]
         raise ConfigError(f"data source {name!r}: {e}; valid options: {valid}") from None
-    return fn(**kwargs)
+    train, test = fn(**kwargs)
+    if size is not None:
+        train, test = train.resized(tuple(size)), test.resized(tuple(size))
+    return train, test
 
 
 __all__ = ["BUILTIN", "SOURCES", "Split", "builtin_names", "load_source"]
