@@ -49,10 +49,11 @@ class RanPAC:
         flops = 2 * n * x.shape[1] * m + 2 * n * m * m + 2 * n * m * n_classes
         self.ridge, f = self._choose_ridge(h, Y)
         flops += f
-        chol = torch.linalg.cholesky(self.G + self.ridge * torch.eye(m, dtype=torch.float64))
-        self.Wo = torch.cholesky_solve(self.Q, chol)  # (M, C)
+        # LU, as the authors' code solves it: at the smallest λ of the grid, G (rank <= n < M) plus λI can be
+        # too ill-conditioned for a Cholesky factorisation in float64 (seen at 200 images/class)
+        self.Wo = torch.linalg.solve(self.G + self.ridge * torch.eye(m, dtype=torch.float64), self.Q)  # (M, C)
         self.tasks += 1
-        return int(flops + m**3 // 3 + 2 * m * m * n_classes)
+        return int(flops + 2 * m**3 // 3 + 2 * m * m * n_classes)
 
     def _choose_ridge(self, h: Tensor, Y: Tensor) -> tuple[float, int]:
         perm = torch.from_numpy(np.random.default_rng([self.seed, self.tasks]).permutation(h.shape[0]))
