@@ -573,7 +573,7 @@ class Corrections:
             self._state = replace(st, head=RankOneHead.solve(*self._base))
         self._next_id = log.next_id()
         if rebase:
-            self._rebase(rows, set(learned), fresh)
+            self._rebase(rows, ops, set(learned), fresh)
 
     def _fold(self, st: _State, live: dict[int, _Live], classes: list[str],
               learned: dict[int, tuple[Tensor, str]], seq: int) -> _State:
@@ -629,9 +629,10 @@ class Corrections:
             xs[cid] = (x, r.label)
         return xs, fresh
 
-    def _rebase(self, rows: dict[int, Row], learned: set[int], fresh: list[tuple[int, np.ndarray]]) -> None:
+    def _rebase(self, rows: dict[int, Row], ops_here: list, learned: set[int],
+                fresh: list[tuple[int, np.ndarray]]) -> None:
+        """`ops_here`: this version's logged ops, as `_replay` read them (read once per open)."""
         st = self._state
-        ops_here = self._log.ops(self.version)
         if fresh:  # the first open of this version since its round learned them: make them hold
             st, ops, _, _ = self._guard(st, None)
             if self._log.write and (ops or fresh):
