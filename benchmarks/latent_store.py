@@ -38,11 +38,22 @@ from evo.learn.latent import StoreConfig, bytes_per_row, cut_node, split  # noqa
 from evo.learn.tracked import from_meta  # noqa: E402
 
 
+def _cut(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--per-class-train", type=int, default=None)
     p.add_argument("--per-class-test", type=int, default=None)
-    p.add_argument("--cut", type=int, default=8, help="stride of the cut (last block output at it)")
+    p.add_argument("--cut", type=_cut, default=8,
+                   help="stride of the cut (last block output at it), a block output's name, or 'input'")
+    p.add_argument("--source-size", type=int, default=None,
+                   help="shrink Fashion-MNIST to this side first (a new data type: low-resolution images, which "
+                        "the model sees upsampled to 64 px, where frozen ImageNet features are weaker)")
+    p.add_argument("--permute", type=int, default=None,
+                   help="shuffle every image's pixels by one permutation drawn from this seed (permuted "
+                        "Fashion-MNIST: no spatial structure left for pretrained conv features)")
     p.add_argument("--epochs", type=int, default=2, help="evo_latent epochs per increment")
     p.add_argument("--ceiling-epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -57,7 +68,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     stream = evo.data.class_incremental("fashion-mnist", increments=5, seed=args.seed,
-                                        per_class_train=args.per_class_train, per_class_test=args.per_class_test)
+                                        per_class_train=args.per_class_train, per_class_test=args.per_class_test,
+                                        source_opts={k: v for k, v in (("size", args.source_size),
+                                                                       ("permute", args.permute)) if v is not None})
     graph = evo.zoo.load("efficientnet_lite0", pretrained=True, input_size=64)
     opts = {"epochs": args.epochs, "lr": args.lr}  # the Learner's seed also seeds the strategy's sampling
     table, out = [], {"args": {k: str(v) for k, v in vars(args).items()}, "machine": platform.platform()}

@@ -107,6 +107,18 @@ def test_digits_real_data():
     again = load_source("digits", seed=0)[1]
     assert np.array_equal(again.images, test.images)
     assert not np.array_equal(load_source("digits", seed=1)[1].images, test.images)
+    # `size` as one side is a square, as a model's input_size is (a search space's source_opts: {size: 32})
+    square = load_source("digits", size=16)[0]
+    assert square.image_size == (16, 16) and square.image_size == load_source("digits", size=[16, 16])[0].image_size
+    # `permute`: one seeded pixel permutation, the same for train and test and for every image
+    ptrain, ptest = load_source("digits", permute=3)
+    flat, pflat = train.images.reshape(len(train), 64, -1), ptrain.images.reshape(len(train), 64, -1)
+    perm = np.random.default_rng(3).permutation(64)
+    assert np.array_equal(pflat, flat[:, perm]) and not np.array_equal(pflat, flat)
+    assert np.array_equal(ptest.images.reshape(len(test), 64, -1), test.images.reshape(len(test), 64, -1)[:, perm])
+    assert np.array_equal(ptrain.labels, train.labels)
+    with pytest.raises(ConfigError, match="permute must be an integer seed"):
+        load_source("digits", permute="yes")
 
 
 def test_load_source_errors():

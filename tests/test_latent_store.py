@@ -234,3 +234,24 @@ def test_grown_and_trained_above_the_cut_keeps_exact_statistics() -> None:
         fresh.partial_fit(feats, torch.tensor([child.classes_.index(inc.classes[i]) for i in inc.labels]), 4)
     head = child.strategy.head_
     assert float((head.gram_ - fresh.gram_).abs().max()) <= 1e-5 * float(fresh.gram_.abs().max())
+
+
+def test_a_cut_at_the_input_stores_the_images_and_trains_every_layer() -> None:
+    """A net trained from scratch has nothing worth freezing: `cut: input` keeps the preprocessed images and
+    evo_latent trains every layer on them; growth anywhere passes `check_growth`."""
+    g = evo.zoo.load("small_cnn", width=4)
+    classes = ["a", "b", "c", "d"]
+    learner = Learner(g, memory=8, strategy="evo_latent", progress=False, epochs=1, lr=1e-3,
+                      latents=StoreConfig(cut="input", codec="fp32"))
+    incs = [_data(12, classes[:2], 0), _data(12, classes[2:], 1)]
+    for inc in incs:
+        report = learner.learn(inc)
+    assert learner.latents_.cut == g.input and report.info["recomputed_from"] == 48
+    stored = learner.latents_.rows(exclude=None)
+    assert stored[np.arange(24)].shape == (24, 3, 32, 32)
+    first = torch.as_tensor(learner.preprocess(incs[0].images))
+    assert torch.allclose(stored[np.arange(24)].float(), first.float(), atol=1e-6)
+    assert all(not torch.equal(learner.graph_.params(n)["weight"], g.params(n)["weight"])
+               for n in ("stem_0", "classifier"))
+    grown = evo.ops.apply(g, "scale_width", site={"after": "input"}, factor=2.0)
+    check_growth(g, grown, g.input, "fashion-mnist")

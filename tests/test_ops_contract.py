@@ -35,6 +35,7 @@ OP_PARAMS = {
     "add_branch": {"kind": "parallel"},
     "add_classes": {"k": 2},
     "add_tap": {"grid": 2},
+    "scale_width": {"factor": 1.5},
 }
 INPUT_SIZE = {"small_cnn": 32}
 
@@ -135,7 +136,7 @@ def test_property_random_graphs_are_preserved(recipe, mlp, op_name, pick, seed):
 # (model, op) pairs with no site, by design: deepen needs an idempotent activation (ReLU/ReLU6) and the
 # SiLU/GELU nets have none; SqueezeNet's classifier is a 1×1 conv, not a Linear head; add_tap reads
 # evo.learn's block grouping, which finds no spatial block output in DenseNet or VGG (their features
-# sit under one unnumbered container); widen finds every ConvNeXt channel tied to a layer norm (which
+# sit under one unnumbered container); widen (and so scale_width) finds every ConvNeXt channel tied to a layer norm (which
 # mixes channels) or a channels-last Linear. A pair that gains sites fails the test, so the list stays true.
 NO_SITES = {
     ("torchvision:efficientnet_b0", "deepen"), ("timm:efficientnet_b0", "deepen"),
@@ -144,6 +145,7 @@ NO_SITES = {
     ("torchvision:squeezenet1_1", "add_classes"), ("torchvision:squeezenet1_1", "add_tap"),
     ("torchvision:densenet121", "add_tap"), ("timm:densenet121", "add_tap"), ("torchvision:vgg11_bn", "add_tap"),
     ("torchvision:convnext_tiny", "deepen"), ("torchvision:convnext_tiny", "widen"),
+    ("torchvision:convnext_tiny", "scale_width"),
 }
 
 

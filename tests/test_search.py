@@ -44,7 +44,8 @@ def _write(tmp_path: Path, doc: dict, name: str = "space.yaml") -> Path:
 # ---- spaces ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["fashion_quick", "fashion_cil", "digits_domain", "fashion_latent"])
+@pytest.mark.parametrize("name", ["fashion_quick", "fashion_cil", "digits_domain", "fashion_latent",
+                                  "capacity_small_cnn"])
 def test_shipped_spaces_parse(name):
     space = load_space(ROOT / "search_spaces" / f"{name}.yaml")
     assert space.name == name and space.trials >= 1 and space.operators
@@ -64,6 +65,9 @@ def test_shipped_spaces_parse(name):
     (lambda d: d.update(objective=["params"]), "objective"),
     (lambda d: d.update(policy="greedy"), "policy must be one of search, random, fast_path"),
     (lambda d: d.update(validation_per_class=0), "validation_per_class"),
+    (lambda d: d.update(min_ops=2), r"min_ops \(2\) must not exceed max_ops \(1\)"),
+    (lambda d: d["model"].update(widht=4), r"model: unknown key.*widht.*model.options"),
+    (lambda d: d["model"].update(options=[4]), "model.options must map"),
     # training keys come from the strategies' option schemas: none silently dropped
     (lambda d: d["training"].update(alpha=0.5), r"training.alpha: no strategy of this space \(evo, evo_tune\)"),
     (lambda d: d["training"].update(strategy="sgd_plus"), "unknown strategy 'sgd_plus'.*replay"),
@@ -76,6 +80,21 @@ def test_malformed_space_names_the_key(edit, message):
     edit(doc)
     with pytest.raises(SpaceError, match=message):
         parse_space(doc)
+
+
+def test_model_options_build_the_zoo_model_and_bad_ones_are_named():
+    from evo.errors import ConfigError
+    from evo.search.launch import check_space
+
+    doc = json.loads(json.dumps(TINY))
+    doc["model"] = {"name": "small_cnn", "input_size": 32, "pretrained": False, "options": {"width": 4}}
+    narrow = check_space(parse_space(doc))
+    assert narrow.attrs("stem_0")["out_channels"] == 4
+    for options, message in [({"width": 0}, "width must be a positive integer"),
+                             ({"colour": 1}, r"takes no option\(s\) \['colour'\].*width")]:
+        doc["model"]["options"] = options
+        with pytest.raises(ConfigError, match=message):
+            check_space(parse_space(doc))
 
 
 def test_invalid_yaml_says_where(tmp_path):

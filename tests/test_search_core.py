@@ -60,6 +60,36 @@ def test_a_resumed_round_is_rebuilt_from_its_study(tmp_path):
     assert t.user_attrs["fail_reason"] == DRIVER_STOPPED and t.user_attrs["lost_flops"] == 900
 
 
+def _tiny_round(tmp_path, **changes):
+    import evo
+    from evo.runs import Run
+    from evo.search.driver import Driver
+    from evo.search.executor import InProcessExecutor
+    from evo.search.scenario import stream_for
+    from evo.search.space import parse_space
+
+    doc = {"name": "t", "scenario": {"source": "digits", "increments": 2, "per_class_train": 15,
+                                     "per_class_test": 5, "seed": 0},
+           "model": {"name": "small_cnn", "input_size": 32}, "memory": 50,
+           "operators": {"deepen": {"kernel_size": 1}}, "max_ops": 1,
+           "training": {"strategy": "evo", "taps": "features"}, "budget": {"fraction_of_joint": 2.0},
+           "trials": 2, "concurrency": 1, "validation_per_class": 3, **changes}
+    space = parse_space(doc)
+    run = Run.create(tmp_path / "run", {"space": doc}, kind="search")
+    with run.lock("test"):
+        run.commit_version(evo.zoo.load("small_cnn", input_size=32), {"increment": None, "ops": []})
+        return Driver(run, space, progress=lambda s: None, executor=InProcessExecutor()).round(0, stream_for(space))
+
+
+def test_min_ops_spends_every_sampled_trial_on_growth(tmp_path):
+    """`min_ops: 1`: the enqueued fast path still runs without growth; every trial Optuna samples grows."""
+    result = _tiny_round(tmp_path, min_ops=1, trials=3, budget={"fraction_of_joint": 20.0})
+    ran = [t for t in result.trials if t["state"] == "COMPLETE"]
+    assert len(ran) == 3
+    assert not ran[0]["candidate"]["growth"]  # the fast path, enqueued first
+    assert all(t["candidate"]["growth"] for t in ran[1:])
+
+
 def test_a_round_runs_in_process_without_ray(tmp_path):
     import ray
 

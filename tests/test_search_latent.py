@@ -67,15 +67,26 @@ def test_latent_search_commits_the_store_with_each_version(tmp_path: Path) -> No
     assert "summary" in report
 
 
-def test_growth_below_the_cut_is_an_invalid_candidate(tmp_path: Path) -> None:
+def test_growth_below_the_cut_is_never_proposed(tmp_path: Path) -> None:
+    """With the cut at stride 2, five of small_cnn's six widen groups lie below it: the search proposes
+    only the one above (refusing the others as failed trials would spend the round's trials on nothing;
+    `check_growth` still refuses such growth, tests/test_latent_store.py)."""
+    import evo.ops
+    import evo.zoo
+    from evo.learn.latent import cut_node, sites_above
+
     doc = json.loads(json.dumps(SPACE))
     doc["scenario"]["increments"] = 1
-    doc["latents"]["cut"] = 2  # stem, residual, down, left, right: 5 of the 6 widen sites are below it
+    doc["latents"]["cut"] = 2
     doc["trials"] = 3
+    graph = evo.zoo.load("small_cnn", input_size=32)
+    allowed = sites_above(graph, cut_node(graph, 2), "widen", evo.ops.sites(graph, "widen"))
+    assert allowed == [{"group": "fc1"}]
     run, results, _ = _drive(tmp_path, doc)
-    reasons = [t.get("fail_reason", "") for r in results for t in r.trials]
-    below = [x for x in reasons if "below the latent cut" in x]
-    assert below and all("cannot give them back" in x for x in below)
+    trials = [t for r in results for t in r.trials]
+    assert not [t for t in trials if "below the latent cut" in t.get("fail_reason", "")]
+    grown = [g for t in trials for g in t["candidate"]["growth"]]
+    assert grown and all(g["site"] in allowed for g in grown)
 
 
 def test_a_space_without_latents_refuses_evo_latent(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from evo.graph.archgraph import ArchGraph
 from evo.ops.base import OPS, Delta, GrowthOp, Site, register
 
 # Importing each operator module registers it.
-from evo.ops import add_branch, add_classes, add_tap, deepen, widen  # noqa: E402,F401  isort: skip
+from evo.ops import add_branch, add_classes, add_tap, deepen, scale_width, widen  # noqa: E402,F401  isort: skip
 
 
 def list_ops() -> list[str]:

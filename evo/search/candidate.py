@@ -69,6 +69,14 @@ def _structure(graph: ArchGraph) -> tuple:
     return tuple(graph.nodes()), tuple(sorted(graph.g.edges()))
 
 
+def _cut(space: SearchSpace, graph: ArchGraph) -> str | None:
+    if space.latents is None:
+        return None
+    from evo.learn.latent import cut_node
+
+    return cut_node(graph, space.latents.cut)
+
+
 def suggest_candidate(trial, space: SearchSpace, parent: ArchGraph, min_ops: int = 0) -> tuple[Candidate, ArchGraph]:
     """Sample a candidate with Optuna's define-by-run API; returns it with the grown (untrained) graph.
 
@@ -79,9 +87,14 @@ def suggest_candidate(trial, space: SearchSpace, parent: ArchGraph, min_ops: int
     n_ops = trial.suggest_int("n_ops", min(min_ops, space.max_ops), space.max_ops) \
         if space.operators and space.max_ops else 0
     graph, growth = parent, []
+    cut = _cut(space, parent)
     for i in range(n_ops):
         name = trial.suggest_categorical(f"op_{i}", sorted(space.operators))
         sites = ops.sites(graph, name)
+        if cut is not None:  # growth below a latent store's cut would be refused: never propose it
+            from evo.learn.latent import sites_above
+
+            sites = sites_above(graph, cut, name, sites)
         u = trial.suggest_float(f"site_{i}", 0.0, 1.0)
         if not sites:
             continue

@@ -181,7 +181,7 @@ class Driver:
         """Ask Optuna for one candidate, price it, and start it if the round admits it."""
         trial = study.ask()
         try:
-            cand, grown = suggest_candidate(trial, self.space, base, min_ops=int(policy == "random"))
+            cand, grown = suggest_candidate(trial, self.space, base, min_ops=self._min_ops(trial, policy))
             staged = self._staged
             if staged is not None and cand.growth:
                 from evo.learn.latent import check_growth
@@ -215,6 +215,12 @@ class Driver:
         self.say(f"  trial {trial.number:>3} started   {cand.name:<40} priced {price / 1e9:8.1f} GFLOPs")
 
     # ---- pieces ------------------------------------------------------------------------------------
+    def _min_ops(self, trial: optuna.Trial, policy: str) -> int:
+        """Ops every candidate of this trial applies: one for random growth; the space's `min_ops` for a
+        sampled search trial (an enqueued one, such as the fast path, fixes its own)."""
+        if policy == "random":
+            return 1
+        return 0 if "enqueued" in trial.user_attrs else self.space.min_ops
     def _enqueued(self, base, policy: str) -> list[tuple[str, dict[str, Any]]]:
         """Trials every round starts with: the no-growth fast path, then (policy search) training above the
         latent cut on everything stored (where the space keeps latents), and `add_tap` onto each spare tap

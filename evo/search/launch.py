@@ -17,7 +17,7 @@ def _initial_model(space: SearchSpace):
     from evo.zoo import resolve as load_model
 
     m = space.model
-    return load_model(m["name"], m.get("input_size"), pretrained=m.get("pretrained", True))
+    return load_model(m["name"], m.get("input_size"), pretrained=m.get("pretrained", True), options=m.get("options"))
 
 
 def launch(space_path: str | os.PathLike, run_dir: str | os.PathLike | None = None, ray_address: str | None = None,

@@ -73,7 +73,8 @@ class SearchSpace:
     path always tried), 'random' (one random growth, committed unjudged) or 'fast_path' (never grow);
     the last two are the baselines the search is measured against. Candidates are ranked on
     `validation_per_class` images per class held out of each increment's training data, never on the
-    test split."""
+    test split. `min_ops: 1` spends every sampled trial on growth: the round's no-growth candidates are the
+    enqueued ones, so Optuna's draws go to architectures rather than to training variants of the parent."""
 
     name: str
     scenario: dict[str, Any]
@@ -87,6 +88,7 @@ class SearchSpace:
     concurrency: int
     objective: tuple[str, ...]
     policy: str = "search"
+    min_ops: int = 0  # every sampled candidate grows at least this much (the enqueued no-growth ones still run)
     validation_per_class: int = 100
     latents: Any = None  # evo.learn.latent.StoreConfig, or None (`latents: none`: today's behaviour)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
@@ -95,7 +97,8 @@ class SearchSpace:
         return self.raw
 
 
-_TOP_KEYS = {"name", "scenario", "model", "memory", "operators", "max_ops", "training", "budget", "trials",
+_MODEL_KEYS = {"name", "input_size", "pretrained", "options"}
+_TOP_KEYS = {"name", "scenario", "model", "memory", "operators", "max_ops", "min_ops", "training", "budget", "trials",
              "concurrency", "objective", "description", "policy", "validation_per_class", "latents"}
 
 
@@ -134,6 +137,12 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
     model = dict(doc["model"])
     if not isinstance(model.get("name"), str):
         raise SpaceError("model.name is required: a zoo model (e.g. efficientnet_lite0) or a saved model folder")
+    bad = sorted(set(model) - _MODEL_KEYS)
+    if bad:
+        raise SpaceError(f"model: unknown key(s) {bad}; allowed: {', '.join(sorted(_MODEL_KEYS))} (a zoo model's own "
+                         "options, such as small_cnn's width, go under model.options)")
+    if not isinstance(model.get("options", {}), dict):
+        raise SpaceError(f"model.options must map a zoo model's option names to values; got {model['options']!r}")
 
     ops_doc = doc.get("operators") or {}
     if not isinstance(ops_doc, dict):
@@ -181,6 +190,8 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
         raise SpaceError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
 
     latents = _latents(doc.get("latents"), training)
+    if _positive_int(doc, "min_ops", 0, minimum=0) > _positive_int(doc, "max_ops", 1, minimum=0):
+        raise SpaceError(f"min_ops ({doc['min_ops']}) must not exceed max_ops ({doc.get('max_ops', 1)})")
 
     return SearchSpace(
         name=str(doc.get("name") or Path(source).stem),
@@ -188,6 +199,7 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
         memory=_positive_int(doc, "memory", 500),
         operators=operators,
         max_ops=_positive_int(doc, "max_ops", 1, minimum=0),
+        min_ops=_positive_int(doc, "min_ops", 0, minimum=0),
         training=training,
         budget=(kinds[0], float(amount)),
         trials=_positive_int(doc, "trials", 8),

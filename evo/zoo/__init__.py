@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,20 @@ def load(name: str, pretrained: bool = False, input_size: int | None = None, **k
     if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1):
         raise ConfigError(f"input_size for {name} must be a positive integer (pixels); got {input_size!r}")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    accepted = [n for n, p in inspect.signature(entry.factory).parameters.items()
+                if p.kind is not p.VAR_KEYWORD and n not in ("pretrained", "input_size") and not n.startswith("_")]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ConfigError(f"zoo model {name!r} takes no option(s) {unknown}; its options: {accepted}")
     graph = entry.factory(pretrained=pretrained, input_size=entry.default_input if input_size is None else input_size, **kwargs)
     graph.meta.setdefault("zoo", name)
     return graph
 
 
-def resolve(spec: str | os.PathLike, input_size: int | None = None, pretrained: bool = True) -> ArchGraph:
-    """A saved model folder, or a zoo name (pretrained where the zoo ships weights).
+def resolve(spec: str | os.PathLike, input_size: int | None = None, pretrained: bool = True,
+            options: dict[str, Any] | None = None) -> ArchGraph:
+    """A saved model folder, or a zoo name (pretrained where the zoo ships weights) built with `options`
+    (e.g. small_cnn's `width`).
 
     The one way the CLI, the search and `evo learn` turn a user's model argument into a graph.
     """
@@ -36,11 +44,14 @@ def resolve(spec: str | os.PathLike, input_size: int | None = None, pretrained: 
 
     path = Path(spec)
     if path.is_dir():
+        if options:
+            raise ConfigError(f"model options {sorted(options)} apply to zoo models only; {spec} is a saved model "
+                              "folder, built already")
         return eg.load(path)
     name = str(spec)
     if name in MODELS:
         entry = MODELS.get(name)
-        return load(name, pretrained=pretrained and entry.has_pretrained, input_size=input_size)
+        return load(name, pretrained=pretrained and entry.has_pretrained, input_size=input_size, **(options or {}))
     raise UnknownNameError(f"{name!r} is neither a saved model folder nor a zoo model; zoo models: "
                            f"{', '.join(list_models())}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
 from evo.graph.trace import from_module
 from evo.zoo.registry import register_model
@@ -42,8 +43,11 @@ class SmallCNN(nn.Module):
 
 
 @register_model("small_cnn", default_input=32)
-def small_cnn(pretrained: bool = False, input_size: int = 32, num_classes: int = 10, seed: int = 0,
+def small_cnn(pretrained: bool = False, input_size: int = 32, num_classes: int = 10, seed: int = 0, width: int = 16,
               **_: object) -> ArchGraph:
-    """Small residual+concat CNN (random init, seeded) for fast tests and examples."""
+    """Small residual+concat CNN (random init, seeded) for fast tests and examples; `width` channels at full
+    resolution (a narrow one runs out of capacity: the setting where growth pays)."""
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ConfigError(f"small_cnn option width must be a positive integer (channels); got {width!r}")
     torch.manual_seed(seed)
-    return from_module(SmallCNN(num_classes), (3, input_size, input_size), name="small_cnn")
+    return from_module(SmallCNN(num_classes, width), (3, input_size, input_size), name="small_cnn")

@@ -83,13 +83,21 @@ def load_source(source: str | os.PathLike, names: bool = True, **options: Any) -
     the CLI passes False, so a typo or a missing folder is never silently a built-in dataset.
 
     Options go to the source function; an option it does not take is a ConfigError listing valid ones.
-    `size` (height, width) is the exception: every source honours it, resizing as it reads or after.
+    Two options every source honours: `size` (height, width, or one side for a square), resizing as it
+    reads or after; and `permute` (an int seed), every image's pixels shuffled by one fixed permutation
+    after resizing (permuted Fashion-MNIST: a data type that pretrained conv features describe poorly).
     """
     name, implied = _resolve(source, names)
     fn = SOURCES.get(name)
     kwargs = {**implied, **options}
+    if isinstance(kwargs.get("size"), int) and not isinstance(kwargs["size"], bool):
+        kwargs["size"] = (kwargs["size"], kwargs["size"])  # a square side, as input_size is given
     params = inspect.signature(fn).parameters
     size = kwargs.pop("size", None) if "size" not in params else None  # resized here when the source does not
+    permute = kwargs.pop("permute", None)
+    if permute is not None and (isinstance(permute, bool) or not isinstance(permute, int)):
+        raise ConfigError(f"data source option permute must be an integer seed (one pixel permutation for every "
+                          f"image); got {permute!r}")
     try:
         inspect.signature(fn).bind(**kwargs)
     except TypeError as e:
@@ -98,6 +106,8 @@ def load_source(source: str | os.PathLike, names: bool = True, **options: Any) -
     train, test = fn(**kwargs)
     if size is not None:
         train, test = train.resized(tuple(size)), test.resized(tuple(size))
+    if permute is not None:
+        train, test = train.permuted(permute), test.permuted(permute)
     return train, test
 
 

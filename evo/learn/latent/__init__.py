@@ -9,7 +9,15 @@
 
 from evo.learn.latent.below import encode_part
 from evo.learn.latent.codec import CODECS, bytes_per_row, decode, encode
-from evo.learn.latent.cut import check_growth, check_layout, cut_node, merge_above, same_below, split
+from evo.learn.latent.cut import (
+    check_growth,
+    check_layout,
+    cut_node,
+    merge_above,
+    same_below,
+    sites_above,
+    split,
+)
 from evo.learn.latent.part import LatentError, Part, read_part, write_part
 from evo.learn.latent.store import (
     LatentRows,
@@ -24,5 +32,5 @@ from evo.learn.latent.store import (
 
 __all__ = ["CODECS", "LatentError", "LatentRows", "LatentStore", "Part", "StoreConfig", "bytes_per_row",
            "check_growth", "check_layout", "committed_parts", "cut_node", "decode", "encode", "encode_part",
-           "merge_above", "open_store", "pending_dir", "read_part", "same_below", "split", "version_store_dir",
+           "merge_above", "open_store", "pending_dir", "read_part", "same_below", "sites_above", "split", "version_store_dir",
            "write_part", "write_pending"]

@@ -23,7 +23,11 @@ from evo.learn.latent.part import LatentError
 
 
 def cut_node(graph: ArchGraph, cut: int | str) -> str:
-    """The node a cut spec names: a stride → the last block output at that stride; or a block output's name."""
+    """The node a cut spec names: a stride → the last block output at that stride; a block output's name;
+    or "input": the store keeps the (preprocessed) images themselves and nothing is frozen (a small
+    network trained from scratch, where every layer must keep learning)."""
+    if cut == "input":
+        return graph.input
     outs = [n for n in backbone_outputs(graph) if len(graph.shape(n)) == 3]
     if isinstance(cut, str):
         if cut not in outs:
@@ -39,8 +43,10 @@ def cut_node(graph: ArchGraph, cut: int | str) -> str:
 
 
 def is_cut(graph: ArchGraph, node: str) -> bool:
-    """Whether every input → output path passes through `node`."""
-    if node not in graph or node in (graph.input, graph.output):
+    """Whether every input → output path passes through `node` (the input itself always is a cut)."""
+    if node == graph.input:
+        return True
+    if node not in graph or node == graph.output:
         return False
     g = graph.g.copy()
     g.remove_node(node)
@@ -100,6 +106,16 @@ def same_below(a: ArchGraph, b: ArchGraph, cut: str) -> bool:
         if pa.keys() != pb.keys() or any(pa[k] is not pb[k] and not torch.equal(pa[k], pb[k]) for k in pa):
             return False
     return True
+
+
+def sites_above(graph: ArchGraph, cut: str, op: str, sites: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The growth sites of `op` that leave the network below the cut alone, so a search never spends a
+    trial on a candidate `check_growth` refuses: no site may name a node below the cut, and widening may
+    not name the cut's own producer (its channels are the stored latents'). A cheap screen by name;
+    `check_growth` still judges the grown graph."""
+    below = nx.ancestors(graph.g, cut) if cut in graph else set()
+    banned = below | {cut} if op == "widen" else below
+    return [s for s in sites if not any(isinstance(v, str) and v in banned for v in s.values())]
 
 
 def images_readable(source: Any) -> bool:

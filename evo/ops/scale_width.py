@@ -1,0 +1,64 @@
+"""scale_width: Net2WiderNet on every channel group after a block, by one factor (function-preserving).
+
+One `widen` adds units to one channel group, and a network that ran out of capacity rarely lacks it in
+one layer only: a narrow CNN learning class after class needs every stage wider, as EfficientNet's
+width multiplier scales all stages together. This operator is that compound move in one step, so a
+search can propose it as one candidate instead of needing as many ops per round as the net has groups.
+
+A site is `{"after": <node>}`: the model's input or a backbone block output. Every channel group that
+`widen` can widen exactly and whose producers all lie after that node is widened by `factor` (each with
+its own seed, so the copies of different groups break symmetry independently). Groups before the node are
+left alone, which keeps a frozen part (a latent store's cut) untouched. Exactness is `widen`'s, per group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import networkx as nx
+
+from evo.errors import InvalidSiteError
+from evo.graph.archgraph import ArchGraph
+from evo.ops._channels import ChannelSpaces
+from evo.ops.base import GrowthOp, Site, register
+from evo.ops.widen import Widen
+
+
+@register
+class ScaleWidth(GrowthOp):
+    name = "scale_width"
+    defaults = {"factor": 1.5, "noise": 0.0, "seed": 0}
+
+    def sites(self, graph: ArchGraph) -> list[Site]:
+        from evo.graph.taps import backbone_outputs
+
+        return [{"after": n} for n in [graph.input, *backbone_outputs(graph)] if _groups_after(graph, n)]
+
+    def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        merged = super().check_params(params)
+        Widen().check_params({k: merged[k] for k in ("factor", "noise", "seed")})
+        return merged
+
+    def check_site(self, graph: ArchGraph, site: Site) -> Site:
+        if not isinstance(site, dict) or set(site) != {"after"} or not isinstance(site["after"], str):
+            raise InvalidSiteError(f"a scale_width site is {{'after': <input or block output>}}, got {site!r}; "
+                                   "list valid sites with evo.ops.sites(graph, 'scale_width')")
+        return super().check_site(graph, site)
+
+    def grow(self, graph: ArchGraph, site: Site, factor: float = 1.5, noise: float = 0.0, seed: int = 0) -> None:
+        widen = Widen()
+        for i, group in enumerate(_groups_after(graph, site["after"])):
+            widen.grow(graph, {"group": group}, factor=factor, noise=noise, seed=seed + 7919 * i)
+            graph.validate()  # the next group's channel layout is read from the updated shapes
+
+
+def _groups_after(graph: ArchGraph, node: str) -> list[str]:
+    """The widenable groups (named by their first producer) whose producers all lie after `node`."""
+    after = nx.descendants(graph.g, node)
+    cs = ChannelSpaces(graph)
+    out = []
+    for root, producers in cs.groups().items():
+        if cs.spoiled(root) or not all(p in after for p in producers):
+            continue
+        out.append(producers[0])
+    return out
