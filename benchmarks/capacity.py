@@ -2,9 +2,9 @@
 
 `search_spaces/capacity_small_cnn.yaml`: a narrow small_cnn (width 4, random init) learns Split
 Fashion-MNIST class by class, every round training the whole net on the increment plus stored images of
-everything seen (a latent store cut at the input), under the same flat per-round budget. The growth arm
-may `scale_width`, `widen` or `deepen`; the baseline is the same file with `max_ops: 0` (and `min_ops: 0`). For each seed
-(class order, subsets, the net's initial weights) both arms run; the table gives final accuracy, the
+everything seen (a latent store cut at the input), under the same flat per-round budget. The growth
+arm may `scale_width`, `widen` or `deepen`; the baseline is the same file with `max_ops: 0, min_ops: 0`.
+For each seed (class order, subsets, the net's initial weights) both arms run; the table gives final accuracy, the
 difference, what each round chose, and how the architecture grew (weight layers, widths, parameters).
 
     .venv/bin/python benchmarks/capacity.py --out benchmarks/capacity_results.json      # seeds 0 1 2

@@ -117,8 +117,12 @@ def test_digits_real_data():
     assert np.array_equal(pflat, flat[:, perm]) and not np.array_equal(pflat, flat)
     assert np.array_equal(ptest.images.reshape(len(test), 64, -1), test.images.reshape(len(test), 64, -1)[:, perm])
     assert np.array_equal(ptrain.labels, train.labels)
-    with pytest.raises(ConfigError, match="permute must be an integer seed"):
-        load_source("digits", permute="yes")
+    for bad in ("yes", -1):
+        with pytest.raises(ConfigError, match="permute must be an integer seed >= 0"):
+            load_source("digits", permute=bad)
+    for bad in (0, -3, [16], "x"):
+        with pytest.raises(ConfigError, match="size must be a positive int"):
+            load_source("digits", size=bad)
 
 
 def test_load_source_errors():

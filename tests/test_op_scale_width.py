@@ -25,6 +25,9 @@ def test_every_group_after_the_site_grows_and_nothing_before_it_changes() -> Non
     whole = ops.apply(g, "scale_width", site={"after": "input"}, factor=2.0, noise=0.1)
     assert all(w == 2 * _widths(g)[n] for n, w in _widths(whole).items())
     assert whole.attrs("fc1")["out_features"] == 2 * g.attrs("fc1")["out_features"]
+    # after the stem: the residual trunk (stem, res_b) is tied across the site, so it keeps its width
+    trunk = ops.apply(g, "scale_width", site={"after": "stem_2"}, factor=2.0)
+    assert [trunk.attrs(n)["out_channels"] for n in ("stem_0", "res_b_0", "res_a_0")] == [4, 4, 8]
     top = ops.apply(g, "scale_width", site={"after": "relu"}, factor=2.0, noise=0.1)
     for n in ("stem_0", "res_a_0", "res_b_0"):  # before the site: untouched, tensors shared with the parent
         assert top.attrs(n) == g.attrs(n) and all(top.params(n)[k] is g.params(n)[k] for k in g.params(n))
@@ -41,7 +44,7 @@ def test_bad_sites_and_parameters_are_refused_with_the_fix() -> None:
         ops.apply(g, "scale_width", site={"group": "stem_0"})
     with pytest.raises(InvalidSiteError, match="list valid sites"):
         ops.apply(g, "scale_width", site={"after": "classifier"})
-    with pytest.raises(ConfigError, match="factor must be a number > 1"):
+    with pytest.raises(ConfigError, match="scale_width factor must be a number > 1"):
         ops.apply(g, "scale_width", site={"after": "input"}, factor=1.0)
     with pytest.raises(ConfigError, match="no parameter"):
         ops.apply(g, "scale_width", site={"after": "input"}, new_width=8)

@@ -136,8 +136,9 @@ def test_property_random_graphs_are_preserved(recipe, mlp, op_name, pick, seed):
 # (model, op) pairs with no site, by design: deepen needs an idempotent activation (ReLU/ReLU6) and the
 # SiLU/GELU nets have none; SqueezeNet's classifier is a 1×1 conv, not a Linear head; add_tap reads
 # evo.learn's block grouping, which finds no spatial block output in DenseNet or VGG (their features
-# sit under one unnumbered container); widen (and so scale_width) finds every ConvNeXt channel tied to a layer norm (which
-# mixes channels) or a channels-last Linear. A pair that gains sites fails the test, so the list stays true.
+# sit under one unnumbered container); widen (and so scale_width) finds every ConvNeXt channel tied to a layer
+# norm (which mixes channels) or a channels-last Linear. A pair that gains sites fails the test, so the list stays
+# true.
 NO_SITES = {
     ("torchvision:efficientnet_b0", "deepen"), ("timm:efficientnet_b0", "deepen"),
     ("timm:tf_efficientnet_b0", "deepen"), ("timm:tf_efficientnetv2_b0", "deepen"),

@@ -66,6 +66,7 @@ def test_shipped_spaces_parse(name):
     (lambda d: d.update(policy="greedy"), "policy must be one of search, random, fast_path"),
     (lambda d: d.update(validation_per_class=0), "validation_per_class"),
     (lambda d: d.update(min_ops=2), r"min_ops \(2\) must not exceed max_ops \(1\)"),
+    (lambda d: d.update(min_ops=1, operators={}), "min_ops 1 asks every sampled candidate to grow.*no operators"),
     (lambda d: d["model"].update(widht=4), r"model: unknown key.*widht.*model.options"),
     (lambda d: d["model"].update(options=[4]), "model.options must map"),
     # training keys come from the strategies' option schemas: none silently dropped
@@ -82,15 +83,23 @@ def test_malformed_space_names_the_key(edit, message):
         parse_space(doc)
 
 
-def test_model_options_build_the_zoo_model_and_bad_ones_are_named():
+def test_model_options_build_the_zoo_model_and_bad_ones_are_named(tmp_path):
+    import evo.graph as eg
+    import evo.zoo
     from evo.errors import ConfigError
     from evo.search.launch import check_space
+
+    eg.save(evo.zoo.load("small_cnn"), tmp_path / "saved")
+    with pytest.raises(ConfigError, match="apply to zoo models only"):
+        evo.zoo.resolve(tmp_path / "saved", options={"width": 4})
 
     doc = json.loads(json.dumps(TINY))
     doc["model"] = {"name": "small_cnn", "input_size": 32, "pretrained": False, "options": {"width": 4}}
     narrow = check_space(parse_space(doc))
     assert narrow.attrs("stem_0")["out_channels"] == 4
     for options, message in [({"width": 0}, "width must be a positive integer"),
+                             ({"seed": "a"}, "seed must be an integer >= 0"),
+                             ({"pretrained": True}, "set as model.pretrained / model.input_size, not under"),
                              ({"colour": 1}, r"takes no option\(s\) \['colour'\].*width")]:
         doc["model"]["options"] = options
         with pytest.raises(ConfigError, match=message):

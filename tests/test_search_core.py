@@ -164,3 +164,24 @@ def test_a_search_round_learns_the_live_corrections(tmp_path):
     with Corrections.open(run.path, write=False) as eng:
         live = [c for c in eng.list() if not c.undone]
         assert {c.id for c in live} == set(ids) and all(c.holds for c in live)
+
+
+def test_a_candidate_that_must_grow_but_finds_no_site_is_invalid_not_a_silent_no_growth():
+    import optuna
+
+    import evo
+    from evo.errors import InvalidSiteError
+    from evo.search.candidate import suggest_candidate
+    from evo.search.space import parse_space
+
+    doc = {"name": "t", "scenario": {"source": "digits"}, "model": {"name": "small_cnn", "input_size": 32},
+           "operators": {"widen": {"factor": 2.0}}, "max_ops": 1, "min_ops": 1,
+           "training": {"strategy": "evo"}, "budget": {"fraction_of_joint": 1.0}}
+    space = parse_space(doc)
+    graph = evo.zoo.load("small_cnn", input_size=32)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    cand, _ = suggest_candidate(study.ask(), space, graph, min_ops=1)
+    assert cand.growth and cand.growth[0]["op"] == "widen"
+    # every widen group lies below a cut at the MLP's activation: nothing to widen above it
+    with pytest.raises(InvalidSiteError, match=r"widen has no site above the latent cut.*min_ops 1"):
+        suggest_candidate(study.ask(), space, graph, min_ops=1, cut="fc_relu")

@@ -142,3 +142,28 @@ def test_a_store_budget_evicts_class_balanced_and_the_version_reports_it(tmp_pat
     assert any("evicted" in line for line in lines)
     store = open_store(run.path, 3, StoreConfig(codec="fp16"))
     assert store.n_live() == 40 and len(store.parts) == 3
+
+
+def test_enqueued_spare_taps_name_their_tap_in_the_list_the_search_samples() -> None:
+    """With a cut, sites below it leave the list `suggest_candidate` indexes, so an enqueued `add_tap`
+    onto a spare tap must be a position in that filtered list (it once landed on another tap)."""
+    import evo.zoo
+    from evo.learn.latent import cut_node
+    from evo.learn.strategies import make_strategy
+    from evo.search.candidate import candidate_sites
+    from evo.search.driver import _spare_tap_params
+
+    doc = json.loads(json.dumps(SPACE))
+    doc.update(model={"name": "efficientnet_lite0", "input_size": 64}, operators={"add_tap": {"grid": [1, 2]}},
+               training={"strategy": "evo", "spare": "auto"}, latents={"cut": 4, "codec": "fp16"})
+    space = parse_space(doc)
+    base = make_strategy("evo", spare="auto").prepare(evo.zoo.load("efficientnet_lite0", pretrained=True,
+                                                                    input_size=64))
+    cut = cut_node(base, 4)
+    sites = candidate_sites(base, "add_tap", cut)
+    assert len(sites) < len(evo.ops.sites(base, "add_tap"))  # the cut removed some
+    enqueued = _spare_tap_params(space, base, cut)
+    assert enqueued
+    for label, params in enqueued:
+        site = sites[int(params["site_0"] * len(sites))]
+        assert label == f"spare tap {site['node']} (exact statistics)"

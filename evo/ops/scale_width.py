@@ -17,8 +17,9 @@ from typing import Any
 
 import networkx as nx
 
-from evo.errors import InvalidSiteError
+from evo.errors import ConfigError, InvalidSiteError
 from evo.graph.archgraph import ArchGraph
+from evo.graph.taps import backbone_outputs
 from evo.ops._channels import ChannelSpaces
 from evo.ops.base import GrowthOp, Site, register
 from evo.ops.widen import Widen
@@ -30,13 +31,14 @@ class ScaleWidth(GrowthOp):
     defaults = {"factor": 1.5, "noise": 0.0, "seed": 0}
 
     def sites(self, graph: ArchGraph) -> list[Site]:
-        from evo.graph.taps import backbone_outputs
-
         return [{"after": n} for n in [graph.input, *backbone_outputs(graph)] if _groups_after(graph, n)]
 
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
         merged = super().check_params(params)
-        Widen().check_params({k: merged[k] for k in ("factor", "noise", "seed")})
+        try:
+            Widen().check_params({k: merged[k] for k in ("factor", "noise", "seed")})
+        except ConfigError as e:  # the same rules, named for this operator
+            raise ConfigError(str(e).replace("widen ", "scale_width ", 1)) from None
         return merged
 
     def check_site(self, graph: ArchGraph, site: Site) -> Site:
@@ -47,18 +49,12 @@ class ScaleWidth(GrowthOp):
 
     def grow(self, graph: ArchGraph, site: Site, factor: float = 1.5, noise: float = 0.0, seed: int = 0) -> None:
         widen = Widen()
-        for i, group in enumerate(_groups_after(graph, site["after"])):
+        for i, group in enumerate(_groups_after(graph, site["after"])):  # each widen sets the shapes it changes
             widen.grow(graph, {"group": group}, factor=factor, noise=noise, seed=seed + 7919 * i)
-            graph.validate()  # the next group's channel layout is read from the updated shapes
 
 
 def _groups_after(graph: ArchGraph, node: str) -> list[str]:
-    """The widenable groups (named by their first producer) whose producers all lie after `node`."""
+    """The widenable groups (named by their first producer) whose producers all lie after `node`: a group
+    tied across it (a residual trunk that starts before it) stays as it is."""
     after = nx.descendants(graph.g, node)
-    cs = ChannelSpaces(graph)
-    out = []
-    for root, producers in cs.groups().items():
-        if cs.spoiled(root) or not all(p in after for p in producers):
-            continue
-        out.append(producers[0])
-    return out
+    return [producers[0] for producers in ChannelSpaces(graph).groups().values() if all(p in after for p in producers)]

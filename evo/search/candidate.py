@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import evo.ops as ops
+from evo.errors import InvalidSiteError
 from evo.graph.archgraph import ArchGraph
 from evo.search.space import SearchSpace
 
@@ -69,39 +70,45 @@ def _structure(graph: ArchGraph) -> tuple:
     return tuple(graph.nodes()), tuple(sorted(graph.g.edges()))
 
 
-def _cut(space: SearchSpace, graph: ArchGraph) -> str | None:
-    if space.latents is None:
-        return None
-    from evo.learn.latent import cut_node
+def candidate_sites(graph: ArchGraph, op: str, cut: str | None) -> list[dict[str, Any]]:
+    """Where the search may apply `op`: its sites, minus those below a latent store's cut (that growth
+    would be refused, so it is never proposed). The one list trial sampling and enqueued trials index."""
+    sites = ops.sites(graph, op)
+    if cut is None:
+        return sites
+    from evo.learn.latent import sites_above
 
-    return cut_node(graph, space.latents.cut)
+    return sites_above(graph, cut, op, sites)
 
 
-def suggest_candidate(trial, space: SearchSpace, parent: ArchGraph, min_ops: int = 0) -> tuple[Candidate, ArchGraph]:
+def suggest_candidate(trial, space: SearchSpace, parent: ArchGraph, min_ops: int = 0,
+                      cut: str | None = None) -> tuple[Candidate, ArchGraph]:
     """Sample a candidate with Optuna's define-by-run API; returns it with the grown (untrained) graph.
 
     Sites are sampled as a fraction of the current site list, because the list depends on the ops
     applied before it; the concrete site is stored as a user attribute so every trial is replayable.
-    `min_ops=1` makes every candidate grow (the random-growth baseline).
+    `min_ops` ops at least (1: the random-growth baseline, or a space's `min_ops`); an op that finds no
+    site then makes the candidate invalid rather than a silent no-growth. `cut`: the latent store's cut
+    node, below which no site is offered.
     """
     n_ops = trial.suggest_int("n_ops", min(min_ops, space.max_ops), space.max_ops) \
         if space.operators and space.max_ops else 0
-    graph, growth = parent, []
-    cut = _cut(space, parent)
+    graph, growth, siteless = parent, [], []
     for i in range(n_ops):
         name = trial.suggest_categorical(f"op_{i}", sorted(space.operators))
-        sites = ops.sites(graph, name)
-        if cut is not None:  # growth below a latent store's cut would be refused: never propose it
-            from evo.learn.latent import sites_above
-
-            sites = sites_above(graph, cut, name, sites)
+        sites = candidate_sites(graph, name, cut)
         u = trial.suggest_float(f"site_{i}", 0.0, 1.0)
         if not sites:
+            siteless.append(name)
             continue
         site = sites[min(int(u * len(sites)), len(sites) - 1)]
         params = {k: r.suggest(trial, f"{name}_{i}_{k}") for k, r in space.operators[name].items()}
         graph = ops.apply(graph, name, site=site, **params)
         growth.append({"op": name, "site": site, "params": params})
+    if len(growth) < min_ops:
+        where = " above the latent cut" if cut is not None else ""
+        raise InvalidSiteError(f"{', '.join(siteless)} has no site{where} in this model, and this candidate must grow "
+                               f"(min_ops {min_ops}); drop the operator from the space or lower min_ops")
     training = {k: r.suggest(trial, f"train_{k}") for k, r in space.training.items()}
     cand = Candidate(growth, training)
     trial.set_user_attr("candidate", cand.to_dict())

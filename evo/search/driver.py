@@ -21,7 +21,7 @@ import optuna
 from evo.errors import EvoError
 from evo.runs import Run
 from evo.search import pricing
-from evo.search.candidate import Candidate, growth_base, suggest_candidate
+from evo.search.candidate import Candidate, candidate_sites, growth_base, suggest_candidate
 from evo.search.executor import Executor, RayExecutor
 from evo.search.round_state import InFlight, RoundState
 from evo.search.space import SearchSpace
@@ -181,8 +181,9 @@ class Driver:
         """Ask Optuna for one candidate, price it, and start it if the round admits it."""
         trial = study.ask()
         try:
-            cand, grown = suggest_candidate(trial, self.space, base, min_ops=self._min_ops(trial, policy))
             staged = self._staged
+            cand, grown = suggest_candidate(trial, self.space, base, min_ops=self._min_ops(trial, policy),
+                                            cut=staged.cut if staged is not None else None)
             if staged is not None and cand.growth:
                 from evo.learn.latent import check_growth
 
@@ -219,8 +220,9 @@ class Driver:
         """Ops every candidate of this trial applies: one for random growth; the space's `min_ops` for a
         sampled search trial (an enqueued one, such as the fast path, fixes its own)."""
         if policy == "random":
-            return 1
+            return max(1, self.space.min_ops)
         return 0 if "enqueued" in trial.user_attrs else self.space.min_ops
+
     def _enqueued(self, base, policy: str) -> list[tuple[str, dict[str, Any]]]:
         """Trials every round starts with: the no-growth fast path, then (policy search) training above the
         latent cut on everything stored (where the space keeps latents), and `add_tap` onto each spare tap
@@ -228,7 +230,8 @@ class Driver:
         out = [("no-growth fast path", _fast_path_params(self.space))]
         if policy != "search":
             return out
-        return out + _latent_params(self.space) + _spare_tap_params(self.space, base)
+        cut = self._staged.cut if self._staged is not None else None
+        return out + _latent_params(self.space) + _spare_tap_params(self.space, base, cut)
 
     def _task(self, parent_version: int, index: int, cand: Candidate, number: int) -> dict[str, Any]:
         staged = getattr(self, "_staged", None)
@@ -379,16 +382,16 @@ def _latent_params(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:
     return [("train above the latent cut", params)]
 
 
-def _spare_tap_params(space: SearchSpace, base) -> list[tuple[str, dict[str, Any]]]:
-    """Optuna parameters of `add_tap` onto each spare tap of `base` (where the space allows it)."""
-    import evo.ops as ops
+def _spare_tap_params(space: SearchSpace, base, cut: str | None) -> list[tuple[str, dict[str, Any]]]:
+    """Optuna parameters of `add_tap` onto each spare tap of `base` (where the space allows it); the site
+    is a position in the list `suggest_candidate` samples from (`candidate_sites`, the cut's filter applied)."""
     from evo.learn.strategies import make_strategy
 
     strategy = space.training.get("strategy")
     if "add_tap" not in space.operators or space.max_ops < 1 or (strategy and "evo" not in strategy.values()):
         return []
     fixed = {k: space.training[k].values()[0] for k in ("taps", "spare") if k in space.training}
-    sites = ops.sites(base, "add_tap")
+    sites = candidate_sites(base, "add_tap", cut)
     out = []
     for tap in make_strategy("evo", **fixed).spare_growths(base):
         site = {"node": tap.node}

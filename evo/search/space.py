@@ -190,16 +190,19 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
         raise SpaceError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
 
     latents = _latents(doc.get("latents"), training)
-    if _positive_int(doc, "min_ops", 0, minimum=0) > _positive_int(doc, "max_ops", 1, minimum=0):
-        raise SpaceError(f"min_ops ({doc['min_ops']}) must not exceed max_ops ({doc.get('max_ops', 1)})")
+    max_ops, min_ops = _positive_int(doc, "max_ops", 1, minimum=0), _positive_int(doc, "min_ops", 0, minimum=0)
+    if min_ops > max_ops:
+        raise SpaceError(f"min_ops ({min_ops}) must not exceed max_ops ({max_ops})")
+    if min_ops and not operators:
+        raise SpaceError(f"min_ops {min_ops} asks every sampled candidate to grow, but the space has no operators")
 
     return SearchSpace(
         name=str(doc.get("name") or Path(source).stem),
         scenario=scenario, model=model,
         memory=_positive_int(doc, "memory", 500),
         operators=operators,
-        max_ops=_positive_int(doc, "max_ops", 1, minimum=0),
-        min_ops=_positive_int(doc, "min_ops", 0, minimum=0),
+        max_ops=max_ops,
+        min_ops=min_ops,
         training=training,
         budget=(kinds[0], float(amount)),
         trials=_positive_int(doc, "trials", 8),

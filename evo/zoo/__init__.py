@@ -42,6 +42,10 @@ def resolve(spec: str | os.PathLike, input_size: int | None = None, pretrained: 
     """
     import evo.graph as eg
 
+    reserved = sorted(set(options or {}) & {"pretrained", "input_size"})
+    if reserved:
+        raise ConfigError(f"model options {reserved} are set as model.pretrained / model.input_size, not under "
+                          "model.options")
     path = Path(spec)
     if path.is_dir():
         if options:

@@ -49,5 +49,7 @@ def small_cnn(pretrained: bool = False, input_size: int = 32, num_classes: int =
     resolution (a narrow one runs out of capacity: the setting where growth pays)."""
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ConfigError(f"small_cnn option width must be a positive integer (channels); got {width!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"small_cnn option seed must be an integer >= 0 (it seeds the initial weights); got {seed!r}")
     torch.manual_seed(seed)
     return from_module(SmallCNN(num_classes, width), (3, input_size, input_size), name="small_cnn")

@@ -77,6 +77,15 @@ def _lists_videos(path: Path) -> bool:
     return False
 
 
+def _size(size: Any) -> tuple[int, int]:
+    """`size` as (height, width): one positive int is a square side, as a model's input_size is."""
+    pair = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (list, tuple)) else ()
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
+        raise ConfigError(f"data source option size must be a positive int (a square side) or [height, width] of "
+                          f"positive ints; got {size!r}")
+    return pair
+
+
 def load_source(source: str | os.PathLike, names: bool = True, **options: Any) -> Split:
     """(train, test) ImageSets from `builtin:NAME`, an image folder or a CSV manifest (a path that exists
     always wins). `names=True` also accepts a bare built-in name such as `digits` (search spaces);
@@ -90,14 +99,14 @@ def load_source(source: str | os.PathLike, names: bool = True, **options: Any) -
     name, implied = _resolve(source, names)
     fn = SOURCES.get(name)
     kwargs = {**implied, **options}
-    if isinstance(kwargs.get("size"), int) and not isinstance(kwargs["size"], bool):
-        kwargs["size"] = (kwargs["size"], kwargs["size"])  # a square side, as input_size is given
+    if "size" in kwargs and kwargs["size"] is not None:
+        kwargs["size"] = _size(kwargs["size"])
     params = inspect.signature(fn).parameters
     size = kwargs.pop("size", None) if "size" not in params else None  # resized here when the source does not
     permute = kwargs.pop("permute", None)
-    if permute is not None and (isinstance(permute, bool) or not isinstance(permute, int)):
-        raise ConfigError(f"data source option permute must be an integer seed (one pixel permutation for every "
-                          f"image); got {permute!r}")
+    if permute is not None and (isinstance(permute, bool) or not isinstance(permute, int) or permute < 0):
+        raise ConfigError(f"data source option permute must be an integer seed >= 0 (one pixel permutation for "
+                          f"every image); got {permute!r}")
     try:
         inspect.signature(fn).bind(**kwargs)
     except TypeError as e:

@@ -32,5 +32,5 @@ from evo.learn.latent.store import (
 
 __all__ = ["CODECS", "LatentError", "LatentRows", "LatentStore", "Part", "StoreConfig", "bytes_per_row",
            "check_growth", "check_layout", "committed_parts", "cut_node", "decode", "encode", "encode_part",
-           "merge_above", "open_store", "pending_dir", "read_part", "same_below", "sites_above", "split", "version_store_dir",
-           "write_part", "write_pending"]
+           "merge_above", "open_store", "pending_dir", "read_part", "same_below", "sites_above", "split",
+           "version_store_dir", "write_part", "write_pending"]

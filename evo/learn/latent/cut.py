@@ -110,8 +110,9 @@ def same_below(a: ArchGraph, b: ArchGraph, cut: str) -> bool:
 
 def sites_above(graph: ArchGraph, cut: str, op: str, sites: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The growth sites of `op` that leave the network below the cut alone, so a search never spends a
-    trial on a candidate `check_growth` refuses: no site may name a node below the cut, and widening may
-    not name the cut's own producer (its channels are the stored latents'). A cheap screen by name;
+    trial on a candidate `check_growth` refuses: no site may name a node below the cut, and `widen` may
+    not name the cut node itself when it is a conv or linear (its channels are the stored latents').
+    A cheap screen by name (`scale_width` at the cut is fine: it skips groups tied across its site);
     `check_growth` still judges the grown graph."""
     below = nx.ancestors(graph.g, cut) if cut in graph else set()
     banned = below | {cut} if op == "widen" else below

@@ -38,8 +38,9 @@ STORE_DIR = "latents"  # inside a version folder; also the run-level folder of p
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """`cut`: a stride (the last block output at that stride) or a node name; below it the network is
-    frozen. `codec`: fp32, fp16 or int8. `budget_mb`: live bytes kept (None: unbounded)."""
+    """`cut`: a stride (the last block output at that stride), a block output's name, or "input" (the
+    preprocessed images themselves, nothing frozen); below it the network is frozen. `codec`: fp32, fp16
+    or int8. `budget_mb`: live bytes kept (None: unbounded)."""
 
     cut: int | str = 8
     codec: str = "fp16"
@@ -50,7 +51,7 @@ class StoreConfig:
         check_codec(self.codec)
         c = self.cut
         if isinstance(c, bool) or not (isinstance(c, str) and c or isinstance(c, int) and c >= 1):
-            raise ConfigError(f"latents.cut must be a stride (int >= 1) or a node name; got {c!r}")
+            raise ConfigError(f"latents.cut must be a stride (int >= 1), a block output's name or 'input'; got {c!r}")
         b = self.budget_mb
         if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b < math.inf):
             raise ConfigError(f"latents.budget_mb must be a positive number or null; got {b!r}")
