@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -26,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_vs_baselines import run_one  # noqa: E402  the one way a benchmark runs a space
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = {"growth": {}, "no growth": {"max_ops": 0, "min_ops": 0}}
+ARMS = {"growth": {}, "no growth": {"max_ops": 0, "min_ops": 0},
+        # a reference, not a baseline: the same pipeline on a net born 4x wider (what capacity is worth)
+        "no growth, width 16": {"max_ops": 0, "min_ops": 0, "width": 16}}
 
 
 def architecture_by_version(run_dir: Path) -> list[dict]:
@@ -51,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=None, help="write every run's results as JSON")
     ap.add_argument("--keep", type=Path, default=None, help="keep the run folders here (default: a temp folder)")
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=["growth", "no growth"])
     args = ap.parse_args(argv)
 
     from evo.search.cluster import connect
@@ -60,17 +64,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Ray: {info.cpus:g} CPUs, {info.gpus:g} GPUs; space {args.space.name}; seeds {args.seeds}; {stamp}",
           flush=True)
     base = yaml.safe_load(args.space.read_text())
-    results: dict[str, dict[int, dict]] = {arm: {} for arm in ARMS}
+    results: dict[str, dict[int, dict]] = {arm: {} for arm in args.arms}
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         for seed in args.seeds:
-            for arm, change in ARMS.items():
+            for arm in args.arms:
+                change = dict(ARMS[arm])
                 doc = json.loads(json.dumps(base))
                 doc["scenario"]["seed"] = seed
-                doc["model"].setdefault("options", {})["seed"] = seed
+                doc["model"].setdefault("options", {}).update(seed=seed, **({"width": change.pop("width")}
+                                                                            if "width" in change else {}))
                 doc.update(change)
-                run_dir = root / f"{arm.replace(' ', '_')}-{seed}"
+                run_dir = root / (re.sub(r"\W+", "_", arm) + f"-{seed}")
                 print(f"seed {seed}: {arm}", flush=True)
                 r = run_one(doc, run_dir)
                 r["architecture"] = architecture_by_version(run_dir)
@@ -84,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for arm, per_seed in results.items():
         accs = [per_seed[s]["final_accuracy"] for s in args.seeds]
-        print(f"{arm:<10} " + " ".join(f"{100 * a:7.2f}%" for a in accs) + f"  mean {100 * statistics.mean(accs):.2f}%")
+        print(f"{arm:<20} " + " ".join(f"{100 * a:7.2f}%" for a in accs) + f"  mean {100 * statistics.mean(accs):.2f}%")
+    if not {"growth", "no growth"} <= set(results):
+        return 0
     diffs = [results["growth"][s]["final_accuracy"] - results["no growth"][s]["final_accuracy"] for s in args.seeds]
     print("growth - no growth: " + " ".join(f"{100 * d:+.2f}" for d in diffs)
           + f" points; growth ahead by >= 3 points on {sum(d >= 0.03 for d in diffs)}/{len(diffs)} seeds")

@@ -125,6 +125,26 @@ def test_gcv_matches_brute_force_residuals() -> None:
     assert head.gcv_score(2.0) == pytest.approx(N * rss / (N - df) ** 2, rel=1e-9)
 
 
+def test_gcv_does_not_mistake_rounding_for_a_perfect_fit_when_features_outnumber_samples() -> None:
+    """With fewer samples than features a tiny λ interpolates, and RSS from G and B is then a
+    difference of numbers of size n that cancel to rounding noise near 0. That λ scores inf, so the
+    walk (even from a tiny previous λ) settles where the score means something. (On Lite0's taps the
+    rounding minimum cost 12 points: BENCHMARKS.md, "GCV when features outnumber samples".)"""
+    rng = np.random.default_rng(0)
+    n, d, c = 150, 400, 4
+    centres = rng.normal(0, 1, (c, d))
+    y = rng.integers(0, c, 2 * n)
+    x = torch.from_numpy(30.0 * (centres[y] + 3.0 * rng.normal(0, 1, (2 * n, d)))).float()  # large scale, like CNN taps
+    head = RidgeHead().fit(x[:n], torch.from_numpy(y[:n]))
+    assert head.gcv_score(1e-6) == float("inf")
+    lam, _ = head.gcv_walk(1e-6)
+    assert np.isfinite(head.gcv_score(lam)) and lam > 1e-3 and lam == head.gcv_walk(None)[0]
+    # plenty of samples: the guard leaves small λ alone
+    big = RidgeHead().fit(torch.from_numpy(rng.normal(0, 1, (3000, 20))).float(),
+                          torch.from_numpy(rng.integers(0, c, 3000)))
+    assert np.isfinite(big.gcv_score(1e-6))
+
+
 @pytest.mark.parametrize(
     ("features", "labels", "error", "match"),
     [
