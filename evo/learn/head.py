@@ -401,8 +401,8 @@ class RidgeHead:
         k = 0
         while len(scores) < max_evals:
             left, mid, right = at(k - 1), at(k), at(k + 1)
-            if math.isinf(mid) and math.isfinite(right) or math.isinf(left) and math.isinf(mid) and math.isinf(right):
-                k += 1  # no trustworthy score here: a larger λ is always defined
+            if math.isinf(mid) and (math.isfinite(right) or math.isinf(left)):
+                k += 1  # no trustworthy score here, none to the left: a larger λ is always defined
                 continue
             if mid <= left and mid <= right:
                 break

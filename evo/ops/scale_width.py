@@ -31,7 +31,8 @@ class ScaleWidth(GrowthOp):
     defaults = {"factor": 1.5, "noise": 0.0, "seed": 0}
 
     def sites(self, graph: ArchGraph) -> list[Site]:
-        return [{"after": n} for n in [graph.input, *backbone_outputs(graph)] if _groups_after(graph, n)]
+        groups = _widenable(graph)  # one channel analysis for every candidate site
+        return [{"after": n} for n in [graph.input, *backbone_outputs(graph)] if _groups_after(graph, n, groups)]
 
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
         merged = super().check_params(params)
@@ -49,12 +50,17 @@ class ScaleWidth(GrowthOp):
 
     def grow(self, graph: ArchGraph, site: Site, factor: float = 1.5, noise: float = 0.0, seed: int = 0) -> None:
         widen = Widen()
-        for i, group in enumerate(_groups_after(graph, site["after"])):  # each widen sets the shapes it changes
+        for i, group in enumerate(_groups_after(graph, site["after"], _widenable(graph))):  # each widen sets the shapes it changes
             widen.grow(graph, {"group": group}, factor=factor, noise=noise, seed=seed + 7919 * i)
 
 
-def _groups_after(graph: ArchGraph, node: str) -> list[str]:
-    """The widenable groups (named by their first producer) whose producers all lie after `node`: a group
-    tied across it (a residual trunk that starts before it) stays as it is."""
+def _widenable(graph: ArchGraph) -> list[list[str]]:
+    """Every channel group `widen` can widen exactly: its producers in topological order."""
+    return list(ChannelSpaces(graph).groups().values())
+
+
+def _groups_after(graph: ArchGraph, node: str, groups: list[list[str]]) -> list[str]:
+    """The groups (named by their first producer) whose producers all lie after `node`: a group tied
+    across it (a residual trunk that starts before it) stays as it is."""
     after = nx.descendants(graph.g, node)
-    return [producers[0] for producers in ChannelSpaces(graph).groups().values() if all(p in after for p in producers)]
+    return [producers[0] for producers in groups if all(p in after for p in producers)]
