@@ -8,6 +8,7 @@ For each seed (class order, subsets, the net's initial weights) both arms run; t
 difference, what each round chose, and how the architecture grew (weight layers, widths, parameters).
 
     .venv/bin/python benchmarks/capacity.py --out benchmarks/capacity_results.json      # seeds 0 1 2
+    .venv/bin/python benchmarks/capacity.py --budget-flops 8e12 --out ...               # another budget
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write every run's results as JSON")
     ap.add_argument("--keep", type=Path, default=None, help="keep the run folders here (default: a temp folder)")
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=["growth", "no growth"])
+    ap.add_argument("--budget-flops", type=float, default=None,
+                    help="every arm's flat per-round budget in FLOPs (default: the space's)")
     args = ap.parse_args(argv)
 
     from evo.search.cluster import connect
@@ -76,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                 doc["model"].setdefault("options", {}).update(seed=seed, **({"width": change.pop("width")}
                                                                             if "width" in change else {}))
                 doc.update(change)
+                if args.budget_flops:
+                    doc["budget"] = {**doc["budget"], "flops": args.budget_flops}
                 run_dir = root / (re.sub(r"\W+", "_", arm) + f"-{seed}")
                 print(f"seed {seed}: {arm}", flush=True)
                 r = run_one(doc, run_dir)

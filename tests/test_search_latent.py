@@ -167,3 +167,56 @@ def test_enqueued_spare_taps_name_their_tap_in_the_list_the_search_samples() -> 
     for label, params in enqueued:
         site = sites[int(params["site_0"] * len(sites))]
         assert label == f"spare tap {site['node']} (exact statistics)"
+
+
+def test_every_round_tries_all_groups_above_the_cut_wider_at_the_smallest_factor(tmp_path: Path) -> None:
+    """Where the space offers `scale_width`, each round enqueues it at the lowest site the search may grow
+    (everything above the cut wider at once), by the smallest factor, trained by `evo_latent`."""
+    from evo.learn.latent import cut_node
+    from evo.search.candidate import candidate_sites
+
+    doc = json.loads(json.dumps(SPACE))
+    doc["scenario"]["increments"] = 2
+    doc["operators"] = {"scale_width": {"factor": [3.0, 2.0], "noise": 0.1}, "widen": {"factor": 1.5}}
+    run, results, lines = _drive(tmp_path, doc)
+    for r in results:
+        base, _, _ = run.load_version(r.version - 1)
+        if r.increment == 0:
+            from evo.search.candidate import growth_base
+
+            base = growth_base(base, {"increment": None}, parse_space(json.loads(json.dumps(doc))))
+        lowest = candidate_sites(base, "scale_width", cut_node(base, 1))[0]
+        tried = [t for t in r.trials if "scale_width after" in str(t.get("enqueued"))]
+        assert len(tried) == 1 and tried[0]["state"] == "COMPLETE", r.trials
+        cand = tried[0]["candidate"]
+        assert cand["growth"] == [{"op": "scale_width", "site": lowest, "params": {"factor": 2.0, "noise": 0.1}}]
+        assert cand["training"]["strategy"] == "evo_latent"
+
+
+def test_an_enqueued_candidate_priced_out_is_retried_at_its_cheapest_training(tmp_path: Path) -> None:
+    """A standard candidate whose sampled training does not fit the round's budget runs again with the
+    knobs that price lowest (epochs 1 here), instead of being lost to the round."""
+    from evo.search.driver import CHEAPEST, Driver
+    from evo.search.launch import check_space
+
+    class EightEpochs(Driver):  # the sampled knobs of the enqueued growth, fixed at the expensive end
+        def _enqueued(self, base, policy):
+            return [(label, {**p, "train_epochs": 8} if label.startswith("scale_width") else p)
+                    for label, p in super()._enqueued(base, policy)]
+
+    doc = json.loads(json.dumps(SPACE))
+    doc["scenario"]["increments"] = 1
+    doc.update(operators={"scale_width": {"factor": [2.0], "noise": 0.1}}, latents={"cut": "input", "codec": "fp16"},
+               training={"strategy": "evo_latent", "epochs": [1, 8], "lr": {"low": 0.001, "high": 0.01}},
+               budget={"fraction_of_joint": 10.0})
+    space = parse_space(doc)
+    graph = check_space(space)
+    run = Run.create(tmp_path / "run", {"space": space.to_dict()})
+    run.commit_version(graph, {"increment": None, "ops": [], "classes": graph.classes})
+    result = EightEpochs(run, space, progress=lambda s: None, executor=InProcessExecutor()).run()[0]
+    scaled = [t for t in result.trials if str(t.get("enqueued")).startswith("scale_width")]
+    assert [t["state"] for t in scaled] == ["PRUNED", "COMPLETE"], scaled
+    first, retry = (t["candidate"]["training"] for t in scaled)
+    assert first["epochs"] == 8 and retry["epochs"] == 1 and retry["lr"] == first["lr"]  # lr costs nothing
+    assert scaled[1]["enqueued"].endswith(CHEAPEST) and scaled[1]["price_flops"] < scaled[0]["price_flops"]
+    assert "over budget" in scaled[0]["fail_reason"]

@@ -206,6 +206,7 @@ class Driver:
         if admission == "over_budget":  # a candidate that never ran does not use up a trial
             trial.set_user_attr("fail_reason", f"over budget: needs {price:.3g} FLOPs, {max(room, 0):.3g} left")
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            self._retry_cheaper(study, trial, cand, grown, inc, parent_meta, seen_before, price)
             if state.stuck():
                 raise BudgetError(f"no candidate fits the round's budget of {state.budget:.3g} FLOPs (the cheapest "
                                   f"priced {price:.3g}); raise budget.{self.space.budget[0]} in the space")
@@ -214,6 +215,19 @@ class Driver:
         handle = self.executor.submit(task, f"r{index}-t{trial.number}:{cand.name}", self.cpus, self.gpus)
         state.launch(handle, InFlight(trial, cand, price, time.perf_counter()), cand.key(), trial.number)
         self.say(f"  trial {trial.number:>3} started   {cand.name:<40} priced {price / 1e9:8.1f} GFLOPs")
+
+    def _retry_cheaper(self, study: optuna.Study, trial: optuna.Trial, cand: Candidate, grown, inc,
+                       parent_meta: dict[str, Any], seen_before: int, price: int) -> None:
+        """An enqueued candidate (one every round tries on purpose) priced out at its sampled training
+        settings is enqueued once more at the cheapest ones the space offers, rather than lost."""
+        label = trial.user_attrs.get("enqueued")
+        if not label or label.endswith(CHEAPEST):
+            return
+        cut = self._staged.cut if self._staged is not None else None
+        cheaper = cheapest_training(grown, inc, parent_meta, cand, self.space, seen_before, cut)
+        if cheaper and cheaper[1] < price:
+            params = {**trial.params, **{f"train_{k}": v for k, v in cheaper[0].items()}}
+            study.enqueue_trial(params, user_attrs={"enqueued": label + CHEAPEST})
 
     # ---- pieces ------------------------------------------------------------------------------------
     def _min_ops(self, trial: optuna.Trial, policy: str) -> int:
@@ -224,14 +238,16 @@ class Driver:
         return 0 if "enqueued" in trial.user_attrs else self.space.min_ops
 
     def _enqueued(self, base, policy: str) -> list[tuple[str, dict[str, Any]]]:
-        """Trials every round starts with: the no-growth fast path, then (policy search) training above the
+        """Trials every round starts with: the no-growth fast path, then (policy search) every group the
+        search may grow made wider at once (where the space offers `scale_width`), training above the
         latent cut on everything stored (where the space keeps latents), and `add_tap` onto each spare tap
         whose statistics the closed-form head keeps, the growths that lose nothing."""
         out = [("no-growth fast path", _fast_path_params(self.space))]
         if policy != "search":
             return out
         cut = self._staged.cut if self._staged is not None else None
-        return out + _latent_params(self.space) + _spare_tap_params(self.space, base, cut)
+        return (out + _scale_all_params(self.space, base, cut) + _latent_params(self.space)
+                + _spare_tap_params(self.space, base, cut))
 
     def _task(self, parent_version: int, index: int, cand: Candidate, number: int) -> dict[str, Any]:
         staged = getattr(self, "_staged", None)
@@ -348,6 +364,30 @@ def spent_flops(study: optuna.Study) -> int:
                and t.user_attrs.get("fail_reason") != DRIVER_STOPPED)
 
 
+CHEAPEST = " (cheapest training)"
+
+
+def cheapest_training(grown, inc, parent_meta: dict[str, Any], cand: Candidate, space: SearchSpace,
+                      seen_before: int, cut: str | None) -> tuple[dict[str, Any], int] | None:
+    """The training knobs that make `cand` cheapest (each knob at the end of its range that prices lowest,
+    one knob at a time; knobs that do not change the price, such as lr, keep their value), and that price."""
+    best, best_price = dict(cand.training), None
+    changed: dict[str, Any] = {}
+    for key, rng in space.training.items():
+        if key == "strategy" or len(rng.values()) < 2:
+            continue
+        for value in rng.values():
+            trial_training = {**best, key: value}
+            p = pricing.candidate_flops(grown, inc, parent_meta, Candidate(cand.growth, trial_training), space,
+                                        seen_before, cut=cut)
+            if best_price is None:
+                best_price = pricing.candidate_flops(grown, inc, parent_meta, Candidate(cand.growth, best), space,
+                                                     seen_before, cut=cut)
+            if p < best_price:
+                best, best_price, changed[key] = trial_training, p, value
+    return (changed, best_price) if changed else None
+
+
 NLL_TIE = 1e-4  # validation log-losses this close (relative) come from the same function up to rounding
 
 
@@ -380,6 +420,29 @@ def _latent_params(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:
     if strategy.choices and len(strategy.choices) > 1:
         params["train_strategy"] = "evo_latent"
     return [("train above the latent cut", params)]
+
+
+def _scale_all_params(space: SearchSpace, base, cut: str | None) -> list[tuple[str, dict[str, Any]]]:
+    """Optuna parameters of `scale_width` at the lowest site the search may grow, by the space's smallest
+    factor: every channel group above the cut wider at once, as EfficientNet's width multiplier scales a
+    net. A net that runs out of capacity lacks it everywhere, and among a round's handful of sampled
+    trials this one (op, site) pair among dozens would rarely come up, so every round tries it, at its
+    cheapest. Trained by `evo_latent` where the space offers it (the closed-form head alone would refit
+    the changed features from exemplars)."""
+    if "scale_width" not in space.operators or space.max_ops < 1:
+        return []
+    sites = candidate_sites(base, "scale_width", cut)
+    if not sites:
+        return []
+    params: dict[str, Any] = {"n_ops": 1, "op_0": "scale_width", "site_0": 0.5 / len(sites)}
+    factor = space.operators["scale_width"].get("factor")
+    if factor is not None and len(factor.values()) > 1:
+        params["scale_width_0_factor"] = min(factor.values())
+    strategy = space.training.get("strategy")
+    if strategy is not None and strategy.choices and len(strategy.choices) > 1 and "evo_latent" in strategy.choices \
+            and space.latents is not None:
+        params["train_strategy"] = "evo_latent"
+    return [(f"scale_width after {sites[0]['after']} (every group above it)", params)]
 
 
 def _spare_tap_params(space: SearchSpace, base, cut: str | None) -> list[tuple[str, dict[str, Any]]]:
