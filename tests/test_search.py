@@ -64,6 +64,7 @@ def test_shipped_spaces_parse(name):
     (lambda d: d["training"].update(lr={"low": 1, "high": 0}), "low <= high"),
     (lambda d: d.update(objective=["params"]), "objective"),
     (lambda d: d.update(policy="greedy"), "policy must be one of search, random, fast_path"),
+    (lambda d: d.update(ties="bigger"), "ties must be one of best, grow"),
     (lambda d: d.update(validation_per_class=0), "validation_per_class"),
     (lambda d: d.update(min_ops=2), r"min_ops \(2\) must not exceed max_ops \(1\)"),
     (lambda d: d.update(min_ops=1, operators={}), "min_ops 1 asks every sampled candidate to grow.*no operators"),
@@ -234,6 +235,43 @@ def test_ties_go_to_the_smaller_model_and_rounding_is_a_tie():
     assert best_trial([fast, noise]) is fast  # 3e-6 relative: the same function, the smaller model wins
     assert best_trial([fast, noise, better]) is better  # a real log-loss gain wins over size
     assert best_trial([fast, better, bigger_acc]) is bigger_acc  # accuracy first
+
+
+def test_ties_grow_takes_the_largest_candidate_validation_cannot_tell_from_the_best():
+    """`ties: grow`: within one paired standard error of the best on the same validation images, the
+    largest candidate wins; one clearly worse does not, and a larger copy of a smaller function does not."""
+    import numpy as np
+    import optuna
+
+    from evo.search.driver import best_trial, paired_se
+    from evo.search.worker import pack_correct, unpack_correct
+
+    rng = np.random.default_rng(0)
+    best_right = rng.random(400) < 0.9
+
+    def trial(right, nll, params):
+        return optuna.trial.create_trial(values=[float(right.mean())], user_attrs={
+            "val_nll": nll, "params": params, "val_correct": pack_correct(right)})
+
+    def flip(right, lost, gained=0):  # `lost` images right turned wrong, `gained` wrong turned right
+        out = right.copy()
+        out[np.flatnonzero(right)[:lost]] = False
+        out[np.flatnonzero(~right)[:gained]] = True
+        return out
+
+    best = trial(best_right, 0.30, 1_000)
+    assert (unpack_correct(best.user_attrs["val_correct"]) == best_right).all()
+    near = trial(flip(best_right, 6, 4), 0.31, 9_000)  # 2 of 400 images behind, 10 differ: noise
+    far = trial(flip(best_right, 40), 0.50, 50_000)  # 40 behind: a real loss
+    copy = trial(flip(best_right, 6, 4), 0.31 * (1 + 1e-6), 20_000)  # what `near` computes, larger
+    behind = trial(flip(best_right, 2), 0.31, 30_000)  # 2 behind and never ahead: 1.4 standard errors
+    assert paired_se(near, best) == pytest.approx(np.sqrt(10 - 4 / 400) / 400)
+    assert best_trial([best, near, far]) is best  # the default: the best on validation
+    assert best_trial([best, near, far], ties="grow") is near
+    assert best_trial([best, near, far, copy], ties="grow") is near
+    assert best_trial([best, behind], ties="grow") is best
+    bare = optuna.trial.create_trial(values=[0.87], user_attrs={"val_nll": 0.3, "params": 99_999})
+    assert best_trial([best, bare], ties="grow") is best  # no per-image record: only an equal accuracy ties
 
 
 def test_search_tries_the_spare_tap_and_it_keeps_every_statistic(ray_cluster, tmp_path):

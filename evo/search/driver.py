@@ -319,7 +319,7 @@ class Driver:
             reasons = sorted({t.get("fail_reason", "?") for t in trials})
             raise EvoError(f"round {index}: no candidate finished ({'; '.join(reasons)[:300]}); details in "
                            f"{self.run_dir.path / 'metrics' / f'round_{index}.json'}")
-        best = best_trial(done)
+        best = best_trial(done, self.space.ties)
         out_dir = Path(best.user_attrs["out_dir"])
         graph, state, report = load_candidate(out_dir)
         cand = Candidate(**best.user_attrs["candidate"])
@@ -391,15 +391,56 @@ def cheapest_training(grown, inc, parent_meta: dict[str, Any], cand: Candidate, 
 NLL_TIE = 1e-4  # validation log-losses this close (relative) come from the same function up to rounding
 
 
-def best_trial(done: list) -> Any:
+def best_trial(done: list, ties: str = "best") -> Any:
     """The candidate to commit: highest validation accuracy; on a tie the lower validation log-loss;
     log-losses within NLL_TIE of the lowest count as equal (growth that changed nothing the head
-    reads differs only by float rounding), and among those the smaller model wins."""
+    reads differs only by float rounding), and among those the smaller model wins.
+
+    `ties="grow"` (a space's `ties: grow`): among the candidates that validation cannot tell from that
+    best one (`within_noise`), the largest wins. Function-preserving growth keeps what the parent
+    computes, and its worth shows in the increments still to come, which a round's validation cannot
+    see: for a net known to be short of capacity, that is the better bet on a tie."""
     top = max(t.values[0] for t in done)
     tied = [t for t in done if t.values[0] == top]
-    low = min(t.user_attrs.get("val_nll", 0.0) for t in tied)
-    same = [t for t in tied if t.user_attrs.get("val_nll", 0.0) <= low * (1 + NLL_TIE) + 1e-12]
-    return min(same, key=lambda t: (t.user_attrs.get("params", 0), t.user_attrs.get("val_nll", 0.0), t.number))
+    low = min(_nll(t) for t in tied)
+    same = [t for t in tied if _nll(t) <= low * (1 + NLL_TIE) + 1e-12]
+    best = min(same, key=lambda t: (_size(t), _nll(t), t.number))
+    if ties != "grow":
+        return best
+    near = [t for t in done if within_noise(t, best)]
+    # a larger candidate computing what a smaller one does (the same log-loss) adds nothing: drop it
+    distinct = [t for t in near if not any(_size(o) < _size(t) and abs(_nll(o) - _nll(t)) <= NLL_TIE * _nll(o) + 1e-12
+                                           for o in near)]
+    return max(distinct, key=lambda t: (_size(t), t.values[0], -_nll(t), -t.number))
+
+
+def _nll(trial) -> float:
+    return trial.user_attrs.get("val_nll", 0.0)
+
+
+def _size(trial) -> int:
+    return trial.user_attrs.get("params", 0)
+
+
+def within_noise(trial, best) -> bool:
+    """Whether `trial`'s validation accuracy is within one standard error of `best`'s, the error of
+    their difference on the same images (from the images exactly one of them gets right); without a
+    per-image record, only an equal accuracy is."""
+    se = paired_se(trial, best)
+    gap = best.values[0] - trial.values[0]
+    return gap <= 0 if se is None else gap <= se + 1e-12
+
+
+def paired_se(a, b) -> float | None:
+    """The standard error of the difference in validation accuracy of two candidates judged on the same
+    images, or None when either lacks the per-image record (`evo.search.worker.pack_correct`)."""
+    from evo.search.worker import unpack_correct
+
+    x, y = (unpack_correct(t.user_attrs.get("val_correct", "")) for t in (a, b))
+    if x is None or y is None or len(x) != len(y) or not len(x):
+        return None
+    n, only_x, only_y = len(x), int((x & ~y).sum()), int((~x & y).sum())
+    return math.sqrt(max(only_x + only_y - (only_x - only_y) ** 2 / n, 0.0)) / n
 
 
 def _fast_path_params(space: SearchSpace) -> dict[str, Any]:

@@ -20,6 +20,7 @@ SCENARIOS = ("class_incremental", "data_incremental", "mixed", "domain_increment
 OBJECTIVES = ("accuracy", "params")
 BUDGET_KINDS = ("fraction_of_joint", "flops", "seconds")
 POLICIES = ("search", "random", "fast_path")  # the search, and the two baselines it must beat
+TIES = ("best", "grow")  # which candidate wins when validation cannot tell them apart (`best_trial`)
 
 
 class SpaceError(ConfigError):
@@ -90,6 +91,7 @@ class SearchSpace:
     policy: str = "search"
     min_ops: int = 0  # every sampled candidate grows at least this much (the enqueued no-growth ones still run)
     validation_per_class: int = 100
+    ties: str = "best"  # 'grow': within one standard error of the best on validation, the largest wins
     latents: Any = None  # evo.learn.latent.StoreConfig, or None (`latents: none`: today's behaviour)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
@@ -99,7 +101,8 @@ class SearchSpace:
 
 _MODEL_KEYS = {"name", "input_size", "pretrained", "options"}
 _TOP_KEYS = {"name", "scenario", "model", "memory", "operators", "max_ops", "min_ops", "training", "budget", "trials",
-             "concurrency", "objective", "description", "policy", "validation_per_class", "latents"}
+             "concurrency", "objective", "description", "policy", "validation_per_class", "latents",
+             "ties"}
 
 
 def load_space(path: str | Path) -> SearchSpace:
@@ -189,6 +192,10 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
     if policy not in POLICIES:
         raise SpaceError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
 
+    ties = doc.get("ties", "best")
+    if ties not in TIES:
+        raise SpaceError(f"ties must be one of {', '.join(TIES)}; got {ties!r}")
+
     latents = _latents(doc.get("latents"), training)
     max_ops, min_ops = _positive_int(doc, "max_ops", 1, minimum=0), _positive_int(doc, "min_ops", 0, minimum=0)
     if min_ops > max_ops:
@@ -210,6 +217,7 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
         objective=objective,
         policy=policy,
         validation_per_class=_positive_int(doc, "validation_per_class", 100),
+        ties=ties,
         latents=latents,
         raw=doc,
     )

@@ -78,11 +78,13 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
 
     fixes = for_round(run, task["parent_version"], inc.train.image_size)  # the user's corrections join the data
     report = learner.learn(inc, corrections=fixes.learn, forget=fixes.forget)
-    val_accuracy, val_nll = validation_scores(learner, validation) if len(validation) else (report.accuracy, 0.0)
+    val_accuracy, val_nll, val_correct = validation_scores(learner, validation) if len(validation) \
+        else (report.accuracy, 0.0, "")
     child, child_state = learner.graph_, learner.state_dict()
     metrics = {"accuracy": report.accuracy, "forgetting": report.forgetting, "bwt": report.bwt,
                "row": report.row, "average_incremental_accuracy": report.average_incremental_accuracy}
     result = {"accuracy": float(report.accuracy), "val_accuracy": float(val_accuracy), "val_nll": float(val_nll),
+              "val_correct": val_correct,
               "params": child.num_params(), "flops": int(report.cost.flops),
               "seconds": float(report.cost.seconds), "peak_mem_bytes": int(report.cost.peak_mem_bytes),
               "out_dir": task["out_dir"], "report": {"metrics": metrics, "summary": str(report),
@@ -91,18 +93,38 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def validation_scores(learner, validation) -> tuple[float, float]:
-    """Accuracy and mean negative log-likelihood of the true class on the held-out validation images.
+def validation_scores(learner, validation) -> tuple[float, float, str]:
+    """Accuracy and mean negative log-likelihood of the true class on the held-out validation images,
+    and which images it got right (`pack_correct`).
 
     The likelihood ranks candidates whose accuracy ties (e.g. all near 100 % on an easy first
-    increment): it still sees how confidently each one is right.
+    increment): it still sees how confidently each one is right. The per-image record lets the driver
+    compare two candidates on the same images (`evo.search.driver.paired_se`).
     """
     import numpy as np
 
     proba = learner.predict_proba(validation.images)
     truth = np.array([learner.classes_.index(validation.classes[i]) for i in validation.labels])
     picked = proba[np.arange(len(truth)), truth]
-    return float((proba.argmax(1) == truth).mean()), float(-np.log(np.clip(picked, 1e-12, None)).mean())
+    right = proba.argmax(1) == truth
+    return float(right.mean()), float(-np.log(np.clip(picked, 1e-12, None)).mean()), pack_correct(right)
+
+
+def pack_correct(right) -> str:
+    """A boolean per validation image as hex (one bit each), small enough for a trial's attributes."""
+    import numpy as np
+
+    return f"{len(right)}:" + np.packbits(np.asarray(right, dtype=bool)).tobytes().hex()
+
+
+def unpack_correct(packed: str):
+    """The boolean array `pack_correct` wrote, or None for a trial that has no record."""
+    import numpy as np
+
+    if not packed or ":" not in packed:
+        return None
+    n, hexbits = packed.split(":", 1)
+    return np.unpackbits(np.frombuffer(bytes.fromhex(hexbits), dtype=np.uint8))[:int(n)].astype(bool)
 
 
 def save_candidate(out_dir: Path, graph, state: dict[str, torch.Tensor], report: dict[str, Any]) -> None:
