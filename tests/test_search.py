@@ -270,6 +270,8 @@ def test_ties_grow_takes_the_largest_candidate_validation_cannot_tell_from_the_b
     assert best_trial([best, near, far], ties="grow") is near
     assert best_trial([best, near, far, copy], ties="grow") is near
     assert best_trial([best, behind], ties="grow") is best
+    certain = [trial(best_right, 0.0, 1_000), trial(best_right, 0.0, 5_000)]  # log-loss 0: cannot say "same"
+    assert best_trial(certain, ties="grow") is certain[1]
     bare = optuna.trial.create_trial(values=[0.87], user_attrs={"val_nll": 0.3, "params": 99_999})
     assert best_trial([best, bare], ties="grow") is best  # no per-image record: only an equal accuracy ties
 

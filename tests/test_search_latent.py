@@ -220,3 +220,21 @@ def test_an_enqueued_candidate_priced_out_is_retried_at_its_cheapest_training(tm
     assert first["epochs"] == 8 and retry["epochs"] == 1 and retry["lr"] == first["lr"]  # lr costs nothing
     assert scaled[1]["enqueued"].endswith(CHEAPEST) and scaled[1]["price_flops"] < scaled[0]["price_flops"]
     assert "over budget" in scaled[0]["fail_reason"]
+
+
+def test_the_standard_candidates_hold_no_duplicate_of_the_fast_path() -> None:
+    """Where evo_latent is the only strategy, the fast path already trains above the cut: a second
+    no-growth candidate would only spend the budget growth needs. With `evo` as well, both are tried."""
+    import evo.zoo
+    from evo.search.driver import Driver
+
+    base = evo.zoo.load("small_cnn", input_size=32)
+    labels = {}
+    for strategies in (["evo", "evo_latent"], "evo_latent"):
+        doc = json.loads(json.dumps(SPACE))
+        doc["training"] = {"strategy": strategies, "epochs": 1}
+        driver = Driver.__new__(Driver)  # only the space and the round's staged part are read
+        driver.space, driver._staged = parse_space(doc), None
+        labels[str(strategies)] = [label for label, _ in driver._enqueued(base, "search")]
+    assert labels["['evo', 'evo_latent']"] == ["no-growth fast path", "train above the latent cut"]
+    assert labels["evo_latent"] == ["no-growth fast path"]

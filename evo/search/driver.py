@@ -246,8 +246,9 @@ class Driver:
         if policy != "search":
             return out
         cut = self._staged.cut if self._staged is not None else None
-        return (out + _scale_all_params(self.space, base, cut) + _latent_params(self.space)
-                + _spare_tap_params(self.space, base, cut))
+        # where evo_latent is the only strategy, the fast path already is training above the cut
+        latent = [(label, p) for label, p in _latent_params(self.space) if p != out[0][1]]
+        return out + _scale_all_params(self.space, base, cut) + latent + _spare_tap_params(self.space, base, cut)
 
     def _task(self, parent_version: int, index: int, cand: Candidate, number: int) -> dict[str, Any]:
         staged = getattr(self, "_staged", None)
@@ -389,6 +390,7 @@ def cheapest_training(grown, inc, parent_meta: dict[str, Any], cand: Candidate, 
 
 
 NLL_TIE = 1e-4  # validation log-losses this close (relative) come from the same function up to rounding
+NLL_FLOOR = 1e-9  # below this a log-loss is 0 up to rounding: every image certain, nothing to compare
 
 
 def best_trial(done: list, ties: str = "best") -> Any:
@@ -408,9 +410,10 @@ def best_trial(done: list, ties: str = "best") -> Any:
     if ties != "grow":
         return best
     near = [t for t in done if within_noise(t, best)]
-    # a larger candidate computing what a smaller one does (the same log-loss) adds nothing: drop it
-    distinct = [t for t in near if not any(_size(o) < _size(t) and abs(_nll(o) - _nll(t)) <= NLL_TIE * _nll(o) + 1e-12
-                                           for o in near)]
+    # a larger candidate computing what a smaller one does (the same log-loss) adds nothing: drop it; a
+    # log-loss of 0 (every validation image certain) cannot tell two functions apart, so it drops nothing
+    distinct = [t for t in near if not any(_size(o) < _size(t) and _nll(o) > NLL_FLOOR
+                                           and abs(_nll(o) - _nll(t)) <= NLL_TIE * _nll(o) for o in near)]
     return max(distinct, key=lambda t: (_size(t), t.values[0], -_nll(t), -t.number))
 
 
