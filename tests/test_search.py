@@ -65,6 +65,7 @@ def test_shipped_spaces_parse(name):
     (lambda d: d.update(objective=["params"]), "objective"),
     (lambda d: d.update(policy="greedy"), "policy must be one of search, random, fast_path"),
     (lambda d: d.update(ties="bigger"), "ties must be one of best, grow"),
+    (lambda d: d.update(ties="grow", objective=["accuracy", "params"]), "ties: grow prefers the larger"),
     (lambda d: d.update(validation_per_class=0), "validation_per_class"),
     (lambda d: d.update(min_ops=2), r"min_ops \(2\) must not exceed max_ops \(1\)"),
     (lambda d: d.update(min_ops=1, operators={}), "min_ops 1 asks every sampled candidate to grow.*no operators"),
@@ -265,11 +266,13 @@ def test_ties_grow_takes_the_largest_candidate_validation_cannot_tell_from_the_b
     far = trial(flip(best_right, 40), 0.50, 50_000)  # 40 behind: a real loss
     copy = trial(flip(best_right, 6, 4), 0.31 * (1 + 1e-6), 20_000)  # what `near` computes, larger
     behind = trial(flip(best_right, 2), 0.31, 30_000)  # 2 behind and never ahead: 1.4 standard errors
-    assert paired_se(near, best) == pytest.approx(np.sqrt(10 - 4 / 400) / 400)
+    one = trial(flip(best_right, 1), 0.32, 30_000)  # 1 behind: one standard error, still a tie
+    assert paired_se(near, best) == pytest.approx(np.sqrt(10) / 400)  # McNemar's, from the 10 that differ
     assert best_trial([best, near, far]) is best  # the default: the best on validation
     assert best_trial([best, near, far], ties="grow") is near
     assert best_trial([best, near, far, copy], ties="grow") is near
     assert best_trial([best, behind], ties="grow") is best
+    assert best_trial([best, one], ties="grow") is one
     certain = [trial(best_right, 0.0, 1_000), trial(best_right, 0.0, 5_000)]  # log-loss 0: cannot say "same"
     assert best_trial(certain, ties="grow") is certain[1]
     bare = optuna.trial.create_trial(values=[0.87], user_attrs={"val_nll": 0.3, "params": 99_999})

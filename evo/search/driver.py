@@ -107,7 +107,7 @@ class Driver:
         if self._staged is not None:  # the round's shared pass below the cut, charged once
             state.spent += self._staged.flops
         if policy != "random":  # first start, or their run was cut by a killed driver
-            done = {t.user_attrs.get("enqueued") for t in study.trials
+            done = {t.user_attrs.get("enqueued", "").removesuffix(CHEAPEST) for t in study.trials
                     if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING)}
             for label, params in self._enqueued(base, policy):
                 if label not in done:
@@ -206,9 +206,9 @@ class Driver:
         if admission == "over_budget":  # a candidate that never ran does not use up a trial
             trial.set_user_attr("fail_reason", f"over budget: needs {price:.3g} FLOPs, {max(room, 0):.3g} left")
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            self._retry_cheaper(study, trial, cand, grown, inc, parent_meta, seen_before, price)
-            if state.stuck():
-                raise BudgetError(f"no candidate fits the round's budget of {state.budget:.3g} FLOPs (the cheapest "
+            retried = self._retry_cheaper(study, trial, cand, grown, inc, parent_meta, seen_before, price)
+            if state.stuck() and not retried:
+                raise BudgetError(f"no candidate fits the round's budget of {state.budget:.3g} FLOPs (the last one "
                                   f"priced {price:.3g}); raise budget.{self.space.budget[0]} in the space")
             return
         task = {**self._task(parent_version, index, cand, trial.number), "max_flops": int(min(price, room))}
@@ -217,17 +217,23 @@ class Driver:
         self.say(f"  trial {trial.number:>3} started   {cand.name:<40} priced {price / 1e9:8.1f} GFLOPs")
 
     def _retry_cheaper(self, study: optuna.Study, trial: optuna.Trial, cand: Candidate, grown, inc,
-                       parent_meta: dict[str, Any], seen_before: int, price: int) -> None:
-        """An enqueued candidate (one every round tries on purpose) priced out at its sampled training
-        settings is enqueued once more at the cheapest ones the space offers, rather than lost."""
+                       parent_meta: dict[str, Any], seen_before: int, price: int) -> bool:
+        """An enqueued candidate (one every round tries on purpose) priced out of the room left (the budget
+        less what was spent and what running candidates reserve) at its sampled training settings is
+        enqueued once more at the cheapest ones the space offers, rather than lost. Returns whether it was."""
         label = trial.user_attrs.get("enqueued")
         if not label or label.endswith(CHEAPEST):
-            return
+            return False
         cut = self._staged.cut if self._staged is not None else None
-        cheaper = cheapest_training(grown, inc, parent_meta, cand, self.space, seen_before, cut)
-        if cheaper and cheaper[1] < price:
-            params = {**trial.params, **{f"train_{k}": v for k, v in cheaper[0].items()}}
-            study.enqueue_trial(params, user_attrs={"enqueued": label + CHEAPEST})
+        try:
+            cheaper = cheapest_training(grown, inc, parent_meta, cand, self.space, seen_before, cut)
+        except EvoError:  # a knob value this candidate cannot price: no retry, the round goes on
+            return False
+        if not cheaper or cheaper[1] >= price:
+            return False
+        params = {**trial.params, **{f"train_{k}": v for k, v in cheaper[0].items()}}
+        study.enqueue_trial(params, user_attrs={"enqueued": label + CHEAPEST})
+        return True
 
     # ---- pieces ------------------------------------------------------------------------------------
     def _min_ops(self, trial: optuna.Trial, policy: str) -> int:
@@ -412,7 +418,7 @@ def best_trial(done: list, ties: str = "best") -> Any:
     near = [t for t in done if within_noise(t, best)]
     # a larger candidate computing what a smaller one does (the same log-loss) adds nothing: drop it; a
     # log-loss of 0 (every validation image certain) cannot tell two functions apart, so it drops nothing
-    distinct = [t for t in near if not any(_size(o) < _size(t) and _nll(o) > NLL_FLOOR
+    distinct = [t for t in near if not any(_size(o) < _size(t) and o.values[0] >= t.values[0] and _nll(o) > NLL_FLOOR
                                            and abs(_nll(o) - _nll(t)) <= NLL_TIE * _nll(o) for o in near)]
     return max(distinct, key=lambda t: (_size(t), t.values[0], -_nll(t), -t.number))
 
@@ -436,14 +442,16 @@ def within_noise(trial, best) -> bool:
 
 def paired_se(a, b) -> float | None:
     """The standard error of the difference in validation accuracy of two candidates judged on the same
-    images, or None when either lacks the per-image record (`evo.search.worker.pack_correct`)."""
+    images (McNemar's), or None when either lacks the per-image record (`evo.search.worker.pack_correct`)."""
     from evo.search.worker import unpack_correct
 
     x, y = (unpack_correct(t.user_attrs.get("val_correct", "")) for t in (a, b))
     if x is None or y is None or len(x) != len(y) or not len(x):
         return None
+    # McNemar's: the error of the difference were the two equally good, from the images they disagree on
+    # (the error about the observed difference collapses when every disagreement goes one way)
     n, only_x, only_y = len(x), int((x & ~y).sum()), int((~x & y).sum())
-    return math.sqrt(max(only_x + only_y - (only_x - only_y) ** 2 / n, 0.0)) / n
+    return math.sqrt(only_x + only_y) / n
 
 
 def _fast_path_params(space: SearchSpace) -> dict[str, Any]:
@@ -468,11 +476,12 @@ def _latent_params(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:
 
 def _scale_all_params(space: SearchSpace, base, cut: str | None) -> list[tuple[str, dict[str, Any]]]:
     """Optuna parameters of `scale_width` at the lowest site the search may grow, by the space's smallest
-    factor: every channel group above the cut wider at once, as EfficientNet's width multiplier scales a
-    net. A net that runs out of capacity lacks it everywhere, and among a round's handful of sampled
-    trials this one (op, site) pair among dozens would rarely come up, so every round tries it, at its
-    cheapest. Trained by `evo_latent` where the space offers it (the closed-form head alone would refit
-    the changed features from exemplars)."""
+    factor: every channel group above the cut that `widen` can widen exactly (groups tied across the site
+    stay) wider at once, as EfficientNet's width multiplier scales a net. A net that runs out of capacity
+    lacks it everywhere, and among a round's handful of sampled trials this one (op, site) pair among
+    dozens would rarely come up, so every round tries it, by the smallest factor (its other parameters and
+    training knobs are sampled). Trained by `evo_latent` where the space offers it (the closed-form head
+    alone would refit the changed features from exemplars)."""
     if "scale_width" not in space.operators or space.max_ops < 1:
         return []
     sites = candidate_sites(base, "scale_width", cut)
@@ -480,13 +489,13 @@ def _scale_all_params(space: SearchSpace, base, cut: str | None) -> list[tuple[s
         return []
     params: dict[str, Any] = {"n_ops": 1, "op_0": "scale_width", "site_0": 0.5 / len(sites)}
     factor = space.operators["scale_width"].get("factor")
-    if factor is not None and len(factor.values()) > 1:
-        params["scale_width_0_factor"] = min(factor.values())
+    if factor is not None and len(factor.values()) > 1:  # a float, as a sampled factor is (one candidate key)
+        params["scale_width_0_factor"] = min(factor.values()) if factor.choices else float(factor.low)
     strategy = space.training.get("strategy")
     if strategy is not None and strategy.choices and len(strategy.choices) > 1 and "evo_latent" in strategy.choices \
             and space.latents is not None:
         params["train_strategy"] = "evo_latent"
-    return [(f"scale_width after {sites[0]['after']} (every group above it)", params)]
+    return [(f"scale_width after {sites[0]['after']} (every widenable group above it)", params)]
 
 
 def _spare_tap_params(space: SearchSpace, base, cut: str | None) -> list[tuple[str, dict[str, Any]]]:

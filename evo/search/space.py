@@ -195,6 +195,9 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
     ties = doc.get("ties", "best")
     if ties not in TIES:
         raise SpaceError(f"ties must be one of {', '.join(TIES)}; got {ties!r}")
+    if ties == "grow" and "params" in objective:
+        raise SpaceError("ties: grow prefers the larger of two tied candidates and objective [accuracy, params] the "
+                         "smaller; drop one of them")
 
     latents = _latents(doc.get("latents"), training)
     max_ops, min_ops = _positive_int(doc, "max_ops", 1, minimum=0), _positive_int(doc, "min_ops", 0, minimum=0)
