@@ -6,6 +6,7 @@ import contextlib
 import glob
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -91,12 +92,21 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def _node_ports() -> list[str]:
-    """Every port a node binds by default, made private so two nodes (and other tests' clusters) coexist."""
-    p = _free_ports(7)
+def _node_ports(taken: set[int]) -> list[str]:
+    """Every port a node binds by default, made private so two nodes (and other tests' clusters) coexist.
+    The worker port range holds none of the ports in `taken` (Ray refuses a port used twice), and the
+    ports this node uses join `taken`."""
+    p = _free_ports(6)
+    taken.update(p)
+    rng = random.Random(p[0])
+    while True:  # below Linux's ephemeral range (32768+), where _free_ports' ports come from
+        low = rng.randrange(20000, 32700)
+        if not taken & set(range(low, low + 51)):
+            break
+    taken.update(range(low, low + 51))
     return [f"--node-manager-port={p[0]}", f"--object-manager-port={p[1]}", f"--dashboard-agent-listen-port={p[2]}",
             f"--dashboard-agent-grpc-port={p[3]}", f"--metrics-export-port={p[4]}", f"--runtime-env-agent-port={p[5]}",
-            f"--min-worker-port={20000 + p[6] % 20000}", f"--max-worker-port={20000 + p[6] % 20000 + 50}"]
+            f"--min-worker-port={low}", f"--max-worker-port={low + 50}"]
 
 
 @pytest.fixture(scope="module")
@@ -106,13 +116,14 @@ def two_nodes():
         pytest.skip(f"no ray executable next to {sys.executable}")
     tmp = tempfile.mkdtemp(prefix="evo-ray-", dir="/tmp")  # short: Ray's unix sockets live under it
     port, dash, client = _free_ports(3)
+    taken = {port, dash, client}
     env = _clean_env()
     common = ["--num-cpus=1", f"--temp-dir={tmp}", "--disable-usage-stats"]
     head = [RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", '--resources={"head_node": 1}',
             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-            f"--ray-client-server-port={client}", *common, *_node_ports()]
+            f"--ray-client-server-port={client}", *common, *_node_ports(taken)]
     worker = [RAY, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
-              '--resources={"worker_node": 1}', *common, *_node_ports()]
+              '--resources={"worker_node": 1}', *common, *_node_ports(taken)]
     try:
         for cmd in (head, worker):
             r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
