@@ -71,6 +71,11 @@ class Driver:
         self.gpus = gpus_per_candidate
         self._staged = None  # the round's pending latent part (evo.search.latents.Staged)
 
+    @property
+    def _cut(self) -> str | None:
+        """The latent store's cut node this round (None without a store): no growth is offered below it."""
+        return self._staged.cut if self._staged is not None else None
+
     # ---- the loop ----------------------------------------------------------------------------------
     def run(self) -> list[RoundResult]:
         from evo.search.scenario import stream_for
@@ -181,15 +186,12 @@ class Driver:
         """Ask Optuna for one candidate, price it, and start it if the round admits it."""
         trial = study.ask()
         try:
-            staged = self._staged
-            cand, grown = suggest_candidate(trial, self.space, base, min_ops=self._min_ops(trial, policy),
-                                            cut=staged.cut if staged is not None else None)
-            if staged is not None and cand.growth:
+            cand, grown = suggest_candidate(trial, self.space, base, min_ops=self._min_ops(trial, policy), cut=self._cut)
+            if self._cut is not None and cand.growth:
                 from evo.learn.latent import check_growth
 
-                check_growth(base, grown, staged.cut, self.space.scenario.get("source"))
-            price = pricing.candidate_flops(grown, inc, parent_meta, cand, self.space, seen_before,
-                                            cut=staged.cut if staged is not None else None)
+                check_growth(base, grown, self._cut, self.space.scenario.get("source"))
+            price = pricing.candidate_flops(grown, inc, parent_meta, cand, self.space, seen_before, cut=self._cut)
         except EvoError as e:
             state.invalid()
             trial.set_user_attr("fail_reason", f"invalid candidate: {e}")
@@ -224,9 +226,8 @@ class Driver:
         label = trial.user_attrs.get("enqueued")
         if not label or label.endswith(CHEAPEST):
             return False
-        cut = self._staged.cut if self._staged is not None else None
         try:
-            cheaper = cheapest_training(grown, inc, parent_meta, cand, self.space, seen_before, cut)
+            cheaper = cheapest_training(grown, inc, parent_meta, cand, self.space, seen_before, self._cut)
         except EvoError:  # a knob value this candidate cannot price: no retry, the round goes on
             return False
         if not cheaper or cheaper[1] >= price:
@@ -251,10 +252,10 @@ class Driver:
         out = [("no-growth fast path", _fast_path_params(self.space))]
         if policy != "search":
             return out
-        cut = self._staged.cut if self._staged is not None else None
         # where evo_latent is the only strategy, the fast path already is training above the cut
         latent = [(label, p) for label, p in _latent_params(self.space) if p != out[0][1]]
-        return out + _scale_all_params(self.space, base, cut) + latent + _spare_tap_params(self.space, base, cut)
+        return (out + _scale_all_params(self.space, base, self._cut) + latent
+                + _spare_tap_params(self.space, base, self._cut))
 
     def _task(self, parent_version: int, index: int, cand: Candidate, number: int) -> dict[str, Any]:
         staged = getattr(self, "_staged", None)
@@ -378,20 +379,19 @@ def cheapest_training(grown, inc, parent_meta: dict[str, Any], cand: Candidate, 
                       seen_before: int, cut: str | None) -> tuple[dict[str, Any], int] | None:
     """The training knobs that make `cand` cheapest (each knob at the end of its range that prices lowest,
     one knob at a time; knobs that do not change the price, such as lr, keep their value), and that price."""
-    best, best_price = dict(cand.training), None
-    changed: dict[str, Any] = {}
+    def price(training: dict[str, Any]) -> int:
+        return pricing.candidate_flops(grown, inc, parent_meta, Candidate(cand.growth, training), space,
+                                       seen_before, cut=cut)
+
+    best = dict(cand.training)
+    best_price, changed = price(best), {}
     for key, rng in space.training.items():
         if key == "strategy" or len(rng.values()) < 2:
             continue
         for value in rng.values():
-            trial_training = {**best, key: value}
-            p = pricing.candidate_flops(grown, inc, parent_meta, Candidate(cand.growth, trial_training), space,
-                                        seen_before, cut=cut)
-            if best_price is None:
-                best_price = pricing.candidate_flops(grown, inc, parent_meta, Candidate(cand.growth, best), space,
-                                                     seen_before, cut=cut)
+            p = price({**best, key: value})
             if p < best_price:
-                best, best_price, changed[key] = trial_training, p, value
+                best, best_price, changed[key] = {**best, key: value}, p, value
     return (changed, best_price) if changed else None
 
 
@@ -454,13 +454,18 @@ def paired_se(a, b) -> float | None:
     return math.sqrt(only_x + only_y) / n
 
 
+def _strategy_param(space: SearchSpace, name: str) -> dict[str, Any]:
+    """The Optuna parameter that fixes a standard candidate's strategy to `name`, where the space offers
+    it among others (a single strategy is not sampled, so it needs none)."""
+    strategy = space.training.get("strategy")
+    if strategy is not None and strategy.choices and len(strategy.choices) > 1 and name in strategy.choices:
+        return {"train_strategy": name}
+    return {}
+
+
 def _fast_path_params(space: SearchSpace) -> dict[str, Any]:
     """Optuna parameters of the no-growth fast path: no ops, and the `evo` strategy where it is a choice."""
-    params: dict[str, Any] = {"n_ops": 0}
-    strategy = space.training.get("strategy")
-    if strategy is not None and strategy.choices and len(strategy.choices) > 1 and "evo" in strategy.choices:
-        params["train_strategy"] = "evo"
-    return params
+    return {"n_ops": 0, **_strategy_param(space, "evo")}
 
 
 def _latent_params(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:
@@ -468,10 +473,7 @@ def _latent_params(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:
     strategy = space.training.get("strategy")
     if space.latents is None or strategy is None or "evo_latent" not in strategy.values():
         return []
-    params: dict[str, Any] = {"n_ops": 0}
-    if strategy.choices and len(strategy.choices) > 1:
-        params["train_strategy"] = "evo_latent"
-    return [("train above the latent cut", params)]
+    return [("train above the latent cut", {"n_ops": 0, **_strategy_param(space, "evo_latent")})]
 
 
 def _scale_all_params(space: SearchSpace, base, cut: str | None) -> list[tuple[str, dict[str, Any]]]:
@@ -491,10 +493,8 @@ def _scale_all_params(space: SearchSpace, base, cut: str | None) -> list[tuple[s
     factor = space.operators["scale_width"].get("factor")
     if factor is not None and len(factor.values()) > 1:  # a float, as a sampled factor is (one candidate key)
         params["scale_width_0_factor"] = min(factor.values()) if factor.choices else float(factor.low)
-    strategy = space.training.get("strategy")
-    if strategy is not None and strategy.choices and len(strategy.choices) > 1 and "evo_latent" in strategy.choices \
-            and space.latents is not None:
-        params["train_strategy"] = "evo_latent"
+    if space.latents is not None:
+        params.update(_strategy_param(space, "evo_latent"))
     return [(f"scale_width after {sites[0]['after']} (every widenable group above it)", params)]
 
 
