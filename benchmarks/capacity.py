@@ -9,6 +9,8 @@ difference, what each round chose, and how the architecture grew (weight layers,
 
     .venv/bin/python benchmarks/capacity.py --out benchmarks/capacity_results.json      # seeds 0 1 2
     .venv/bin/python benchmarks/capacity.py --budget-flops 8e12 --out ...               # another budget
+    .venv/bin/python benchmarks/capacity.py --per-class-train 6000 --per-class-test 1000 --budget-flops 2.4e13 \
+        --out benchmarks/capacity_full.json                                             # all the data, 6x the budget
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=["growth", "no growth"])
     ap.add_argument("--budget-flops", type=float, default=None,
                     help="every arm's flat per-round budget in FLOPs (default: the space's)")
+    ap.add_argument("--per-class-train", type=int, default=None,
+                    help="training images per class (default: the space's; Fashion-MNIST has 6,000)")
+    ap.add_argument("--per-class-test", type=int, default=None,
+                    help="test images per class (default: the space's; Fashion-MNIST has 1,000)")
     args = ap.parse_args(argv)
 
     from evo.search.cluster import connect
@@ -76,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                 change = dict(ARMS[arm])
                 doc = json.loads(json.dumps(base))
                 doc["scenario"]["seed"] = seed
+                for key in ("per_class_train", "per_class_test"):
+                    if getattr(args, key) is not None:
+                        doc["scenario"][key] = getattr(args, key)
                 doc["model"].setdefault("options", {}).update(seed=seed, **({"width": change.pop("width")}
                                                                             if "width" in change else {}))
                 doc.update(change)

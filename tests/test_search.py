@@ -64,7 +64,7 @@ def test_shipped_spaces_parse(name):
     (lambda d: d["training"].update(lr={"low": 1, "high": 0}), "low <= high"),
     (lambda d: d.update(objective=["params"]), "objective"),
     (lambda d: d.update(policy="greedy"), "policy must be one of search, random, fast_path"),
-    (lambda d: d.update(ties="bigger"), "ties must be one of best, grow"),
+    (lambda d: d.update(ties="bigger"), "ties must be one of best, grow, lossless"),
     (lambda d: d.update(ties="grow", objective=["accuracy", "params"]), "ties: grow prefers the larger"),
     (lambda d: d.update(validation_per_class=0), "validation_per_class"),
     (lambda d: d.update(min_ops=2), r"min_ops \(2\) must not exceed max_ops \(1\)"),
@@ -141,6 +141,17 @@ def test_launch_commits_versions_within_budget(ray_cluster, tmp_path):
         finished = [t for t in r.trials if t["state"] == "COMPLETE"]
         assert finished and all(t["flops"] <= t["price_flops"] for t in finished)
         assert any(t.get("enqueued") for t in r.trials)  # the no-growth fast path is always a candidate
+    from evo.search.scenario import stream_for, validation_split
+    from evo.search.worker import load_candidate
+
+    seen = sum(len(validation_split(stream_for(TINY["scenario"]), i, 100)[0].train) for i in (0, 1))
+    for t in (t for t in results[1].trials if t["state"] == "COMPLETE"):
+        # `ties: lossless` reads this: an exact head counts every image seen; a fine-tune refits from memory
+        _, state, _ = load_candidate(Path(t["out_dir"]))
+        if t["lossless"]:
+            assert int(state["strategy.head.n_samples"][0]) == seen, t["candidate"]
+        if t["candidate"]["training"].get("strategy") == "evo_tune" or t.get("enqueued"):
+            assert t["lossless"] is (t["candidate"]["training"].get("strategy") != "evo_tune"), t["candidate"]
     meta = run.version_meta(2)
     assert meta["parent"] == 1 and meta["metrics"]["row"] and "forgetting" in meta["metrics"]
     lineage = json.loads((run.path / "lineage.json").read_text())
@@ -279,6 +290,50 @@ def test_ties_grow_takes_the_largest_candidate_validation_cannot_tell_from_the_b
     assert best_trial([best, bare], ties="grow") is best  # no per-image record: only an equal accuracy ties
 
 
+def test_ties_lossless_commits_a_lossy_head_only_when_it_beats_the_exact_ones_beyond_noise():
+    """`ties: lossless`: a candidate whose head was refit from exemplars wins only by more than two
+    paired standard errors over every candidate whose head is still exact; otherwise the best exact one."""
+    import numpy as np
+    import optuna
+
+    from evo.search.driver import best_trial
+    from evo.search.worker import pack_correct
+
+    rng = np.random.default_rng(1)
+    base = rng.random(400) < 0.85
+
+    def trial(right, params, lossless=True, nll=None):
+        return optuna.trial.create_trial(values=[float(right.mean())], user_attrs={
+            "val_nll": 0.4 - right.mean() / 10 if nll is None else nll, "params": params,
+            "val_correct": pack_correct(right), "lossless": lossless})
+
+    def gain(right, gained, lost=0):
+        out = right.copy()
+        out[np.flatnonzero(~right)[:gained]] = True
+        out[np.flatnonzero(right)[:lost]] = False
+        return out
+
+    fast = trial(base, 1_000)
+    tap = trial(base, 1_600, nll=0.2)  # exact too, same accuracy, lower log-loss
+    slight = trial(gain(base, 6, 2), 1_200, lossless=False)  # 4 images ahead, 8 differ: 1.4 standard errors
+    clear = trial(gain(base, 20), 1_500, lossless=False)  # 20 ahead, none behind: 4.5 standard errors
+    exact_gain = trial(gain(base, 3), 1_100)  # exact, 3 ahead: the best of the exact ones
+    assert best_trial([fast, slight]) is slight  # the default takes any gain
+    assert best_trial([fast, slight], ties="lossless") is fast
+    assert best_trial([fast, tap, slight], ties="lossless") is tap  # among the exact ones, the usual order
+    assert best_trial([fast, exact_gain, slight], ties="lossless") is exact_gain
+    assert best_trial([fast, slight, clear], ties="lossless") is clear
+    assert best_trial([slight], ties="lossless") is slight  # no exact candidate finished: the best
+    assert best_trial([fast, exact_gain], ties="lossless") is exact_gain  # the best exact: no change
+    # a lossless candidate within noise lets the best lossless one win, even one further behind
+    lossy = trial(gain(base, 9), 1_300, lossless=False)
+    behind = trial(gain(base, 15, 15), 1_050)  # level on accuracy with base, 30 images differ: within noise
+    assert best_trial([lossy, exact_gain, behind], ties="lossless") is exact_gain
+    legacy = optuna.trial.create_trial(values=[float(base.mean())], user_attrs={  # recorded before `lossless`
+        "val_nll": 0.3, "params": 900, "val_correct": pack_correct(base)})
+    assert best_trial([legacy, slight], ties="lossless") is legacy
+
+
 def test_search_tries_the_spare_tap_and_it_keeps_every_statistic(ray_cluster, tmp_path):
     """With `spare: auto` the closed-form head keeps statistics for one more block; every round the
     driver tries `add_tap` onto it, and that growth loses no data (the old images are not refit from memory)."""
@@ -301,6 +356,7 @@ def test_search_tries_the_spare_tap_and_it_keeps_every_statistic(ray_cluster, tm
     tried = [t for t in spare[1] if t["state"] == "COMPLETE"]
     assert tried and all(t["flops"] <= t["price_flops"] for r in spare for t in r if t["state"] == "COMPLETE")
     for trial in tried:
+        assert trial["lossless"] is True
         _, state, _ = load_candidate(Path(trial["out_dir"]))
         assert int(state["strategy.head.n_samples"][0]) == sum(seen)  # exact: round 0's images all count
     _, _, state = Run.open(tmp_path / "run").load_version(2)

@@ -249,7 +249,7 @@ class Driver:
         search may grow made wider at once (where the space offers `scale_width`), training above the
         latent cut on everything stored (where the space keeps latents), and `add_tap` onto each spare tap
         whose statistics the closed-form head keeps, the growths that lose nothing."""
-        out = [("no-growth fast path", _fast_path_params(self.space))]
+        out = [(FAST_PATH, _fast_path_params(self.space))]
         if policy != "search":
             return out
         # where evo_latent is the only strategy, the fast path already is training above the cut
@@ -395,6 +395,8 @@ def cheapest_training(grown, inc, parent_meta: dict[str, Any], cand: Candidate, 
     return (changed, best_price) if changed else None
 
 
+FAST_PATH = "no-growth fast path"  # the enqueued candidate that keeps the parent's features and exact head
+KEEP_Z = 2.0  # `ties: lossless`: a lossy candidate must beat the lossless ones by this many paired standard errors
 NLL_TIE = 1e-4  # validation log-losses this close (relative) come from the same function up to rounding
 NLL_FLOOR = 1e-9  # below this a log-loss is 0 up to rounding: every image certain, nothing to compare
 
@@ -407,12 +409,23 @@ def best_trial(done: list, ties: str = "best") -> Any:
     `ties="grow"` (a space's `ties: grow`): among the candidates that validation cannot tell from that
     best one (`within_noise`), the largest wins. Function-preserving growth keeps what the parent
     computes, and its worth shows in the increments still to come, which a round's validation cannot
-    see: for a net known to be short of capacity, that is the better bet on a tie."""
+    see: for a net known to be short of capacity, that is the better bet on a tie.
+
+    `ties="lossless"` (`ties: lossless`): a candidate whose head was refit from the exemplar memory (the
+    old images' statistics lost: a widened tapped block, fine-tuning without a store) wins only if it
+    beats every candidate whose head is still the exact solve over everything seen (the fast path, a
+    spare tap, `evo_latent` on a store) by more than KEEP_Z paired standard errors; otherwise the best of
+    the lossless ones does (by the default order). Gradient strategies that train the head count as lossy. The loss is permanent and shows on old classes that a few dozen validation
+    images per class barely sample, and the winner among near-equal candidates is partly noise.
+    """
     top = max(t.values[0] for t in done)
     tied = [t for t in done if t.values[0] == top]
     low = min(_nll(t) for t in tied)
     same = [t for t in tied if _nll(t) <= low * (1 + NLL_TIE) + 1e-12]
     best = min(same, key=lambda t: (_size(t), _nll(t), t.number))
+    if ties == "lossless" and not _lossless(best):
+        exact = [t for t in done if _lossless(t)]
+        return best_trial(exact) if any(within_noise(t, best, z=KEEP_Z) for t in exact) else best
     if ties != "grow":
         return best
     near = [t for t in done if within_noise(t, best)]
@@ -427,17 +440,23 @@ def _nll(trial) -> float:
     return trial.user_attrs.get("val_nll", 0.0)
 
 
+def _lossless(trial) -> bool:
+    """Whether the candidate's head still covers everything seen exactly (not refit from exemplars); a
+    trial recorded before workers said so counts as lossless."""
+    return bool(trial.user_attrs.get("lossless", True))
+
+
 def _size(trial) -> int:
     return trial.user_attrs.get("params", 0)
 
 
-def within_noise(trial, best) -> bool:
-    """Whether `trial`'s validation accuracy is within one standard error of `best`'s, the error of
+def within_noise(trial, best, z: float = 1.0) -> bool:
+    """Whether `trial`'s validation accuracy is within `z` standard errors of `best`'s, the error of
     their difference on the same images (from the images exactly one of them gets right); without a
     per-image record, only an equal accuracy is."""
     se = paired_se(trial, best)
     gap = best.values[0] - trial.values[0]
-    return gap <= 0 if se is None else gap <= se + 1e-12
+    return gap <= 0 if se is None else gap <= z * se + 1e-12
 
 
 def paired_se(a, b) -> float | None:

@@ -20,7 +20,7 @@ SCENARIOS = ("class_incremental", "data_incremental", "mixed", "domain_increment
 OBJECTIVES = ("accuracy", "params")
 BUDGET_KINDS = ("fraction_of_joint", "flops", "seconds")
 POLICIES = ("search", "random", "fast_path")  # the search, and the two baselines it must beat
-TIES = ("best", "grow")  # which candidate wins when validation cannot tell them apart (`best_trial`)
+TIES = ("best", "grow", "lossless")  # which candidate wins when validation cannot tell them apart (`best_trial`)
 
 
 class SpaceError(ConfigError):
@@ -91,7 +91,7 @@ class SearchSpace:
     policy: str = "search"
     min_ops: int = 0  # every sampled candidate grows at least this much (the enqueued no-growth ones still run)
     validation_per_class: int = 100
-    ties: str = "best"  # 'grow': within one standard error of the best on validation, the largest wins
+    ties: str = "best"  # 'grow': within noise of the best, the largest wins; 'lossless': an exact head
     latents: Any = None  # evo.learn.latent.StoreConfig, or None (`latents: none`: today's behaviour)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 

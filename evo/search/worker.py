@@ -85,6 +85,9 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
                "row": report.row, "average_incremental_accuracy": report.average_incremental_accuracy}
     result = {"accuracy": float(report.accuracy), "val_accuracy": float(val_accuracy), "val_nll": float(val_nll),
               "val_correct": val_correct,
+              # the head the exact solve over everything seen (or stored), not refit from the exemplars or
+              # trained by gradient: a strategy says so (`exact_head`), and one that does not is lossy
+              "lossless": bool(report.info.get("exact_head", False)),
               "params": child.num_params(), "flops": int(report.cost.flops),
               "seconds": float(report.cost.seconds), "peak_mem_bytes": int(report.cost.peak_mem_bytes),
               "out_dir": task["out_dir"], "report": {"metrics": metrics, "summary": str(report),

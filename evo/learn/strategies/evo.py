@@ -163,8 +163,9 @@ class Evo(Strategy):
         out.set_params(out.head, weight=(scale * weight).to("cpu", dtype), bias=(scale * bias).to("cpu", dtype))
         out.meta["head_scale"] = scale
         out.meta[LAYOUT_KEY] = to_meta(layout)
+        # exact_head: the head is the joint solve over everything seen, not a refit from the exemplars
         info.update(feature_dim=d, statistics_dim=self.head_.n_features_in_, ridge=lam,
-                    n_samples=self.head_.n_samples_, head_scale=scale)
+                    n_samples=self.head_.n_samples_, head_scale=scale, exact_head=not info["rebuilt_from_memory"])
         return Result(out, feats, info)
 
     # -- cost -----------------------------------------------------------------------------------

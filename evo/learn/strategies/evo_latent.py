@@ -118,7 +118,8 @@ class EvoLatent(Evo):
         out = merge_above(graph, above)
         out.meta.update({k: above.meta[k] for k in ("head_scale", LAYOUT_KEY)})
         info.update(train_steps=stats["steps"], train_flops=stats["flops"], stopped_by_cap=stats["stopped_by_cap"],
-                    replayed=len(replay), recomputed_from=len(every), cut=cut)
+                    replayed=len(replay), recomputed_from=len(every), cut=cut,
+                    exact_head=True)  # the joint solve over everything the store holds
         return Result(out, feats, info)
 
     def _replay(self, old: LatentRows, ctx: Context, n: int) -> LatentRows:
