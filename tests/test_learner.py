@@ -236,6 +236,7 @@ def test_with_graph_is_independent_and_keeps_statistics_of_unchanged_features(ev
     new = ImageSet(stream[-1].test.images[:12], np.zeros(12, dtype=np.int64), ["digit-0"])
     r = child.learn(new)
     assert r.info["statistics_kept"] is True and r.info["rebuilt_from_memory"] is False
+    assert r.info["exact_head"] is True  # what the search's `ties: lossless` reads
     assert len(learner.reports_) == 3 and len(child.reports_) == 4
     assert torch.equal(learner.state_dict()["strategy.head.gram"], before)
     assert child.strategy.head_.n_samples_ == n_before + 12  # exact: nothing was dropped
@@ -251,6 +252,21 @@ def test_with_graph_rebuilds_from_memory_when_features_changed(evo_run):
     r = child.learn(ImageSet(stream[-1].test.images[:12], np.zeros(12, dtype=np.int64), ["digit-0"]))
     assert r.info["statistics_kept"] is False and r.info["rebuilt_from_memory"] is True
     assert child.strategy.head_.n_samples_ == len(learner.memory_) + 12
+    assert r.info["exact_head"] is False  # the memory held 40 of the images seen: the rest are lost
+
+
+def test_a_rebuild_from_a_memory_that_holds_everything_is_exact():
+    """When the memory still holds every image seen, a head rebuilt from it lost nothing (`exact_head`)."""
+    torch.manual_seed(0)
+    learner = Learner(model(), memory=10_000, strategy="evo", progress=False)
+    stream = digits_stream(ORDER_A)
+    learner.learn(stream[0])
+    changed = learner.graph_.copy()
+    first = next(n for n in changed.nodes() if "weight" in changed.params(n) and n != changed.head)
+    changed.set_params(first, weight=changed.params(first)["weight"] * 1.5)
+    r = learner.with_graph(changed).learn(stream[1])
+    assert r.info["rebuilt_from_memory"] is True and r.info["exact_head"] is True
+    assert r.info["n_samples"] == len(stream[0].train) + len(stream[1].train)
 
 
 def test_data_incremental_new_samples_of_known_classes():
@@ -322,3 +338,16 @@ def test_preprocessing_is_stored_in_the_graph(evo_run):
     learner, _, _ = evo_run
     pre = Preprocess.from_dict(learner.graph_.meta["preprocess"])
     assert pre.input_size == SIZE and learner.preprocess == pre
+
+
+def test_a_fine_tune_is_exact_only_while_the_memory_holds_everything_seen():
+    """evo_tune refits its head from memory + increment: exact on the first increment, lossy once the
+    memory (40) holds less than was seen; a gradient strategy never says its head is exact."""
+    torch.manual_seed(0)
+    stream = digits_stream(ORDER_A, increments=2)
+    tuned = Learner(model(), memory=40, strategy="evo_tune", progress=False, epochs=1)
+    first, second = (tuned.learn(inc) for inc in stream)
+    assert first.info["exact_head"] is True and second.info["exact_head"] is False
+    assert second.info["n_samples"] == 40 + len(stream[1].train)
+    replay = Learner(model(), memory=40, strategy="replay", progress=False, epochs=1)
+    assert "exact_head" not in replay.learn(stream[0]).info

@@ -146,12 +146,10 @@ def test_launch_commits_versions_within_budget(ray_cluster, tmp_path):
 
     seen = sum(len(validation_split(stream_for(TINY["scenario"]), i, 100)[0].train) for i in (0, 1))
     for t in (t for t in results[1].trials if t["state"] == "COMPLETE"):
-        # `ties: lossless` reads this: an exact head counts every image seen; a fine-tune refits from memory
+        # `ties: lossless` reads this: an exact head counts every image seen (a refit from a memory of 100
+        # holds round 0's 80 images too, so here only a changed feature width could lose any)
         _, state, _ = load_candidate(Path(t["out_dir"]))
-        if t["lossless"]:
-            assert int(state["strategy.head.n_samples"][0]) == seen, t["candidate"]
-        if t["candidate"]["training"].get("strategy") == "evo_tune" or t.get("enqueued"):
-            assert t["lossless"] is (t["candidate"]["training"].get("strategy") != "evo_tune"), t["candidate"]
+        assert t["lossless"] is (int(state["strategy.head.n_samples"][0]) == seen), t["candidate"]
     meta = run.version_meta(2)
     assert meta["parent"] == 1 and meta["metrics"]["row"] and "forgetting" in meta["metrics"]
     lineage = json.loads((run.path / "lineage.json").read_text())

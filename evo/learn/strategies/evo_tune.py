@@ -69,6 +69,8 @@ class EvoTune(Evo):
                     progress=ctx.progress, desc=f"evo_tune (increment {ctx.index})", device=ctx.device)
         tuned = graph.with_weights(net)
         refit = super().learn(replace(ctx, graph=tuned, backbone_changed=True, stats_graph=None))
+        # exact when the refit (memory + increment) still counts every image the first solve did
+        exact = bool(first.info.get("exact_head")) and refit.info.get("n_samples") == first.info.get("n_samples")
         refit.info = {**(refit.info or {}), "train_steps": stats["steps"], "train_flops": stats["flops"],
-                      "stopped_by_cap": stats["stopped_by_cap"]}
+                      "stopped_by_cap": stats["stopped_by_cap"], "exact_head": exact}
         return refit
