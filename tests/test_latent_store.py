@@ -255,3 +255,21 @@ def test_a_cut_at_the_input_stores_the_images_and_trains_every_layer() -> None:
                for n in ("stem_0", "classifier"))
     grown = evo.ops.apply(g, "scale_width", site={"after": "input"}, factor=2.0)
     check_growth(g, grown, g.input, "fashion-mnist")
+
+
+def test_the_store_scale_benchmark_runs_and_compression_costs_the_head_little(tmp_path):
+    """`benchmarks/store_scale.py` on a few images per class: real part files on disk, sized as
+    `bytes_per_row` says (plus each file's header), and every codec's head within one test image of fp32's."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "store_scale.py"
+    spec = importlib.util.spec_from_file_location("store_scale", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main(["--per-class-train", "6", "--per-class-test", "6", "--threads", "1", "--dir", str(tmp_path)])
+    assert out["n_train"] == 60
+    for codec, row in out["codecs"].items():
+        assert 60 * row["bytes_per_image"] <= row["bytes_on_disk"] <= 60 * row["bytes_per_image"] + 5 * 4096, codec
+        assert abs(row["accuracy_vs_fp32_points"]) <= 100 / 60 + 1e-9  # at most one test image of 60
+    assert out["codecs"]["int8"]["bytes_on_disk"] < out["codecs"]["fp16"]["bytes_on_disk"] < out["codecs"]["fp32"]["bytes_on_disk"]
+    assert (tmp_path / "int8" / "part-4").is_dir()  # the store was kept where --dir said
