@@ -415,8 +415,10 @@ def best_trial(done: list, ties: str = "best") -> Any:
     old images' statistics lost: a widened tapped block, fine-tuning without a store) wins only if it
     beats every candidate whose head is still the exact solve over everything seen (the fast path, a
     spare tap, `evo_latent` on a store) by more than KEEP_Z paired standard errors; otherwise the best of
-    the lossless ones does (by the default order). Gradient strategies that train the head count as lossy. The loss is permanent and shows on old classes that a few dozen validation
-    images per class barely sample, and the winner among near-equal candidates is partly noise.
+    the lossless ones does (by the default order). Strategies say which heads are exact (`exact_head`);
+    gradient strategies that train the head count as lossy. The loss is permanent and shows on old
+    classes that a few dozen validation images per class barely sample, and the winner among
+    near-equal candidates is partly noise.
     """
     top = max(t.values[0] for t in done)
     tied = [t for t in done if t.values[0] == top]
