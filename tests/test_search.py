@@ -247,6 +247,16 @@ def test_ties_go_to_the_smaller_model_and_rounding_is_a_tie():
     assert best_trial([fast, better, bigger_acc]) is bigger_acc  # accuracy first
 
 
+def _flip(right, lost, gained=0):
+    """Per-image correctness with `lost` right images turned wrong and `gained` wrong ones turned right."""
+    import numpy as np
+
+    out = right.copy()
+    out[np.flatnonzero(right)[:lost]] = False
+    out[np.flatnonzero(~right)[:gained]] = True
+    return out
+
+
 def test_ties_grow_takes_the_largest_candidate_validation_cannot_tell_from_the_best():
     """`ties: grow`: within one paired standard error of the best on the same validation images, the
     largest candidate wins; one clearly worse does not, and a larger copy of a smaller function does not."""
@@ -263,19 +273,13 @@ def test_ties_grow_takes_the_largest_candidate_validation_cannot_tell_from_the_b
         return optuna.trial.create_trial(values=[float(right.mean())], user_attrs={
             "val_nll": nll, "params": params, "val_correct": pack_correct(right)})
 
-    def flip(right, lost, gained=0):  # `lost` images right turned wrong, `gained` wrong turned right
-        out = right.copy()
-        out[np.flatnonzero(right)[:lost]] = False
-        out[np.flatnonzero(~right)[:gained]] = True
-        return out
-
     best = trial(best_right, 0.30, 1_000)
     assert (unpack_correct(best.user_attrs["val_correct"]) == best_right).all()
-    near = trial(flip(best_right, 6, 4), 0.31, 9_000)  # 2 of 400 images behind, 10 differ: noise
-    far = trial(flip(best_right, 40), 0.50, 50_000)  # 40 behind: a real loss
-    copy = trial(flip(best_right, 6, 4), 0.31 * (1 + 1e-6), 20_000)  # what `near` computes, larger
-    behind = trial(flip(best_right, 2), 0.31, 30_000)  # 2 behind and never ahead: 1.4 standard errors
-    one = trial(flip(best_right, 1), 0.32, 30_000)  # 1 behind: one standard error, still a tie
+    near = trial(_flip(best_right, 6, 4), 0.31, 9_000)  # 2 of 400 images behind, 10 differ: noise
+    far = trial(_flip(best_right, 40), 0.50, 50_000)  # 40 behind: a real loss
+    copy = trial(_flip(best_right, 6, 4), 0.31 * (1 + 1e-6), 20_000)  # what `near` computes, larger
+    behind = trial(_flip(best_right, 2), 0.31, 30_000)  # 2 behind and never ahead: 1.4 standard errors
+    one = trial(_flip(best_right, 1), 0.32, 30_000)  # 1 behind: one standard error, still a tie
     assert paired_se(near, best) == pytest.approx(np.sqrt(10) / 400)  # McNemar's, from the 10 that differ
     assert best_trial([best, near, far]) is best  # the default: the best on validation
     assert best_trial([best, near, far], ties="grow") is near
@@ -305,17 +309,11 @@ def test_ties_lossless_commits_a_lossy_head_only_when_it_beats_the_exact_ones_be
             "val_nll": 0.4 - right.mean() / 10 if nll is None else nll, "params": params,
             "val_correct": pack_correct(right), "lossless": lossless})
 
-    def gain(right, gained, lost=0):
-        out = right.copy()
-        out[np.flatnonzero(~right)[:gained]] = True
-        out[np.flatnonzero(right)[:lost]] = False
-        return out
-
     fast = trial(base, 1_000)
     tap = trial(base, 1_600, nll=0.2)  # exact too, same accuracy, lower log-loss
-    slight = trial(gain(base, 6, 2), 1_200, lossless=False)  # 4 images ahead, 8 differ: 1.4 standard errors
-    clear = trial(gain(base, 20), 1_500, lossless=False)  # 20 ahead, none behind: 4.5 standard errors
-    exact_gain = trial(gain(base, 3), 1_100)  # exact, 3 ahead: the best of the exact ones
+    slight = trial(_flip(base, 2, 6), 1_200, lossless=False)  # 4 images ahead, 8 differ: 1.4 standard errors
+    clear = trial(_flip(base, 0, 20), 1_500, lossless=False)  # 20 ahead, none behind: 4.5 standard errors
+    exact_gain = trial(_flip(base, 0, 3), 1_100)  # exact, 3 ahead: the best of the exact ones
     assert best_trial([fast, slight]) is slight  # the default takes any gain
     assert best_trial([fast, slight], ties="lossless") is fast
     assert best_trial([fast, tap, slight], ties="lossless") is tap  # among the exact ones, the usual order
@@ -324,8 +322,8 @@ def test_ties_lossless_commits_a_lossy_head_only_when_it_beats_the_exact_ones_be
     assert best_trial([slight], ties="lossless") is slight  # no exact candidate finished: the best
     assert best_trial([fast, exact_gain], ties="lossless") is exact_gain  # the best exact: no change
     # a lossless candidate within noise lets the best lossless one win, even one further behind
-    lossy = trial(gain(base, 9), 1_300, lossless=False)
-    behind = trial(gain(base, 15, 15), 1_050)  # level on accuracy with base, 30 images differ: within noise
+    lossy = trial(_flip(base, 0, 9), 1_300, lossless=False)
+    behind = trial(_flip(base, 15, 15), 1_050)  # level on accuracy with base, 30 images differ: within noise
     assert best_trial([lossy, exact_gain, behind], ties="lossless") is exact_gain
     legacy = optuna.trial.create_trial(values=[float(base.mean())], user_attrs={  # recorded before `lossless`
         "val_nll": 0.3, "params": 900, "val_correct": pack_correct(base)})

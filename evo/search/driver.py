@@ -396,7 +396,7 @@ def cheapest_training(grown, inc, parent_meta: dict[str, Any], cand: Candidate, 
 
 
 FAST_PATH = "no-growth fast path"  # the enqueued candidate that keeps the parent's features and exact head
-KEEP_Z = 2.0  # `ties: lossless`: a lossy candidate must beat the lossless ones by this many paired standard errors
+LOSSLESS_Z = 2.0  # `ties: lossless`: a lossy candidate must beat the lossless ones by this many paired standard errors
 NLL_TIE = 1e-4  # validation log-losses this close (relative) come from the same function up to rounding
 NLL_FLOOR = 1e-9  # below this a log-loss is 0 up to rounding: every image certain, nothing to compare
 
@@ -414,7 +414,7 @@ def best_trial(done: list, ties: str = "best") -> Any:
     `ties="lossless"` (`ties: lossless`): a candidate whose head was refit from the exemplar memory (the
     old images' statistics lost: a widened tapped block, fine-tuning without a store) wins only if it
     beats every candidate whose head is still the exact solve over everything seen (the fast path, a
-    spare tap, `evo_latent` on a store) by more than KEEP_Z paired standard errors; otherwise the best of
+    spare tap, `evo_latent` on a store) by more than LOSSLESS_Z paired standard errors; otherwise the best of
     the lossless ones does (by the default order). Strategies say which heads are exact (`exact_head`);
     gradient strategies that train the head count as lossy. The loss is permanent and shows on old
     classes that a few dozen validation images per class barely sample, and the winner among
@@ -427,7 +427,7 @@ def best_trial(done: list, ties: str = "best") -> Any:
     best = min(same, key=lambda t: (_size(t), _nll(t), t.number))
     if ties == "lossless" and not _lossless(best):
         exact = [t for t in done if _lossless(t)]
-        return best_trial(exact) if any(within_noise(t, best, z=KEEP_Z) for t in exact) else best
+        return best_trial(exact) if any(within_noise(t, best, z=LOSSLESS_Z) for t in exact) else best
     if ties != "grow":
         return best
     near = [t for t in done if within_noise(t, best)]

@@ -128,7 +128,8 @@ class Evo(Strategy):
             )
         self.head_.to(ctx.device)  # statistics in fp64 on the learner's device (state_dict is CPU)
         head = head_taps(graph)
-        info: dict[str, Any] = {"feature_dim": None, "rebuilt_from_memory": False}
+        # exact_head: the head is the joint solve over everything seen, not a refit that lost images
+        info: dict[str, Any] = {"feature_dim": None, "rebuilt_from_memory": False, "exact_head": True}
         seen_before = int(self.head_.n_samples_ or 0)
         layout = self._kept_layout(ctx, head, info)
         if layout is None:  # no usable statistics: start over on the head's taps plus the spare ones
@@ -147,7 +148,7 @@ class Evo(Strategy):
                               self.options.batch_size, fpi, ctx.progress, "features (memory)", ctx.device)
             self._absorb(mem, ctx.memory.labels, len(ctx.classes), ctx)
             info["rebuilt_from_memory"] = True
-            info["memory_held_all"] = len(ctx.memory) >= seen_before  # the rebuild then lost nothing
+            info["exact_head"] = len(ctx.memory) >= seen_before  # the memory held everything seen
         feats = run_batches(net, ctx.images, ctx.preprocess, _features, ctx.meter,
                             self.options.batch_size, fpi, ctx.progress, f"features (increment {ctx.index})",
                             ctx.device)
@@ -165,10 +166,8 @@ class Evo(Strategy):
         out.set_params(out.head, weight=(scale * weight).to("cpu", dtype), bias=(scale * bias).to("cpu", dtype))
         out.meta["head_scale"] = scale
         out.meta[LAYOUT_KEY] = to_meta(layout)
-        # exact_head: the head is the joint solve over everything seen, not a refit from the exemplars
         info.update(feature_dim=d, statistics_dim=self.head_.n_features_in_, ridge=lam,
-                    n_samples=self.head_.n_samples_, head_scale=scale,
-                    exact_head=not info["rebuilt_from_memory"] or info["memory_held_all"])
+                    n_samples=self.head_.n_samples_, head_scale=scale)
         return Result(out, feats, info)
 
     # -- cost -----------------------------------------------------------------------------------
