@@ -227,7 +227,11 @@ def test_search_ranks_on_validation_not_test(ray_cluster, tmp_path):
         top = max(t["val_accuracy"] for t in done)
         low = min(t["val_nll"] for t in done if t["val_accuracy"] == top)
         best = [t for t in done if t["val_accuracy"] == top and t["val_nll"] <= low * (1 + 1e-4) + 1e-12]
-        assert r.accuracy in {t["accuracy"] for t in best}  # the committed metrics are the chosen one's
+        meta = Run.open(tmp_path / "run").version_meta(r.version)
+        assert meta["trial"] in {t["number"] for t in best}  # the committed version is the chosen one,
+        chosen = next(t for t in best if t["number"] == meta["trial"])
+        # which then learned the held-out images (its test accuracy measured again after that)
+        assert meta["heldout"]["accuracy"] == r.accuracy and chosen["accuracy"] == meta["heldout"]["accuracy_before"]
 
 
 def test_ties_go_to_the_smaller_model_and_rounding_is_a_tie():
@@ -355,8 +359,8 @@ def test_search_tries_the_spare_tap_and_it_keeps_every_statistic(ray_cluster, tm
         assert trial["lossless"] is True
         _, state, _ = load_candidate(Path(trial["out_dir"]))
         assert int(state["strategy.head.n_samples"][0]) == sum(seen)  # exact: round 0's images all count
-    _, _, state = Run.open(tmp_path / "run").load_version(2)
-    assert int(state["strategy.head.n_samples"][0]) == sum(seen)
+    _, _, state = Run.open(tmp_path / "run").load_version(2)  # it learned the held-out images after the choice
+    assert int(state["strategy.head.n_samples"][0]) == sum(len(stream[i].train) for i in (0, 1))
 
 
 def test_a_candidate_is_never_evaluated_twice(ray_cluster, tmp_path):

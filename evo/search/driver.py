@@ -21,6 +21,7 @@ import optuna
 from evo.errors import EvoError
 from evo.runs import Run
 from evo.search import pricing
+from evo.search.absorb import LEARNED_KEY
 from evo.search.candidate import Candidate, candidate_sites, growth_base, suggest_candidate
 from evo.search.executor import Executor, RayExecutor
 from evo.search.round_state import InFlight, RoundState
@@ -70,6 +71,8 @@ class Driver:
         self.cpus = cpus_per_candidate
         self.gpus = gpus_per_candidate
         self._staged = None  # the round's pending latent part (evo.search.latents.Staged)
+        self._n_forget = 0  # held-out images the parent learned, which each candidate takes out again
+        self._n_held = 0  # the round's held-out images (every increment's so far), learned after the choice
 
     @property
     def _cut(self) -> str | None:
@@ -95,11 +98,14 @@ class Driver:
 
     def round(self, index: int, stream) -> RoundResult:
         """One growth round: ask, price, admit (RoundState), dispatch (the executor), tell, commit."""
+        from evo.search.absorb import n_forgotten
         from evo.search.scenario import validation_split
 
         parent_version = self.run_dir.latest()
         parent, parent_meta, _ = self.run_dir.load_version(parent_version)
-        inc, _ = validation_split(stream, index, self.space.validation_per_class)
+        inc, held = validation_split(stream, index, self.space.validation_per_class)
+        self._n_held = len(held)
+        self._n_forget = n_forgotten(stream, parent_meta, self.space.validation_per_class, inc.classes_so_far)
         base = growth_base(parent, parent_meta, self.space)
         policy = self.space.policy
         study = self._study(index, policy)
@@ -108,6 +114,7 @@ class Driver:
         joint = pricing.joint_flops(parent, stream, index, self.space)
         budget = pricing.budget_flops(self.space, joint, parent)
         state = self._state(study, budget, policy)
+        state.reserved = self._heldout_reserve(base, parent_meta, len(inc.classes_so_far))
         self._staged = self._stage_latents(index, parent_version, base, inc)
         if self._staged is not None:  # the round's shared pass below the cut, charged once
             state.spent += self._staged.flops
@@ -191,7 +198,8 @@ class Driver:
                 from evo.learn.latent import check_growth
 
                 check_growth(base, grown, self._cut, self.space.scenario.get("source"))
-            price = pricing.candidate_flops(grown, inc, parent_meta, cand, self.space, seen_before, cut=self._cut)
+            price = pricing.candidate_flops(grown, inc, parent_meta, cand, self.space, seen_before, cut=self._cut,
+                                            n_forget=self._n_forget)
         except EvoError as e:
             state.invalid()
             trial.set_user_attr("fail_reason", f"invalid candidate: {e}")
@@ -210,6 +218,10 @@ class Driver:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             retried = self._retry_cheaper(study, trial, cand, grown, inc, parent_meta, seen_before, price)
             if state.stuck() and not retried:
+                if state.release():
+                    self.say("  no candidate fits beside the reserve for learning the held-out images after the "
+                             "choice: the reserve goes to the candidates")
+                    return
                 raise BudgetError(f"no candidate fits the round's budget of {state.budget:.3g} FLOPs (the last one "
                                   f"priced {price:.3g}); raise budget.{self.space.budget[0]} in the space")
             return
@@ -227,7 +239,8 @@ class Driver:
         if not label or label.endswith(CHEAPEST):
             return False
         try:
-            cheaper = cheapest_training(grown, inc, parent_meta, cand, self.space, seen_before, self._cut)
+            cheaper = cheapest_training(grown, inc, parent_meta, cand, self.space, seen_before, self._cut,
+                                        self._n_forget)
         except EvoError:  # a knob value this candidate cannot price: no retry, the round goes on
             return False
         if not cheaper or cheaper[1] >= price:
@@ -285,6 +298,47 @@ class Driver:
                  f"{result['flops'] / 1e9:8.1f} GFLOPs  {result['seconds']:6.1f}s")
         return int(result["flops"])
 
+    def _heldout_reserve(self, base, parent_meta: dict[str, Any], n_classes: int) -> int:
+        """The budget held back for learning the held-out images after the choice: their price on the
+        round's base graph (0 where the space never learns them)."""
+        from evo.search.absorb import learns_heldout
+
+        strategy = self.space.training.get("strategy")
+        names = strategy.values() if strategy is not None else ["evo"]
+        if self.space.validation != "learn" or not any(learns_heldout({"strategy": n}) for n in names):
+            return 0
+        fixed = {k: r.values()[0] for k, r in self.space.training.items() if len(r.values()) == 1}
+        return pricing.heldout_flops(base, self._n_held, n_classes, fixed, first=parent_meta.get("increment") is None)
+
+    def _learn_heldout(self, best, cand: Candidate, index: int, room: float) -> dict[str, Any]:
+        """The chosen candidate learns the round's held-out images (`evo.search.absorb`), run by the executor
+        like a candidate, if its price fits the `room` left in the budget; returns what that did ({} where
+        the space or the candidate's strategy does not). A failure costs the round nothing: the candidate
+        is committed as it was chosen, and the version says why."""
+        import evo.graph as eg
+        from evo.search.absorb import learns_heldout
+
+        if self.space.validation != "learn" or not learns_heldout(cand.training):
+            return {}
+        graph = eg.load(Path(best.user_attrs["out_dir"]))
+        price = pricing.heldout_flops(graph, self._n_held, len(graph.classes), cand.training)
+        if price > room:
+            why = f"not learned: needs {price:.3g} FLOPs, {max(room, 0):.3g} left in the round's budget"
+            self.say(f"  the held-out images were {why}")
+            return {"skipped": why}
+        task = {"kind": "learn_heldout", "run_dir": str(self.run_dir.path), "space": self.space.to_dict(),
+                "increment": index, "training": cand.training, "candidate_dir": best.user_attrs["out_dir"],
+                "out_dir": best.user_attrs["out_dir"] + "-heldout"}
+        _, outcome = self.executor.wait_one([self.executor.submit(task, f"r{index}-heldout", self.cpus, self.gpus)])
+        if isinstance(outcome, BaseException):
+            reason = _failure_reason(outcome)
+            self.say(f"  the held-out images were not learned ({reason}); the candidate is committed as chosen")
+            return {"error": reason}
+        self.say(f"  the chosen candidate learned the {outcome['images']} held-out validation images: "
+                 f"test accuracy {outcome['accuracy_before']:.4f} → {outcome['accuracy']:.4f} "
+                 f"({outcome['flops'] / 1e9:.1f} GFLOPs)")
+        return outcome
+
     def _history_metrics(self, row: list[float] | None) -> dict[str, Any]:
         """Forgetting, BWT and average incremental accuracy over the lineage, with this round's row appended."""
         from evo.learn.metrics import AccuracyMatrix
@@ -328,9 +382,11 @@ class Driver:
             raise EvoError(f"round {index}: no candidate finished ({'; '.join(reasons)[:300]}); details in "
                            f"{self.run_dir.path / 'metrics' / f'round_{index}.json'}")
         best = best_trial(done, self.space.ties)
-        out_dir = Path(best.user_attrs["out_dir"])
-        graph, state, report = load_candidate(out_dir)
         cand = Candidate(**best.user_attrs["candidate"])
+        heldout = self._learn_heldout(best, cand, index, budget - spent)
+        out_dir = Path(heldout["out_dir"] if heldout.get("out_dir") else best.user_attrs["out_dir"])
+        graph, state, report = load_candidate(out_dir)
+        spent += int(heldout.get("flops", 0))
         trials = [{"number": t.number, "state": t.state.name, "values": t.values, **t.user_attrs}
                   for t in study.trials]
         lost = sum(int(t.user_attrs.get("lost_flops", 0)) for t in study.trials)
@@ -346,8 +402,10 @@ class Driver:
             "metrics": metrics,
             "cost": {"flops": spent, "seconds": timing["seconds"], "budget_flops": budget, "joint_flops": joint,
                      "joint_ratio": spent / joint if joint else None, "chosen_flops": best.user_attrs.get("flops"),
-                     "lost_flops": lost},
+                     "heldout_flops": int(heldout.get("flops", 0)), "lost_flops": lost},
             "preprocess": graph.meta.get("preprocess"), **latent_meta, **(report.get("corrections") or {}),
+            **({"heldout": {k: v for k, v in heldout.items() if k != "out_dir"}} if heldout else {}),
+            **({LEARNED_KEY: list(range(index + 1))} if heldout.get("out_dir") else {}),
         }, state=state, extra_dirs={"latents": staged.folder} if staged is not None else None)
         if staged is not None:
             from evo.search.latents import drop_pending
@@ -376,12 +434,12 @@ CHEAPEST = " (cheapest training)"
 
 
 def cheapest_training(grown, inc, parent_meta: dict[str, Any], cand: Candidate, space: SearchSpace,
-                      seen_before: int, cut: str | None) -> tuple[dict[str, Any], int] | None:
+                      seen_before: int, cut: str | None, n_forget: int = 0) -> tuple[dict[str, Any], int] | None:
     """The training knobs that make `cand` cheapest (each knob at the end of its range that prices lowest,
     one knob at a time; knobs that do not change the price, such as lr, keep their value), and that price."""
     def price(training: dict[str, Any]) -> int:
         return pricing.candidate_flops(grown, inc, parent_meta, Candidate(cand.growth, training), space,
-                                       seen_before, cut=cut)
+                                       seen_before, cut=cut, n_forget=n_forget)
 
     best = dict(cand.training)
     best_price, changed = price(best), {}

@@ -47,11 +47,11 @@ class InProcessExecutor:
         return self._next
 
     def wait_one(self, handles: Sequence[Hashable]) -> tuple[Hashable, Any]:
-        from evo.search.worker import evaluate
+        from evo.search.worker import run_task
 
         handle = handles[0]
         task = self._tasks.pop(handle)  # type: ignore[call-overload]
         try:
-            return handle, evaluate(task)
+            return handle, run_task(task)
         except Exception as e:  # noqa: BLE001 - contained like a failed Ray task
             return handle, e

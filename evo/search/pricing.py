@@ -23,12 +23,13 @@ def _per_image(graph: ArchGraph, backward: bool) -> int:
 
 
 def candidate_flops(grown: ArchGraph, inc, parent_meta: dict[str, Any], cand, space,
-                    seen_before: int | None = None, cut: str | None = None) -> int:
+                    seen_before: int | None = None, cut: str | None = None, n_forget: int = 0) -> int:
     """What learning `inc` with this candidate may cost, in FLOPs (an upper bound of the measured cost):
     the candidate's strategy prices its own work (`Strategy.price`).
 
     `seen_before` (training images of the earlier increments) bounds the exemplar memory's fill and the
-    stored latents; `cut`: the latent store's cut node (the pass below it is priced once per round).
+    stored latents; `cut`: the latent store's cut node (the pass below it is priced once per round);
+    `n_forget`: held-out images the parent learned, which the candidate takes out again.
     """
     from evo.learn.strategies import Workload, make_strategy, split_settings
 
@@ -38,8 +39,20 @@ def candidate_flops(grown: ArchGraph, inc, parent_meta: dict[str, Any], cand, sp
     if seen_before is not None:
         m = min(m, seen_before)
     work = Workload(n_train=len(inc.train), n_classes=len(inc.classes_so_far), n_memory=m,
-                    n_seen=seen_before or 0, first=first, grown=bool(cand.growth), cut=cut)
+                    n_seen=seen_before or 0, first=first, grown=bool(cand.growth), cut=cut, n_forget=n_forget)
     return make_strategy(name, **options).price(grown, work)
+
+
+def heldout_flops(graph: ArchGraph, n_images: int, n_classes: int, training: dict[str, Any],
+                  first: bool = False) -> int:
+    """What learning `n_images` held-out images into a committed version's head costs
+    (`evo.search.absorb`): the `evo` strategy's price for them (with `training`'s evo options), no
+    memory and no rebuild; `first`: `graph` is not prepared yet (round 0 prices the imported model)."""
+    from evo.learn.strategies import Workload, make_strategy, split_settings
+
+    _, options = split_settings({**training, "strategy": "evo"})
+    work = Workload(n_train=n_images, n_classes=n_classes, first=first)
+    return make_strategy("evo", **options).price(graph, work)
 
 
 def joint_flops(parent: ArchGraph, stream, index: int, space) -> float:

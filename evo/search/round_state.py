@@ -6,6 +6,8 @@ Rules:
 - a candidate that repeats one already evaluated (same computation) is skipped, using no slot or budget;
 - one that does not fit is pruned and uses no slot; after `max_streak` skips or prunes in a row with
   nothing running and nothing done, the round cannot afford any candidate (BudgetError);
+- `reserved` is held back for the chosen candidate's learning of the held-out images
+  (`evo.search.absorb`); a round that cannot afford a single candidate releases it first;
 - work lost to a killed driver is not spent (see `evo.search.driver.spent_flops`).
 """
 
@@ -39,10 +41,17 @@ class RoundState:
     streak: int = 0  # skips and prunes since the last start
     seen: dict[str, int] = field(default_factory=dict)  # candidate key → trial number that evaluated it
     in_flight: dict[Hashable, InFlight] = field(default_factory=dict)
+    reserved: int = 0  # held back for the winner's learning of the held-out images, after the choice
 
     def room(self) -> float:
-        """Budget not yet spent nor reserved by a running candidate."""
-        return self.budget - self.spent - sum(f.price for f in self.in_flight.values())
+        """Budget not yet spent nor reserved (by a running candidate, or for after the choice)."""
+        return self.budget - self.spent - self.reserved - sum(f.price for f in self.in_flight.values())
+
+    def release(self) -> bool:
+        """Give the reserve back to the candidates (a round that cannot afford one otherwise); returns
+        whether there was one. The proposals start counting again."""
+        had, self.reserved, self.streak = self.reserved > 0, 0, 0
+        return had
 
     def can_start(self) -> bool:
         return (self.started < self.slots and len(self.in_flight) < self.concurrency

@@ -41,14 +41,22 @@ def validation_split(stream: scenarios.Stream, index: int, per_class: int) -> tu
     a round's choice never looks at the test split. The same split is made in every worker.
     """
     inc = stream[index]
-    held: list[ImageSet] = []
-    fit = inc.train
-    for j in range(index + 1):
-        train_j = stream[j].train
-        counts = [c for c in train_j.class_counts().values() if c]
-        fraction = min(per_class / max(min(counts), 1), 0.2) if counts else 0.0
-        fit_j, val_j = holdout_split(train_j, fraction, seed=10_007 + j)
-        held.append(val_j.relabel(inc.classes_so_far))
-        if j == index:
-            fit = fit_j
-    return dataclasses.replace(inc, train=fit), concat(held)
+    fit, _ = _holdout(stream, index, per_class)
+    return dataclasses.replace(inc, train=fit), heldout(stream, range(index + 1), per_class, inc.classes_so_far)
+
+
+def heldout(stream: scenarios.Stream, increments, per_class: int, classes: list[str]) -> ImageSet:
+    """The validation images held out of `increments` (`validation_split`'s), labelled over `classes`.
+
+    A committed version learns its round's held-out images after the choice (`evo.search.absorb`), and
+    later rounds take them out of their candidates' statistics again, so that validation stays unseen."""
+    return concat([_holdout(stream, j, per_class)[1].relabel(classes) for j in increments])
+
+
+def _holdout(stream: scenarios.Stream, j: int, per_class: int) -> tuple[ImageSet, ImageSet]:
+    """Increment j's training images split into (fit, validation): `per_class` images per class, at most
+    a fifth of its smallest class, seeded by j."""
+    train_j = stream[j].train
+    counts = [c for c in train_j.class_counts().values() if c]
+    fraction = min(per_class / max(min(counts), 1), 0.2) if counts else 0.0
+    return holdout_split(train_j, fraction, seed=10_007 + j)

@@ -21,6 +21,7 @@ OBJECTIVES = ("accuracy", "params")
 BUDGET_KINDS = ("fraction_of_joint", "flops", "seconds")
 POLICIES = ("search", "random", "fast_path")  # the search, and the two baselines it must beat
 TIES = ("best", "grow", "lossless")  # which candidate wins when validation cannot tell them apart (`best_trial`)
+VALIDATION = ("learn", "hold_out")  # whether the committed version learns the held-out images after the choice
 
 
 class SpaceError(ConfigError):
@@ -74,7 +75,8 @@ class SearchSpace:
     path always tried), 'random' (one random growth, committed unjudged) or 'fast_path' (never grow);
     the last two are the baselines the search is measured against. Candidates are ranked on
     `validation_per_class` images per class held out of each increment's training data, never on the
-    test split. `min_ops: 1` spends every sampled trial on growth: the round's no-growth candidates are the
+    test split; with `validation: learn` (the default) the committed version then learns them too
+    (`evo.search.absorb`), and later rounds take them out of their candidates' statistics again. `min_ops: 1` spends every sampled trial on growth: the round's no-growth candidates are the
     enqueued ones, so Optuna's draws go to architectures rather than to training variants of the parent."""
 
     name: str
@@ -91,6 +93,7 @@ class SearchSpace:
     policy: str = "search"
     min_ops: int = 0  # every sampled candidate grows at least this much (the enqueued no-growth ones still run)
     validation_per_class: int = 100
+    validation: str = "learn"  # 'learn': the committed version learns the held-out images after the choice
     ties: str = "best"  # 'grow': within noise of the best, the largest wins; 'lossless': an exact head
     latents: Any = None  # evo.learn.latent.StoreConfig, or None (`latents: none`: today's behaviour)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
@@ -102,7 +105,7 @@ class SearchSpace:
 _MODEL_KEYS = {"name", "input_size", "pretrained", "options"}
 _TOP_KEYS = {"name", "scenario", "model", "memory", "operators", "max_ops", "min_ops", "training", "budget", "trials",
              "concurrency", "objective", "description", "policy", "validation_per_class", "latents",
-             "ties"}
+             "ties", "validation"}
 
 
 def load_space(path: str | Path) -> SearchSpace:
@@ -199,6 +202,11 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
         raise SpaceError("ties: grow prefers the larger of two tied candidates and objective [accuracy, params] the "
                          "smaller; drop one of them")
 
+    validation = doc.get("validation", "learn")
+    if validation not in VALIDATION:
+        raise SpaceError(f"validation must be one of {', '.join(VALIDATION)}; got {validation!r} ('learn': the "
+                         "committed version learns the round's held-out images after the choice; 'hold_out': never)")
+
     latents = _latents(doc.get("latents"), training)
     max_ops, min_ops = _positive_int(doc, "max_ops", 1, minimum=0), _positive_int(doc, "min_ops", 0, minimum=0)
     if min_ops > max_ops:
@@ -221,6 +229,7 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
         policy=policy,
         validation_per_class=_positive_int(doc, "validation_per_class", 100),
         ties=ties,
+        validation=validation,
         latents=latents,
         raw=doc,
     )

@@ -48,6 +48,16 @@ def task_device(task: dict[str, Any]) -> str:
     return "cuda" if gpus and torch.cuda.is_available() else "cpu"
 
 
+def run_task(task: dict[str, Any]) -> dict[str, Any]:
+    """What an executor runs: a candidate (`evaluate`), or the winner learning the held-out images
+    (`kind: learn_heldout`, `evo.search.absorb.learn_heldout`)."""
+    if task.get("kind") == "learn_heldout":
+        from evo.search.absorb import learn_heldout
+
+        return learn_heldout(task)
+    return evaluate(task)
+
+
 def evaluate(task: dict[str, Any]) -> dict[str, Any]:
     """Apply the candidate's growth to the parent, learn the increment, save the child; return its results."""
     from evo.runs import Run
@@ -75,9 +85,12 @@ def evaluate(task: dict[str, Any]) -> dict[str, Any]:
 
         learner.use_latents(open_store(run.path, task["parent_version"], space.latents, pending=Path(task["latents"])))
     from evo.active.rounds import for_round
+    from evo.search.absorb import forget_heldout
 
     fixes = for_round(run, task["parent_version"], inc.train.image_size)  # the user's corrections join the data
-    report = learner.learn(inc, corrections=fixes.learn, forget=fixes.forget)
+    # what the parent learned of the held-out images comes out again: candidates are scored on unseen ones
+    forget = forget_heldout(stream_for(space), meta, space.validation_per_class, inc.classes_so_far, fixes.forget)
+    report = learner.learn(inc, corrections=fixes.learn, forget=forget)
     val_accuracy, val_nll, val_correct = validation_scores(learner, validation) if len(validation) \
         else (report.accuracy, 0.0, "")
     child, child_state = learner.graph_, learner.state_dict()
@@ -160,7 +173,7 @@ def load_candidate(out_dir: Path):
 
 
 def evaluate_remote(task: dict[str, Any], cpus: float, gpus: float | None, name: str):
-    """Submit `evaluate` as a Ray task with its resources and a readable name for the dashboard."""
+    """Submit `run_task` as a Ray task with its resources and a readable name for the dashboard."""
 
     remote = _remote_fn()
     opts: dict[str, Any] = {"num_cpus": cpus, "name": name, "max_retries": 0}
@@ -178,5 +191,5 @@ def _remote_fn():
     if _REMOTE is None:
         import ray
 
-        _REMOTE = ray.remote(evaluate)
+        _REMOTE = ray.remote(run_task)
     return _REMOTE

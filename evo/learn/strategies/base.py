@@ -77,6 +77,7 @@ class Workload:
     first: bool = False
     grown: bool = False
     cut: str | None = None  # the latent store's cut node, when the run keeps one
+    n_forget: int = 0  # images learned earlier that the statistics take out again (one forward pass each)
 
 
 @dataclass

@@ -175,15 +175,16 @@ class Evo(Strategy):
     def price(self, graph: ArchGraph, work: Workload) -> int:
         """One forward over the increment (its features also feed the memory), the statistics and
         the GCV walk at its cap; after growth, old and new features compared on a few exemplars
-        and the statistics possibly rebuilt from memory. The full forward is charged where only the
-        features run, and the statistics' spare taps only add pooling (far inside the GCV slack)."""
+        and the statistics possibly rebuilt from memory; a forward per image taken out again
+        (`Workload.n_forget`). The full forward is charged where only the features run, and the
+        statistics' spare taps only add pooling (far inside the GCV slack)."""
         return self._fast_price(self.prepare(graph) if work.first else graph, work)
 
     def _fast_price(self, g: ArchGraph, work: Workload) -> int:
         fwd = g.flops(batch=1) + head_growth_flops(g, work.n_classes)
         d = max(g.attrs(g.head)["in_features"], self.statistics_width(g))
         rebuilt = 2 * work.n_memory + 2 * VERIFY_IMAGES if work.grown else 0
-        return int(fwd * (work.n_train + rebuilt) + self._solve_price(work, d))
+        return int(fwd * (work.n_train + work.n_forget + rebuilt) + self._solve_price(work, d))
 
     @staticmethod
     def _solve_price(work: Workload, d: int) -> int:
