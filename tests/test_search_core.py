@@ -3,6 +3,8 @@ run by the in-process executor on a real journal and real data."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 import pytest
 
@@ -185,3 +187,19 @@ def test_a_candidate_that_must_grow_but_finds_no_site_is_invalid_not_a_silent_no
     # every widen group lies below a cut at the MLP's activation: nothing to widen above it
     with pytest.raises(InvalidSiteError, match=r"widen has no site above the latent cut.*min_ops 1"):
         suggest_candidate(study.ask(), space, graph, min_ops=1, cut="fc_relu")
+
+
+def test_standard_candidates_train_with_the_strategys_recipe_where_the_range_admits_it():
+    """The enqueued candidates a round counts on take their strategy's defaults; a knob whose default is
+    outside the space's range stays sampled (Optuna's trials explore the ranges either way)."""
+    from evo.learn.strategies import option_defaults
+    from evo.search import load_space
+    from evo.search.driver import _fast_path_params, _recipe_params
+    from evo.search.space import parse_space
+
+    space = load_space(Path(__file__).resolve().parents[1] / "search_spaces" / "capacity_small_cnn.yaml")
+    d = option_defaults("evo_latent")
+    assert _recipe_params(space, _fast_path_params(space)) == {
+        "train_epochs": d["epochs"], "train_lr": d["lr"], "train_replay": d["replay"]}
+    doc = {**space.raw, "training": {**space.raw["training"], "lr": {"low": 0.002, "high": 0.01}, "epochs": [3, 4]}}
+    assert _recipe_params(parse_space(doc), {}) == {"train_replay": d["replay"]}

@@ -140,11 +140,14 @@ def _search(args) -> dict:
         wall = time.perf_counter() - t0
         run = Run.open(Path(tmp) / "run")
         meta = run.version_meta(run.versions()[-1])
+        # what the winners' learning of the held-out images cost (inside tflops)
+        heldout = sum(int(run.version_meta(v).get("cost", {}).get("heldout_flops") or 0) for v in run.versions())
     return {"final_accuracy": results[-1].accuracy, "accuracy": [r.accuracy for r in results],
             "average_incremental_accuracy": meta["metrics"].get("average_incremental_accuracy"),
             "forgetting": results[-1].forgetting, "tflops": sum(r.flops_spent for r in results) / 1e12,
             "wall_seconds": wall, "peak_mem_bytes": peak_rss_bytes(),
             "detail": {"space": args.space.name, "trials": doc.get("trials"), "chosen": [r.chosen for r in results],
+                       "heldout_tflops": heldout / 1e12,
                        "peak_mem_note": "driver process only; Ray workers not included"}}
 
 

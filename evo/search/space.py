@@ -57,6 +57,14 @@ class Range:
             return cls(choices=tuple(spec))
         return cls(choices=(spec,))
 
+    def admits(self, value: Any) -> bool:
+        """Whether `value` is one this range can take (a choice, or inside the interval)."""
+        if self.choices is not None:
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.integer and not isinstance(value, int)):
+            return False
+        return self.low <= value <= self.high
+
     def values(self) -> tuple[Any, ...]:
         """Every value a trial can take (the interval's ends for a numeric range)."""
         return self.choices if self.choices is not None else (self.low, self.high)
