@@ -307,7 +307,8 @@ class Driver:
         if self.space.validation != "learn" or not any(learns_heldout({"strategy": n}) for n in names):
             return 0
         fixed = {k: r.values()[0] for k, r in self.space.training.items() if len(r.values()) == 1}
-        return pricing.heldout_flops(base, self._n_held, n_classes, fixed, first=parent_meta.get("increment") is None)
+        return pricing.heldout_flops(base, self._n_held, n_classes, fixed, self.space.memory,
+                                     first=parent_meta.get("increment") is None)
 
     def _learn_heldout(self, best, cand: Candidate, index: int, room: float) -> dict[str, Any]:
         """The chosen candidate learns the round's held-out images (`evo.search.absorb`), run by the executor
@@ -320,7 +321,7 @@ class Driver:
         if self.space.validation != "learn" or not learns_heldout(cand.training):
             return {}
         graph = eg.load(Path(best.user_attrs["out_dir"]))
-        price = pricing.heldout_flops(graph, self._n_held, len(graph.classes), cand.training)
+        price = pricing.heldout_flops(graph, self._n_held, len(graph.classes), cand.training, self.space.memory)
         if price > room:
             why = f"not learned: needs {price:.3g} FLOPs, {max(room, 0):.3g} left in the round's budget"
             self.say(f"  the held-out images were {why}")
@@ -336,7 +337,7 @@ class Driver:
         self.say(f"  the chosen candidate learned the {outcome['images']} held-out validation images: "
                  f"test accuracy {outcome['accuracy_before']:.4f} → {outcome['accuracy']:.4f} "
                  f"({outcome['flops'] / 1e9:.1f} GFLOPs)")
-        return outcome
+        return {**outcome, "price_flops": price}
 
     def _history_metrics(self, row: list[float] | None) -> dict[str, Any]:
         """Forgetting, BWT and average incremental accuracy over the lineage, with this round's row appended."""

@@ -186,9 +186,10 @@ class Evo(Strategy):
         rebuilt = 2 * work.n_memory + 2 * VERIFY_IMAGES if work.grown else 0
         return int(fwd * (work.n_train + work.n_forget + rebuilt) + self._solve_price(work, d))
 
-    @staticmethod
-    def _solve_price(work: Workload, d: int) -> int:
-        return ridge_flops(work.n_train + work.n_memory, d, work.n_classes, GCV_MAX_EVALS)
+    def _solve_price(self, work: Workload, d: int) -> int:
+        """The statistics and the solve: the GCV walk at its cap, or none at a fixed λ."""
+        evals = GCV_MAX_EVALS if self.options.ridge == "gcv" else 0
+        return ridge_flops(work.n_train + work.n_memory, d, work.n_classes, evals)
 
     # -- the statistics' layout ---------------------------------------------------------------
 
