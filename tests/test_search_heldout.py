@@ -62,12 +62,9 @@ def test_every_version_holds_every_image_and_candidates_are_scored_on_unseen_one
         assert meta["validation_learned"] == list(range(r.increment + 1))
         assert meta["heldout"]["images"] == sum(every[:r.increment + 1]) - sum(fit[:r.increment + 1])
         assert meta["metrics"]["accuracy"] == meta["heldout"]["accuracy"] == r.accuracy
-        # its cost is the round's, priced before it ran, inside the budget; one solve at the winner's λ
+        # its cost is the round's, priced before it ran, inside the budget
         assert meta["cost"]["heldout_flops"] == meta["heldout"]["flops"] > 0
         assert meta["heldout"]["flops"] <= meta["heldout"]["price_flops"]
-        chosen = next(t for t in r.trials if t["number"] == meta["trial"])
-        _, chosen_state, _ = load_candidate(Path(chosen["out_dir"]))
-        assert float(run.load_version(r.version)[2]["strategy.ridge"][0]) == float(chosen_state["strategy.ridge"][0])
         assert 0 < r.flops_spent <= r.budget_flops
         for t in r.trials:
             if t["state"] != "COMPLETE" or not t["lossless"]:

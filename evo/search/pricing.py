@@ -46,13 +46,12 @@ def candidate_flops(grown: ArchGraph, inc, parent_meta: dict[str, Any], cand, sp
 def heldout_flops(graph: ArchGraph, n_images: int, n_classes: int, training: dict[str, Any], n_memory: int = 0,
                   first: bool = False) -> int:
     """What learning `n_images` held-out images into a committed version's head costs
-    (`evo.search.absorb`): the `evo` strategy's price for them (with `training`'s evo options) at the
-    winner's own λ (one solve, no GCV walk) and no rebuild; the `n_memory` exemplars' stored features
-    join the calibration; `first`: `graph` is not prepared yet (round 0 prices the imported model)."""
+    (`evo.search.absorb`): the `evo` strategy's price for them (with `training`'s evo options), no
+    rebuild; the `n_memory` exemplars' stored features join the calibration; `first`: `graph` is not
+    prepared yet (round 0 prices the imported model)."""
     from evo.learn.strategies import Workload, make_strategy, split_settings
 
     _, options = split_settings({**training, "strategy": "evo"})
-    options["ridge"] = 1.0 if options.get("ridge", "gcv") == "gcv" else options["ridge"]  # any fixed λ: one solve
     work = Workload(n_train=n_images, n_classes=n_classes, n_memory=n_memory, first=first)
     return make_strategy("evo", **options).price(graph, work)
 
