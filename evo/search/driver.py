@@ -318,7 +318,7 @@ class Driver:
         import evo.graph as eg
         from evo.search.absorb import learns_heldout
 
-        if self.space.validation != "learn" or not learns_heldout(cand.training):
+        if self.space.validation != "learn" or not self._n_held or not learns_heldout(cand.training):
             return {}
         graph = eg.load(Path(best.user_attrs["out_dir"]))
         price = pricing.heldout_flops(graph, self._n_held, len(graph.classes), cand.training, self.space.memory)
