@@ -118,6 +118,8 @@ def test_bad_validation_value_is_named():
 
 
 def test_the_reserve_is_released_when_no_candidate_fits_beside_it():
+    state = RoundState(budget=100, slots=3, concurrency=2, max_streak=2, reserved=30)
+    assert state.admit("fast", 90, standard=True) == "start"  # a standard candidate may use the reserve
     state = RoundState(budget=100, slots=2, concurrency=1, max_streak=2, reserved=30)
     assert state.room() == 70 and state.admit("a", 80) == "over_budget"
     assert state.release() and state.room() == 100 and state.streak == 0

@@ -205,8 +205,9 @@ class Driver:
             trial.set_user_attr("fail_reason", f"invalid candidate: {e}")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
-        room = state.room()
-        admission = state.admit(cand.key(), price)
+        standard = "enqueued" in trial.user_attrs
+        room = state.room() + (state.reserved if standard else 0)
+        admission = state.admit(cand.key(), price, standard=standard)
         if admission == "duplicate":  # the same computation again: not worth a trial or any budget
             trial.set_user_attr("fail_reason", f"duplicate of trial {state.seen[cand.key()]}")
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -333,7 +334,7 @@ class Driver:
         if isinstance(outcome, BaseException):
             reason = _failure_reason(outcome)
             self.say(f"  the held-out images were not learned ({reason}); the candidate is committed as chosen")
-            return {"error": reason}
+            return {"error": reason, "flops": price}  # charged its price, as a failed candidate is
         self.say(f"  the chosen candidate learned the {outcome['images']} held-out validation images: "
                  f"test accuracy {outcome['accuracy_before']:.4f} → {outcome['accuracy']:.4f} "
                  f"({outcome['flops'] / 1e9:.1f} GFLOPs)")
@@ -552,7 +553,10 @@ def _recipe_params(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any]
     from evo.learn.strategies import option_defaults
 
     strategy = space.training.get("strategy")
-    name = params.get("train_strategy") or (strategy.values()[0] if strategy is not None else "evo")
+    name = params.get("train_strategy") or ("evo" if strategy is None else
+                                            strategy.values()[0] if len(strategy.values()) == 1 else None)
+    if name is None:  # the strategy is sampled: its knobs are too
+        return {}
     defaults = option_defaults(name)
     return {f"train_{k}": defaults[k] for k, r in space.training.items()
             if k != "strategy" and len(r.values()) > 1 and k in defaults and r.admits(defaults[k])}

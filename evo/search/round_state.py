@@ -7,7 +7,8 @@ Rules:
 - one that does not fit is pruned and uses no slot; after `max_streak` skips or prunes in a row with
   nothing running and nothing done, the round cannot afford any candidate (BudgetError);
 - `reserved` is held back for the chosen candidate's learning of the held-out images
-  (`evo.search.absorb`); a round that cannot afford a single candidate releases it first;
+  (`evo.search.absorb`) from sampled candidates; a standard one may use it, and a round that cannot
+  afford a single candidate releases it;
 - work lost to a killed driver is not spent (see `evo.search.driver.spent_flops`).
 """
 
@@ -57,12 +58,14 @@ class RoundState:
         return (self.started < self.slots and len(self.in_flight) < self.concurrency
                 and self.streak < self.max_streak)
 
-    def admit(self, key: str, price: int) -> Admission:
-        """Whether a proposed candidate starts; updates the counters either way."""
+    def admit(self, key: str, price: int, standard: bool = False) -> Admission:
+        """Whether a proposed candidate starts; updates the counters either way. A `standard` candidate
+        (one the round enqueues on purpose, such as the fast path) may use the reserve: the round must
+        be able to run it, and the held-out images are then learned only if room is left."""
         if key in self.seen:
             self.streak += 1
             return "duplicate"
-        if price > self.room():
+        if price > self.room() + (self.reserved if standard else 0):
             self.streak += 1
             return "over_budget"
         self.streak = 0

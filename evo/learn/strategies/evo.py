@@ -148,7 +148,9 @@ class Evo(Strategy):
                               self.options.batch_size, fpi, ctx.progress, "features (memory)", ctx.device)
             self._absorb(mem, ctx.memory.labels, len(ctx.classes), ctx)
             info["rebuilt_from_memory"] = True
-            info["exact_head"] = len(ctx.memory) >= seen_before  # the memory held everything seen
+            # the memory held everything seen (less what this increment takes out: undone corrections,
+            # held-out validation images, which the memory never holds)
+            info["exact_head"] = len(ctx.memory) >= seen_before - (len(ctx.forget) if ctx.forget is not None else 0)
         feats = run_batches(net, ctx.images, ctx.preprocess, _features, ctx.meter,
                             self.options.batch_size, fpi, ctx.progress, f"features (increment {ctx.index})",
                             ctx.device)
