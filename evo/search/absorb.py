@@ -89,11 +89,8 @@ def learn_heldout(task: dict[str, Any]) -> dict[str, Any]:
     learner.memory_ = memory
     # the statistics and λ change; the memory, the increment count and any other strategy's state do not
     new_state = {**state, **{k: v for k, v in learner.state_dict().items() if k.startswith("strategy.")}}
+    summary = {"images": len(held), "flops": int(learned.cost.flops), "accuracy": float(learned.accuracy),
+               "accuracy_before": float(report["metrics"]["accuracy"])}
     metrics = {**report["metrics"], "accuracy": learned.accuracy, "row": learned.row}
-    out = {**report, "metrics": metrics, "heldout": {
-        "images": len(held), "flops": int(learned.cost.flops), "accuracy_before": report["metrics"]["accuracy"],
-        "increments": list(range(task["increment"] + 1))}}
-    save_candidate(Path(task["out_dir"]), learner.graph_, new_state, out)
-    return {"out_dir": task["out_dir"], "images": len(held), "flops": int(learned.cost.flops),
-            "accuracy": float(learned.accuracy), "accuracy_before": float(report["metrics"]["accuracy"]),
-            "seconds": time.perf_counter() - t0}
+    save_candidate(Path(task["out_dir"]), learner.graph_, new_state, {**report, "metrics": metrics, "heldout": summary})
+    return {**summary, "out_dir": task["out_dir"], "seconds": time.perf_counter() - t0}
