@@ -105,6 +105,31 @@ def test_statistics_recomputed_from_fp32_store_equal_a_fresh_pass() -> None:
     assert trained and not set(trained) & below  # layers above the cut trained; nothing below changed
 
 
+def test_balanced_replay_gives_every_old_class_what_the_increment_has_per_class() -> None:
+    """`replay: balanced`: each old class is replayed as often as the increment has images per class (all of
+    a class that has fewer), so the third increment of 2 new classes x 6 replays 6 of each of 4 old
+    classes; the price bounds it; a bad value is named."""
+    from evo.learn.strategies import Workload, make_strategy
+
+    g = evo.zoo.load("small_cnn")
+    classes = ["a", "b", "c", "d", "e", "f"]
+    learner = Learner(g, memory=8, strategy="evo_latent", progress=False, taps="features", epochs=1,
+                      replay="balanced", latents=StoreConfig(cut=1, codec="fp16"))
+    sizes = [10, 4, 6]
+    replayed = []
+    for k, n in enumerate(sizes):
+        replayed.append(learner.learn(_data(n, classes[2 * k: 2 * k + 2], k)).info["replayed"])
+    # increment 1: 4 per class, old classes have 10 each -> 2 x 4; increment 2: 6 per class: a, b (10 each)
+    # give 6 each, c, d (4 each) give all 4
+    assert replayed == [0, 8, 6 + 6 + 4 + 4]
+    price = make_strategy("evo_latent", replay="balanced", taps="features")
+    work = Workload(n_train=12, n_classes=6, n_seen=28, cut=learner.latents_.cut)
+    assert price.price(learner.graph_, work) >= make_strategy("evo_latent", replay=20 / 12, taps="features").price(
+        learner.graph_, work)
+    with pytest.raises(EvoError, match="replay must be a finite number >= 0 or 'balanced'"):
+        make_strategy("evo_latent", replay="lots")
+
+
 def test_evo_latent_without_a_store_is_refused() -> None:
     learner = Learner(evo.zoo.load("small_cnn"), strategy="evo_latent", progress=False, taps="features")
     with pytest.raises(EvoError, match="latent store"):

@@ -38,6 +38,8 @@ from evo.learn.strategies.evo import Evo, calibrate_scale
 from evo.learn.tracked import LAYOUT_KEY, head_map, head_taps, layout_width, map_features, to_meta
 from evo.learn.train import TrainConfig, fit, step_flops_per_image
 
+BALANCED = "balanced"  # `replay`: as many stored latents per old class as the increment has per class
+
 
 @register_strategy("evo_latent")
 class EvoLatent(Evo):
@@ -49,7 +51,10 @@ class EvoLatent(Evo):
     class Options(Evo.Options):
         """Evo's options plus training above the cut (`evo.learn.train.TrainConfig`: AdamW with cosine
         decay by default; `trainable` 'all' = every layer above the cut, or the head + last N blocks).
-        `replay`: stored latents replayed per increment image (class-balanced over the old classes).
+        `replay`: stored latents replayed per increment image (class-balanced over the old classes), or
+        'balanced': each old class gets as many as the increment brings per class, so that every class
+        seen weighs the same in training (in a class-incremental stream: all of the store; the cost
+        then grows with the data seen, like joint retraining above the cut).
         `noise`: std of the Gaussian noise added to training latents, relative to each batch's std.
         `gcv_evals`: cap of the GCV walk for the recomputed head (it starts at the last λ, where it
         usually stops after three evaluations); the provisional head before training uses that λ."""
@@ -61,7 +66,7 @@ class EvoLatent(Evo):
         weight_decay: float = 1e-4
         trainable: str | int = "all"
         train_batch_size: int = 64
-        replay: float = 1.0
+        replay: float | str = 1.0
         noise: float = 0.1
         gcv_evals: int = 6
         max_flops: int | None = None
@@ -71,8 +76,11 @@ class EvoLatent(Evo):
             super().__post_init__()
             for name in ("replay", "noise"):
                 v = getattr(self, name)
+                if name == "replay" and v == BALANCED:
+                    continue
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
-                    raise ConfigError(f"evo_latent option {name} must be a finite number >= 0; got {v!r}")
+                    also = f" or {BALANCED!r}" if name == "replay" else ""
+                    raise ConfigError(f"evo_latent option {name} must be a finite number >= 0{also}; got {v!r}")
             if isinstance(self.gcv_evals, bool) or not isinstance(self.gcv_evals, int) or self.gcv_evals < 3:
                 raise ConfigError(f"evo_latent option gcv_evals must be an int >= 3; got {self.gcv_evals!r}")
             self.train_config()
@@ -123,13 +131,21 @@ class EvoLatent(Evo):
         return Result(out, feats, info)
 
     def _replay(self, old: LatentRows, ctx: Context, n: int) -> LatentRows:
-        """`replay` × n stored rows, class-balanced over the old classes (all of a class if it has fewer)."""
-        want = min(len(old), int(round(self.options.replay * n)))
-        if not want:
+        """`replay` × n stored rows, class-balanced over the old classes (all of a class if it has fewer);
+        'balanced': n / (the increment's class count) per old class."""
+        if not len(old):
             return LatentRows([])
         names = old.label_names()
         rng = np.random.default_rng(self.options.seed + 7919 * ctx.index)
         by_class = [rng.permutation(np.flatnonzero(names == c)) for c in np.unique(names)]
+        if self.options.replay == BALANCED:  # a per-class quota: no class tops up another's shortfall
+            per_class = int(round(n / max(len(np.unique(np.asarray(ctx.labels))), 1)))
+            by_class = [idx[:per_class] for idx in by_class]
+            want = sum(len(idx) for idx in by_class)
+        else:
+            want = min(len(old), int(round(self.options.replay * n)))
+        if not want:
+            return LatentRows([])
         picked: list[int] = []
         depth = 0
         while len(picked) < want:  # round-robin over classes: balanced until a class runs out
@@ -214,7 +230,8 @@ class EvoLatent(Evo):
         layout = head + self.spare(g, head)
         fwd = net_flops(above if layout == head else tap_graph(above, layout))
         n, stored = work.n_train, work.n_seen
-        r = min(stored, int(round(self.options.replay * n)))
+        # 'balanced' is priced at its bound, every stored latent (what it replays in a class-incremental stream)
+        r = stored if self.options.replay == BALANCED else min(stored, int(round(self.options.replay * n)))
         cfg = self.options.train_config()
         train = cfg.epochs * (n + r) * step_flops_per_image(above, cfg.trainable)
         if cfg.max_flops is not None:
