@@ -125,6 +125,28 @@ def test_gcv_matches_brute_force_residuals() -> None:
     assert head.gcv_score(2.0) == pytest.approx(N * rss / (N - df) ** 2, rel=1e-9)
 
 
+def test_the_walks_choice_is_solved_once_and_only_while_the_statistics_stay() -> None:
+    """The GCV walk already solved at the λ it returns: solving there again costs nothing and gives the
+    same bits as a fresh factorisation; new data, a moved head or an unwalked λ pay the solve again."""
+    from evo.learn.cost import ridge_solve_flops
+
+    x, y = _data(5, n=200)
+    head = RidgeHead().fit(x[:150], y[:150])
+    lam, _ = head.gcv_walk()
+    assert head.solve_flops(lam) == 0 and head.solve_flops(lam * 1.01) == ridge_solve_flops(D + 1, C)
+    w, b = head.solve(lam)
+    fresh = RidgeHead().fit(x[:150], y[:150])
+    w2, b2 = fresh.solve(lam)
+    assert torch.equal(w, w2) and torch.equal(b, b2)
+    head.partial_fit(x[150:], y[150:])  # in place: the cached solution no longer describes the data
+    assert head.solve_flops(lam) == ridge_solve_flops(D + 1, C)
+    full = RidgeHead().fit(x, y)
+    assert torch.allclose(head.solve(lam)[0], full.solve(lam)[0], rtol=0, atol=1e-12)
+    head.gcv(lam)
+    head.to("cpu")
+    assert head.solve_flops(lam) > 0
+
+
 def test_gcv_does_not_mistake_rounding_for_a_perfect_fit_when_features_outnumber_samples() -> None:
     """With fewer samples than features a tiny λ interpolates, and RSS from G and B is then a
     difference of numbers of size n that cancel to rounding noise near 0. That λ scores inf, so the

@@ -129,9 +129,13 @@ def matmul_flops(n: int, k: int, m: int) -> int:
 
 def ridge_flops(n: int, d: int, c: int, gcv_evals: int) -> int:
     """Upper bound of the closed-form head's work on n rows of d features (no bias column) and c
-    classes: statistics, `gcv_evals` GCV evaluations, the final solve, and the calibration logits."""
+    classes: statistics, `gcv_evals` GCV evaluations, the final solve, and the calibration logits. A
+    walk's chosen λ was solved by its evaluation (`RidgeHead.solve_flops`), so the final solve is
+    charged only without one; an evaluation whose factorisation fails costs d³/3 less than charged,
+    which covers the solve that then follows."""
     d1 = d + 1
-    return gram_flops(n, d1, c) + gcv_evals * gcv_eval_flops(d1, c) + ridge_solve_flops(d1, c) + matmul_flops(n, d, c)
+    final = 0 if gcv_evals else ridge_solve_flops(d1, c)
+    return gram_flops(n, d1, c) + gcv_evals * gcv_eval_flops(d1, c) + final + matmul_flops(n, d, c)
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,7 @@ class RidgeHead:
     def to(self, device: str | torch.device) -> RidgeHead:
         """Keep the statistics (always fp64) and solve on `device`; returns self."""
         self.device = torch.device(device)
+        self._evaluated = ((), {})
         for name in ("gram_", "xty_", "coef_", "intercept_"):
             t = getattr(self, name)
             if t is not None:
@@ -189,6 +190,7 @@ class RidgeHead:
         self.n_features_in_: int | None = None
         self.coef_: Tensor | None = None
         self.intercept_: Tensor | None = None
+        self._evaluated: tuple[tuple[Any, ...], dict[float, Tensor]] = ((), {})
         return self
 
     @property
@@ -286,7 +288,32 @@ class RidgeHead:
         return self.gram_ + torch.diag(reg)
 
     def _solve_aug(self, ridge: float) -> Tensor:
-        return _solve_psd(self._system(ridge), self.xty_)
+        self._require_fitted()
+        w = self._walked(ridge)
+        return _solve_psd(self._system(ridge), self.xty_) if w is None else w.clone()
+
+    def solve_flops(self, ridge: float) -> int:
+        """What `solve(ridge)` costs now: nothing where a GCV evaluation on these statistics already
+        solved at λ (the walk's choice always was), else a Cholesky solve (`evo.learn.cost`)."""
+        from evo.learn.cost import ridge_solve_flops
+
+        self._require_fitted()
+        return 0 if self._walked(ridge) is not None else ridge_solve_flops(self.gram_.shape[0], self.xty_.shape[1])
+
+    def _stamp(self) -> tuple[Any, ...]:
+        """Identifies the statistics' current values: the same tensors (held, so never another's id),
+        and their versions, which every in-place update bumps."""
+        return (self.gram_, self.gram_._version, self.xty_, self.xty_._version)
+
+    def _current(self) -> dict[float, Tensor]:
+        """The GCV evaluations' solutions (λ → W) on the statistics as they are now; emptied once they changed."""
+        stamp, now = self._evaluated[0], self._stamp()
+        if not stamp or stamp[0] is not now[0] or stamp[2] is not now[2] or stamp[1::2] != now[1::2]:
+            self._evaluated = (now, {})
+        return self._evaluated[1]
+
+    def _walked(self, ridge: float) -> Tensor | None:
+        return self._current().get(float(ridge))
 
     def _require_fitted(self) -> None:
         if self.gram_ is None:
@@ -344,6 +371,7 @@ class RidgeHead:
         if int(info) != 0:  # e.g. collapsed features: not a candidate
             return math.inf, cholesky_flops(d)
         w = torch.cholesky_solve(self.xty_, chol)
+        self._current()[float(ridge)] = w  # d×c: the walk's chosen λ needs no second factorisation
         n = float(self.n_samples_)
         rss = n - 2.0 * float((w * self.xty_).sum()) + float((w * (self.gram_ @ w)).sum())
         inv = torch.linalg.solve_triangular(chol, torch.eye(d, dtype=a.dtype, device=a.device), upper=False)

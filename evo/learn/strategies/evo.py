@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
 from evo.graph.taps import Tap, is_tapped, tap_graph
-from evo.learn.cost import matmul_flops, ridge_flops, ridge_solve_flops
+from evo.learn.cost import matmul_flops, ridge_flops
 from evo.learn.features import DEFAULT_LEVELS, parse_taps
 from evo.learn.head import GCV_MAX_EVALS, RidgeHead
 from evo.learn.strategies.base import (
@@ -159,9 +159,9 @@ class Evo(Strategy):
         view = self._head_view(mapping, ctx)
         feats = map_features(mapping, feats)
         lam = self._choose_ridge(view, ctx, fresh=info["rebuilt_from_memory"])
+        ctx.meter.add_flops(view.solve_flops(lam))
         weight, bias = view.solve(lam)
         c, d = weight.shape
-        ctx.meter.add_flops(ridge_solve_flops(d + 1, c))
         scale = self._calibrate(weight, bias, feats, ctx)
         out = graph.copy()
         dtype = out.params(out.head)["weight"].dtype

@@ -30,7 +30,7 @@ from torch import Tensor
 from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
 from evo.graph.taps import tap_graph
-from evo.learn.cost import matmul_flops, ridge_flops, ridge_solve_flops
+from evo.learn.cost import matmul_flops, ridge_flops
 from evo.learn.head import RidgeHead
 from evo.learn.latent import LatentRows, LatentStore, check_layout, merge_above, split
 from evo.learn.strategies.base import Context, Result, Workload, register_strategy
@@ -199,9 +199,9 @@ class EvoLatent(Evo):
             lam, flops = view.gcv_walk(self.lambda_, max_evals=self.options.gcv_evals)
             ctx.meter.add_flops(flops)
             self.lambda_ = self.head_.ridge = view.ridge = lam
+        ctx.meter.add_flops(view.solve_flops(lam))
         weight, bias = view.solve(lam)
         c, d = weight.shape
-        ctx.meter.add_flops(ridge_solve_flops(d + 1, c))
         cal = map_features(mapping, torch.cat(tail)) if tail else torch.empty(0, d)
         z = cal.double() @ weight.T + bias
         ctx.meter.add_flops(matmul_flops(len(cal), d, c))
