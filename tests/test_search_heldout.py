@@ -117,6 +117,17 @@ def test_bad_validation_value_is_named():
         parse_space({**json.loads(json.dumps(SPACE)), "validation": "sometimes"})
 
 
+def test_closed_form_beside_gradient_strategies_keeps_the_held_out_images_out():
+    """A gradient candidate starts from its parent's head and cannot take learned images out again, so where
+    both kinds meet the held-out images stay out by default, and asking for `learn` is refused by name."""
+    mixed = {**json.loads(json.dumps(SPACE)), "training": {"strategy": ["evo", "replay"]}}
+    assert parse_space(mixed).validation == "hold_out"
+    with pytest.raises(SpaceError, match="validation: learn with gradient strategies.*drop replay"):
+        parse_space({**mixed, "validation": "learn"})
+    assert parse_space({**mixed, "training": {"strategy": "replay"}}).validation == "learn"  # nothing learns them
+    assert parse_space({**mixed, "training": {"strategy": ["evo", "evo_tune"]}}).validation == "learn"
+
+
 def test_the_reserve_is_released_when_no_candidate_fits_beside_it():
     state = RoundState(budget=100, slots=3, concurrency=2, max_streak=2, reserved=30)
     assert state.admit("fast", 90, standard=True) == "start"  # a standard candidate may use the reserve
