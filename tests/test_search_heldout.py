@@ -135,3 +135,13 @@ def test_the_reserve_is_released_when_no_candidate_fits_beside_it():
     assert state.room() == 70 and state.admit("a", 80) == "over_budget"
     assert state.release() and state.room() == 100 and state.streak == 0
     assert state.admit("a", 80) == "start" and not state.release()
+
+
+def test_a_candidate_whose_win_would_cost_more_to_learn_the_held_out_images_reserves_that_too():
+    """The reserve is priced on the round's base graph; a grown candidate's head is larger, so it starts only
+    if learning the held-out images on it fits too, and the reserve then covers it whichever wins."""
+    state = RoundState(budget=100, slots=4, concurrency=3, max_streak=2, reserved=30)
+    assert state.admit("wide", 60, reserve=45) == "over_budget"  # 60 + (45 - 30) > 70; alone it fits
+    assert state.admit("grown", 40, reserve=45) == "start" and state.reserved == 45
+    assert state.admit("small", 10, reserve=20) == "start" and state.reserved == 45  # never shrinks
+    assert state.admit("fast", 90, standard=True, reserve=99) == "start" and state.reserved == 45

@@ -207,7 +207,9 @@ class Driver:
             return
         standard = "enqueued" in trial.user_attrs
         room = state.room() + (state.reserved if standard else 0)
-        admission = state.admit(cand.key(), price, standard=standard)
+        reserve = 0 if standard or not state.reserved else self._heldout_price(grown, cand, parent_meta,
+                                                                               len(inc.classes_so_far))
+        admission = state.admit(cand.key(), price, standard=standard, reserve=reserve)
         if admission == "duplicate":  # the same computation again: not worth a trial or any budget
             trial.set_user_attr("fail_reason", f"duplicate of trial {state.seen[cand.key()]}")
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -309,6 +311,16 @@ class Driver:
             return 0
         fixed = {k: r.values()[0] for k, r in self.space.training.items() if len(r.values()) == 1}
         return pricing.heldout_flops(base, self._n_held, n_classes, fixed, self.space.memory,
+                                     first=parent_meta.get("increment") is None)
+
+    def _heldout_price(self, grown, cand: Candidate, parent_meta: dict[str, Any], n_classes: int) -> int:
+        """What learning the held-out images costs if `cand` (grown into `grown`) wins: 0 for a strategy
+        without a ridge head, which is committed as it is."""
+        from evo.search.absorb import learns_heldout
+
+        if not learns_heldout(cand.training):
+            return 0
+        return pricing.heldout_flops(grown, self._n_held, n_classes, cand.training, self.space.memory,
                                      first=parent_meta.get("increment") is None)
 
     def _learn_heldout(self, best, cand: Candidate, index: int, room: float) -> dict[str, Any]:

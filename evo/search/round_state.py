@@ -58,16 +58,21 @@ class RoundState:
         return (self.started < self.slots and len(self.in_flight) < self.concurrency
                 and self.streak < self.max_streak)
 
-    def admit(self, key: str, price: int, standard: bool = False) -> Admission:
+    def admit(self, key: str, price: int, standard: bool = False, reserve: int = 0) -> Admission:
         """Whether a proposed candidate starts; updates the counters either way. A `standard` candidate
         (one the round enqueues on purpose, such as the fast path) may use the reserve: the round must
-        be able to run it, and the held-out images are then learned only if room is left."""
+        be able to run it, and the held-out images are then learned only if room is left. `reserve`:
+        what learning them costs if this candidate wins (a grown head solves a larger system than the
+        base graph the reserve was priced on); another candidate starts only if that fits too, and the
+        reserve grows to it."""
         if key in self.seen:
             self.streak += 1
             return "duplicate"
-        if price > self.room() + (self.reserved if standard else 0):
+        extra = 0 if standard or not self.reserved else max(0, reserve - self.reserved)
+        if price + extra > self.room() + (self.reserved if standard else 0):
             self.streak += 1
             return "over_budget"
+        self.reserved += extra
         self.streak = 0
         self.started += 1
         return "start"
