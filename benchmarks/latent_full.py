@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +51,7 @@ def summarize(run_dir: Path) -> list[dict]:
 def _space_file(space: Path, seed: int, policy: str | None, folder: Path) -> Path:
     doc = yaml.safe_load(space.read_text())
     doc["scenario"]["seed"] = seed
+    doc.setdefault("name", space.stem)
     if policy:
         doc["policy"] = policy
         doc["name"] = f"{doc['name']}_{policy}"
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", action="store_true", help="also the space with policy: fast_path")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    command = " ".join([Path(sys.executable).name, Path(__file__).name, *(sys.argv[1:] if argv is None else argv)])
     runs: dict[str, list[dict]] = {}
     for seed in args.seeds:
         for policy in [None] + (["fast_path"] if args.baseline else []):
@@ -78,12 +82,18 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(cmd, check=True)
             runs[label] = summarize(run)
             print(f"{label}: " + " ".join(f"{r['accuracy']:.4f}" for r in runs[label]), flush=True)
-    out = {"date": datetime.date.today().isoformat(), "machine": "shared 2-core VM, no GPU",
-           "command": " ".join([Path(sys.executable).name, *sys.argv]), "runs": runs}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+            _write(args.out, command, runs)  # after every run: a later failure keeps what finished
     print(f"wrote {args.out}")
     return 0
+
+
+def _write(path: Path, command: str, runs: dict[str, list[dict]]) -> None:
+    from evo.fsutil import write_json_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    machine = f"{platform.node()} ({platform.platform()}, {len(os.sched_getaffinity(0))} CPUs)"
+    write_json_atomic(path, {"date": datetime.date.today().isoformat(), "machine": machine, "command": command,
+                             "runs": runs})
 
 
 if __name__ == "__main__":

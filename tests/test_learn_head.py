@@ -147,6 +147,45 @@ def test_the_walks_choice_is_solved_once_and_only_while_the_statistics_stay() ->
     assert head.solve_flops(lam) > 0
 
 
+def test_kept_solutions_never_outlive_their_statistics_in_copies_pickles_or_inference_mode() -> None:
+    """A copy's tensors restart their version count, so a copied cache could match again after as many
+    updates: copies and pickles drop it. Inference tensors keep no version: nothing is kept for them."""
+    import copy
+    import pickle
+
+    x, y = _data(6, n=200)
+    head = RidgeHead().fit(x[:100], y[:100])
+    head.partial_fit(x[100:120], y[100:120])
+    lam, _ = head.gcv_walk()
+    for twin in (copy.deepcopy(head), pickle.loads(pickle.dumps(head))):
+        twin.partial_fit(x[120:], y[120:])
+        twin.partial_fit(x[:1], y[:1])
+        twin.partial_fit(x[:1], y[:1], sign=-1)
+        assert twin.solve_flops(lam) > 0
+        truth = RidgeHead().fit(x, y).solve(lam)[0]
+        assert torch.allclose(twin.solve(lam)[0], truth, rtol=0, atol=1e-10)
+    with torch.inference_mode():
+        frozen = RidgeHead().fit(x, y)
+        lam, _ = frozen.gcv_walk()
+        assert frozen.solve_flops(lam) > 0 and frozen.predict(x).shape == (200,)
+    assert frozen.predict(x).shape == (200,)
+
+
+def test_the_walk_never_evaluates_more_than_its_cap_even_when_it_restarts() -> None:
+    """A previous λ that scores inf sends the walk back to its default start; that evaluation counts
+    against the cap, which pricing charges in full."""
+    rng = np.random.default_rng(0)
+    n, d, c = 60, 200, 3
+    y = rng.integers(0, c, n)
+    x = torch.from_numpy(30.0 * (rng.normal(0, 1, (c, d))[y] + 3.0 * rng.normal(0, 1, (n, d)))).float()
+    head = RidgeHead().fit(x, torch.from_numpy(y))
+    assert head.gcv_score(1e-7) == float("inf")
+    one = head.gcv(1.0)[1]
+    for cap in (3, 4, 6):
+        _, flops = head.gcv_walk(1e-7, max_evals=cap)
+        assert flops <= cap * one
+
+
 def test_gcv_does_not_mistake_rounding_for_a_perfect_fit_when_features_outnumber_samples() -> None:
     """With fewer samples than features a tiny λ interpolates, and RSS from G and B is then a
     difference of numbers of size n that cancel to rounding noise near 0. That λ scores inf, so the

@@ -306,14 +306,30 @@ class RidgeHead:
         return (self.gram_, self.gram_._version, self.xty_, self.xty_._version)
 
     def _current(self) -> dict[float, Tensor]:
-        """The GCV evaluations' solutions (λ → W) on the statistics as they are now; emptied once they changed."""
+        """The GCV evaluations' solutions (λ → W) on the statistics as they are now; emptied once they
+        changed. Inference tensors keep no version, so their solutions are not kept."""
+        if self.gram_.is_inference() or self.xty_.is_inference():
+            return {}
         stamp, now = self._evaluated[0], self._stamp()
         if not stamp or stamp[0] is not now[0] or stamp[2] is not now[2] or stamp[1::2] != now[1::2]:
             self._evaluated = (now, {})
         return self._evaluated[1]
 
     def _walked(self, ridge: float) -> Tensor | None:
+        """The solution a GCV evaluation at `ridge` found on the statistics as they are, if one did."""
         return self._current().get(float(ridge))
+
+    def _keep_only(self, ridge: float) -> None:
+        """After a choice of λ only its solution is worth keeping (up to 16 d×c matrices otherwise)."""
+        solved = self._current()
+        kept = {float(ridge): solved[float(ridge)]} if float(ridge) in solved else {}
+        solved.clear()
+        solved.update(kept)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles drop the kept solutions: a copy's tensors restart their version count, so
+        its stamp could match again after as many updates."""
+        return {**self.__dict__, "_evaluated": ((), {})}
 
     def _require_fitted(self) -> None:
         if self.gram_ is None:
@@ -392,6 +408,7 @@ class RidgeHead:
             raise ConfigError(f"ridge grid must be non-empty, finite and > 0; got {grid!r}")
         scores = [self.gcv_score(r) for r in grid]
         self.ridge = grid[int(np.argmin(scores))]
+        self._keep_only(self.ridge)
         self.coef_ = self.intercept_ = None
         return self.ridge
 
@@ -414,20 +431,24 @@ class RidgeHead:
         if start is None:
             start = default
         scores: dict[int, float] = {}
-        flops = 0
+        flops = evals = 0
 
-        def at(k: int) -> float:
-            nonlocal flops
-            if k not in scores:
-                lam = start * step**k
-                scores[k], f = (self.gcv(lam) if bounds[0] <= lam <= bounds[1] else (math.inf, 0))
-                flops += f
+        def at(k: int) -> float:  # `max_evals` is a hard cap (pricing charges it): beyond it, unknown = inf
+            nonlocal flops, evals
+            lam = start * step**k
+            if k not in scores and not bounds[0] <= lam <= bounds[1]:
+                scores[k] = math.inf
+            elif k not in scores:
+                if evals >= max_evals:
+                    return math.inf
+                scores[k], f = self.gcv(lam)
+                flops, evals = flops + f, evals + 1
             return scores[k]
 
         if math.isinf(at(0)) and start != default:  # the last λ means nothing on these statistics
             start, scores = default, {}
         k = 0
-        while len(scores) < max_evals:
+        while len(scores) < max_evals and evals < max_evals:  # points off the bounds count as before
             left, mid, right = at(k - 1), at(k), at(k + 1)
             if math.isinf(mid) and (math.isfinite(right) or math.isinf(left)):
                 k += 1  # no trustworthy score here, none to the left: a larger λ is always defined
@@ -436,6 +457,7 @@ class RidgeHead:
                 break
             k = k - 1 if left < right else k + 1
         best = min(scores, key=lambda j: (scores[j], -j))
+        self._keep_only(start * step**best)
         return start * step**best, flops
 
     # -- persistence ---------------------------------------------------------------------------

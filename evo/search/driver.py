@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -27,6 +27,9 @@ from evo.search.executor import Executor, RayExecutor
 from evo.search.round_state import InFlight, RoundState
 from evo.search.space import SearchSpace
 from evo.search.storage import open_storage
+
+if TYPE_CHECKING:
+    from evo.graph.archgraph import ArchGraph
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -114,7 +117,7 @@ class Driver:
         joint = pricing.joint_flops(parent, stream, index, self.space)
         budget = pricing.budget_flops(self.space, joint, parent)
         state = self._state(study, budget, policy)
-        state.reserved = self._heldout_reserve(base, parent_meta, len(inc.classes_so_far))
+        state.reserved = self._reserve(study, base, parent_meta, len(inc.classes_so_far))
         self._staged = self._stage_latents(index, parent_version, base, inc)
         if self._staged is not None:  # the round's shared pass below the cut, charged once
             state.spent += self._staged.flops
@@ -188,6 +191,16 @@ class Driver:
                       if t.state == optuna.trial.TrialState.COMPLETE and "candidate" in t.user_attrs}
         return state
 
+    def _reserve(self, study: optuna.Study, base, parent_meta: dict[str, Any], n_classes: int) -> int:
+        """The reserve for learning the held-out images: on the base graph, grown to what any candidate that
+        finished or may still finish would need (a resumed round keeps what its admissions reserved)."""
+        reserve = self._heldout_reserve(base, parent_meta, n_classes)
+        if not reserve:
+            return 0
+        alive = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+        return max([reserve] + [int(t.user_attrs.get("heldout_price_flops", 0)) for t in study.trials
+                                if t.state in alive])
+
     def _propose(self, study: optuna.Study, state: RoundState, base, inc, parent_meta: dict[str, Any],
                  parent_version: int, index: int, seen_before: int, policy: str) -> None:
         """Ask Optuna for one candidate, price it, and start it if the round admits it."""
@@ -200,24 +213,28 @@ class Driver:
                 check_growth(base, grown, self._cut, self.space.scenario.get("source"))
             price = pricing.candidate_flops(grown, inc, parent_meta, cand, self.space, seen_before, cut=self._cut,
                                             n_forget=self._n_forget)
+            standard = "enqueued" in trial.user_attrs
+            reserve = 0 if standard or not state.reserved else self._heldout_price(grown, cand, parent_meta,
+                                                                                   len(inc.classes_so_far))
         except EvoError as e:
             state.invalid()
             trial.set_user_attr("fail_reason", f"invalid candidate: {e}")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
-        standard = "enqueued" in trial.user_attrs
         room = state.room() + (state.reserved if standard else 0)
-        reserve = 0 if standard or not state.reserved else self._heldout_price(grown, cand, parent_meta,
-                                                                               len(inc.classes_so_far))
+        extra = state.extra_reserve(reserve, standard)
         admission = state.admit(cand.key(), price, standard=standard, reserve=reserve)
         if admission == "duplicate":  # the same computation again: not worth a trial or any budget
             trial.set_user_attr("fail_reason", f"duplicate of trial {state.seen[cand.key()]}")
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             return
         trial.set_user_attr("price_flops", price)
-        trial.set_constraint("budget", float(price - room))
+        if reserve:
+            trial.set_user_attr("heldout_price_flops", reserve)
+        trial.set_constraint("budget", float(price + extra - room))
         if admission == "over_budget":  # a candidate that never ran does not use up a trial
-            trial.set_user_attr("fail_reason", f"over budget: needs {price:.3g} FLOPs, {max(room, 0):.3g} left")
+            plus = f" plus {extra:.3g} to learn the held-out images if it wins" if extra else ""
+            trial.set_user_attr("fail_reason", f"over budget: needs {price:.3g} FLOPs{plus}, {max(room, 0):.3g} left")
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             retried = self._retry_cheaper(study, trial, cand, grown, inc, parent_meta, seen_before, price)
             if state.stuck() and not retried:
@@ -313,7 +330,7 @@ class Driver:
         return pricing.heldout_flops(base, self._n_held, n_classes, fixed, self.space.memory,
                                      first=parent_meta.get("increment") is None)
 
-    def _heldout_price(self, grown, cand: Candidate, parent_meta: dict[str, Any], n_classes: int) -> int:
+    def _heldout_price(self, grown: ArchGraph, cand: Candidate, parent_meta: dict[str, Any], n_classes: int) -> int:
         """What learning the held-out images costs if `cand` (grown into `grown`) wins: 0 for a strategy
         without a ridge head, which is committed as it is."""
         from evo.search.absorb import learns_heldout

@@ -68,7 +68,7 @@ class RoundState:
         if key in self.seen:
             self.streak += 1
             return "duplicate"
-        extra = 0 if standard or not self.reserved else max(0, reserve - self.reserved)
+        extra = self.extra_reserve(reserve, standard)
         if price + extra > self.room() + (self.reserved if standard else 0):
             self.streak += 1
             return "over_budget"
@@ -76,6 +76,11 @@ class RoundState:
         self.streak = 0
         self.started += 1
         return "start"
+
+    def extra_reserve(self, reserve: int, standard: bool = False) -> int:
+        """How much a candidate that would cost `reserve` to learn the held-out images adds to the reserve
+        (none for a standard candidate, or once the reserve was released)."""
+        return 0 if standard or not self.reserved else max(0, reserve - self.reserved)
 
     def stuck(self) -> bool:
         """Nothing running, nothing done, and the last `max_streak` proposals could not start."""
