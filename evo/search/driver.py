@@ -327,17 +327,19 @@ class Driver:
         if self.space.validation != "learn" or not any(learns_heldout({"strategy": n}) for n in names):
             return 0
         fixed = {k: r.values()[0] for k, r in self.space.training.items() if len(r.values()) == 1}
-        return pricing.heldout_flops(base, self._n_held, n_classes, fixed, self.space.memory,
-                                     first=parent_meta.get("increment") is None)
+        return self._heldout_flops(base, fixed, parent_meta, n_classes)
 
     def _heldout_price(self, grown: ArchGraph, cand: Candidate, parent_meta: dict[str, Any], n_classes: int) -> int:
         """What learning the held-out images costs if `cand` (grown into `grown`) wins: 0 for a strategy
         without a ridge head, which is committed as it is."""
         from evo.search.absorb import learns_heldout
 
-        if not learns_heldout(cand.training):
-            return 0
-        return pricing.heldout_flops(grown, self._n_held, n_classes, cand.training, self.space.memory,
+        return self._heldout_flops(grown, cand.training, parent_meta, n_classes) if learns_heldout(cand.training) else 0
+
+    def _heldout_flops(self, graph: ArchGraph, training: dict[str, Any], parent_meta: dict[str, Any],
+                       n_classes: int) -> int:
+        """The round's held-out images learned by `graph` with `training`'s evo options (round 0: unprepared)."""
+        return pricing.heldout_flops(graph, self._n_held, n_classes, training, self.space.memory,
                                      first=parent_meta.get("increment") is None)
 
     def _learn_heldout(self, best, cand: Candidate, index: int, room: float) -> dict[str, Any]:

@@ -84,7 +84,7 @@ class SearchSpace:
     the last two are the baselines the search is measured against. Candidates are ranked on
     `validation_per_class` images per class held out of each increment's training data, never on the
     test split; with `validation: learn` (the default; 'hold_out' where closed-form and gradient strategies
-    meet, see `_default_validation`) the committed version then learns them too
+    meet, see `_leaky_strategies`) the committed version then learns them too
     (`evo.search.absorb`), and later rounds take them out of their candidates' statistics again. `min_ops: 1` spends every sampled trial on growth: the round's no-growth candidates are the
     enqueued ones, so Optuna's draws go to architectures rather than to training variants of the parent."""
 
@@ -211,15 +211,15 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
         raise SpaceError("ties: grow prefers the larger of two tied candidates and objective [accuracy, params] the "
                          "smaller; drop one of them")
 
-    validation = doc.get("validation", _default_validation(training))
+    leaky = _leaky_strategies(training)
+    validation = doc.get("validation", "hold_out" if leaky else "learn")
     if validation not in VALIDATION:
         raise SpaceError(f"validation must be one of {', '.join(VALIDATION)}; got {validation!r} ('learn': the "
                          "committed version learns the round's held-out images after the choice; 'hold_out': never)")
-    if validation == "learn" and _default_validation(training) != "learn":
+    if validation == "learn" and leaky:
         raise SpaceError("validation: learn with gradient strategies beside the closed-form ones: a gradient "
                          "candidate starts from a head that learned the held-out images and cannot take them out "
-                         "again, so they would flatter its score; use validation: hold_out, or drop "
-                         f"{', '.join(_gradient_strategies(training))}")
+                         f"again, so they would flatter its score; use validation: hold_out, or drop {', '.join(leaky)}")
 
     latents = _latents(doc.get("latents"), training)
     max_ops, min_ops = _positive_int(doc, "max_ops", 1, minimum=0), _positive_int(doc, "min_ops", 0, minimum=0)
@@ -278,20 +278,15 @@ def _training(training_doc: Any) -> dict[str, Range]:
     return training
 
 
-def _gradient_strategies(training: dict[str, Range]) -> list[str]:
-    """The space's strategies without a closed-form head: they cannot take learned images out again."""
+def _leaky_strategies(training: dict[str, Range]) -> list[str]:
+    """The gradient strategies of a space that also has closed-form ones (else none): a gradient candidate
+    starts from a parent whose head learned the held-out images and cannot take them out again, so with
+    `validation: learn` it would be scored on images it has seen. The default is then 'hold_out'."""
     from evo.search.absorb import learns_heldout
 
     names = training["strategy"].values() if "strategy" in training else ("evo",)
-    return [n for n in names if not learns_heldout({"strategy": n})]
-
-
-def _default_validation(training: dict[str, Range]) -> str:
-    """'learn', except where closed-form and gradient strategies meet in one space: there a gradient
-    candidate would be scored on images its parent's head learned, so the held-out images stay out."""
-    names = training["strategy"].values() if "strategy" in training else ("evo",)
-    gradient = _gradient_strategies(training)
-    return "hold_out" if gradient and len(gradient) < len(names) else "learn"
+    gradient = [n for n in names if not learns_heldout({"strategy": n})]
+    return gradient if len(gradient) < len(names) else []
 
 
 def _latents(doc: Any, training: dict[str, Range]) -> Any:
