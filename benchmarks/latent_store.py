@@ -57,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=2, help="evo_latent epochs per increment")
     p.add_argument("--ceiling-epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=float, default=0.0, help="evo_latent's warmup fraction (0.3: one-cycle)")
+    p.add_argument("--batch", type=int, default=64, help="evo_latent's training batch size")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", nargs="+", default=["fast path", "latent fp16", "latent int8", "latent fp32", "ceiling"])
     p.add_argument("--threads", type=int, default=2)
@@ -72,7 +75,8 @@ def main(argv=None) -> None:
                                         source_opts={k: v for k, v in (("size", args.source_size),
                                                                        ("permute", args.permute)) if v is not None})
     graph = evo.zoo.load("efficientnet_lite0", pretrained=True, input_size=64)
-    opts = {"epochs": args.epochs, "lr": args.lr}  # the Learner's seed also seeds the strategy's sampling
+    opts = {"epochs": args.epochs, "lr": args.lr, "warmup": args.warmup, "train_batch_size": args.batch,
+            "weight_decay": args.weight_decay}  # the Learner's seed also seeds the strategy's sampling
     table, out = [], {"args": {k: str(v) for k, v in vars(args).items()}, "machine": platform.platform()}
     n_train = sum(len(inc.train) for inc in stream)
     print(f"Split Fashion-MNIST: {n_train} training images in 5 increments, {len(stream[4].test)} test images")

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 import evo.data
+import evo.learn.train
 import evo.zoo
 from evo.errors import ConfigError, EvoError
 from evo.graph.taps import blocks
 from evo.learn import STRATEGIES, Learner, Strategy, TrainConfig, list_strategies, register_strategy
 from evo.learn.cost import CostMeter, forward_flops, train_flops
-from evo.learn.train import fit, trainable_nodes
+from evo.learn.train import fit, lr_factor, trainable_nodes
 
 SIZE = 16
 FAST = {"epochs": 1, "batch_size": 32, "lr": 0.05}
@@ -156,6 +159,34 @@ def test_fit_respects_the_flop_cap():
     assert stats["stopped_by_cap"] and stats["steps"] == 2 and meter.flops == 2 * per_step <= cfg.max_flops
 
 
+def test_warmup_ramps_then_decays_and_zero_is_plain_cosine():
+    total = 20
+    cosine = [lr_factor(s, total) for s in range(total + 1)]
+    assert cosine[0] == 1.0 and cosine[-1] == pytest.approx(0.0) and cosine == sorted(cosine, reverse=True)
+    assert cosine[5] == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    one_cycle = [lr_factor(s, total, 0.3) for s in range(total + 1)]
+    assert one_cycle[0] == pytest.approx(1 / 25) and one_cycle[6] == 1.0 and one_cycle[-1] == pytest.approx(0.0)
+    assert one_cycle[:7] == sorted(one_cycle[:7]) and one_cycle[6:] == sorted(one_cycle[6:], reverse=True)
+
+
+def test_fit_follows_the_warmup_schedule(monkeypatch):
+    g = model()
+    train, _ = evo.data.load_source("digits")
+    pre = evo.data.Preprocess(SIZE, (0.5,) * 3, (0.5,) * 3)
+    seen = []
+
+    class Spy(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=0.01, warmup=0.5, trainable="head")
+    monkeypatch.setattr(evo.learn.train, "make_optimizer", lambda params, c: Spy(params, lr=c.lr))
+    fit(g.to_module(), g, train.images[:64], train.labels[:64] % 3, pre, cfg, CostMeter("cpu"), progress=False)
+    assert seen == pytest.approx([0.01 * lr_factor(s, 4, 0.5) for s in range(4)])
+    assert seen[0] < seen[1] < seen[2] and seen[2] > seen[3]
+
+
 def test_epoch_callback_sees_each_epoch(stream):
     seen = []
     learner = Learner(model(), strategy="joint", progress=False, on_epoch_end=lambda e, net, s: seen.append(
@@ -165,7 +196,8 @@ def test_epoch_callback_sees_each_epoch(stream):
 
 
 def test_training_options_are_validated():
-    for bad in ({"optimizer": "rmsprop"}, {"lr": -1}, {"epochs": "3"}, {"batch_size": 0}, {"max_flops": 0}):
+    for bad in ({"optimizer": "rmsprop"}, {"lr": -1}, {"epochs": "3"}, {"batch_size": 0}, {"max_flops": 0},
+                {"warmup": 1.0}, {"warmup": -0.1}, {"warmup": True}):
         with pytest.raises(ConfigError):
             Learner(model(), strategy="replay", **bad)
     with pytest.raises(ConfigError, match="temperature"):

@@ -38,6 +38,10 @@ class TrainConfig:
       blocks of the backbone (see `evo.graph.taps.blocks`). Frozen layers keep BN in eval mode.
     - `max_flops`: stop once the training FLOPs of this call reach this cap (the growth search's
       per-candidate compute cap); None trains the full schedule.
+    - `warmup`: the fraction of the steps over which the learning rate ramps up linearly from
+      lr / 25 to lr before the cosine decay (the one-cycle shape); 0 is cosine from the first step.
+      Adam's first steps move every weight by about lr whatever its gradient, before its moment
+      estimates settle; a ramp keeps those steps from undoing what pretrained layers knew.
     """
 
     epochs: int = 2
@@ -50,6 +54,7 @@ class TrainConfig:
     channels_last: bool = True
     max_flops: int | None = None
     seed: int = 0
+    warmup: float = 0.0
 
     def __post_init__(self) -> None:
         _positive_int("epochs", self.epochs, low=0)
@@ -66,6 +71,9 @@ class TrainConfig:
         if self.max_flops is not None:
             _positive_int("max_flops", self.max_flops)
         _positive_int("seed", self.seed, low=0)
+        w = self.warmup
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < 1:
+            raise ConfigError(f"warmup must be a fraction of the steps in [0, 1); got {w!r}")
 
     @classmethod
     def build(cls, **options: Any) -> TrainConfig:
@@ -78,6 +86,19 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+WARMUP_START = 1 / 25  # the one-cycle ramp starts at lr / 25 (torch's OneCycleLR default)
+
+
+def lr_factor(step: int, total: int, warmup: float = 0.0) -> float:
+    """The learning rate at `step` of `total`, relative to `lr`: a linear ramp from WARMUP_START over
+    the first `warmup` fraction of the steps, then cosine decay to 0."""
+    ramp = int(round(warmup * total))
+    if step < ramp:
+        return WARMUP_START + (1 - WARMUP_START) * step / ramp
+    rest = max(total - ramp, 1)
+    return 0.5 * (1 + math.cos(math.pi * min(step - ramp, rest) / rest))
 
 
 def _positive_int(name: str, value: Any, low: int = 1) -> None:
@@ -191,7 +212,7 @@ def fit(
     opt = make_optimizer(params, cfg)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = max(cfg.epochs * steps_per_epoch, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg.warmup))
     price = StepPricer(net, tuple(graph.input_shape), cfg.channels_last, extra_step_flops)
     rng = np.random.default_rng(cfg.seed)
     steps, flops, last_loss, capped = 0, 0, math.nan, False

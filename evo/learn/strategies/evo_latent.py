@@ -56,6 +56,7 @@ class EvoLatent(Evo):
         seen weighs the same in training (in a class-incremental stream: all of the store; the cost
         then grows with the data seen, like joint retraining above the cut).
         `noise`: std of the Gaussian noise added to training latents, relative to each batch's std.
+        `warmup`: the fraction of the steps that ramp the learning rate up first (one-cycle; 0: cosine).
         `gcv_evals`: cap of the GCV walk for the recomputed head (it starts at the last λ, where it
         usually stops after three evaluations); the provisional head before training uses that λ."""
 
@@ -71,6 +72,7 @@ class EvoLatent(Evo):
         gcv_evals: int = 6
         max_flops: int | None = None
         seed: int = 0
+        warmup: float = 0.0
 
         def __post_init__(self) -> None:
             super().__post_init__()
