@@ -296,6 +296,39 @@ def test_ties_grow_takes_the_largest_candidate_validation_cannot_tell_from_the_b
     assert best_trial([best, bare], ties="grow") is best  # no per-image record: only an equal accuracy ties
 
 
+def test_ties_loss_takes_the_lowest_log_loss_among_candidates_validation_accuracy_cannot_separate():
+    """`ties: loss`: within one paired standard error of the most accurate candidate, the lowest validation
+    log-loss wins (the round-3 case measured on the full data: one image behind, a lower log-loss); a
+    candidate clearly behind does not, however low its log-loss; log-losses equal up to rounding go to the
+    smaller model; without per-image records or with every log-loss 0 it is the default order."""
+    import numpy as np
+    import optuna
+
+    from evo.search.driver import best_trial
+    from evo.search.worker import pack_correct
+
+    rng = np.random.default_rng(2)
+    base = rng.random(800) < 0.97
+
+    def trial(right, nll, params):
+        return optuna.trial.create_trial(values=[float(right.mean())], user_attrs={
+            "val_nll": nll, "params": params, "val_correct": pack_correct(right)})
+
+    fast = trial(base, 0.075, 1_000)
+    trained = trial(_flip(base, 5, 4), 0.063, 1_000)  # one image behind of 800, 9 differ: noise
+    far = trial(_flip(base, 20), 0.010, 1_000)  # 20 behind: a real loss, whatever its log-loss
+    same = trial(_flip(base, 5, 4), 0.063 * (1 + 1e-6), 900)  # what `trained` computes, smaller
+    assert best_trial([fast, trained]) is fast  # the default: accuracy first
+    assert best_trial([fast, trained], ties="loss") is trained
+    assert best_trial([fast, trained, far], ties="loss") is trained
+    assert best_trial([fast, trained, same], ties="loss") is same
+    certain = [trial(base, 0.0, 1_000), trial(_flip(base, 1), 0.0, 500)]
+    assert best_trial(certain, ties="loss") is certain[0]
+    bare = [optuna.trial.create_trial(values=[a], user_attrs={"val_nll": n, "params": 1})
+            for a, n in ((0.97, 0.2), (0.9687, 0.1))]
+    assert best_trial(bare, ties="loss") is bare[0]  # no per-image record: only an equal accuracy ties
+
+
 def test_ties_lossless_commits_a_lossy_head_only_when_it_beats_the_exact_ones_beyond_noise():
     """`ties: lossless`: a candidate whose head was refit from exemplars wins only by more than two
     paired standard errors over every candidate whose head is still exact; otherwise the best exact one."""

@@ -10,7 +10,7 @@ import pytest
 
 from evo.runs import Run
 from evo.search import SpaceError, parse_space
-from evo.search.round_state import RoundState
+from evo.search.round_state import InFlight, RoundState
 
 SPACE = {
     "name": "heldout",
@@ -137,11 +137,31 @@ def test_the_reserve_is_released_when_no_candidate_fits_beside_it():
     assert state.admit("a", 80) == "start" and not state.release()
 
 
-def test_a_candidate_whose_win_would_cost_more_to_learn_the_held_out_images_reserves_that_too():
-    """The reserve is priced on the round's base graph; a grown candidate's head is larger, so it starts only
-    if learning the held-out images on it fits too, and the reserve then covers it whichever wins."""
+def test_a_grown_candidate_starts_on_its_own_price_and_the_reserve_stays():
+    """The reserve covers the base graph's held-out step; a grown candidate is admitted on its own price
+    (its larger held-out step is checked against the room measured after the choice)."""
     state = RoundState(budget=100, slots=4, concurrency=3, max_streak=2, reserved=30)
-    assert state.admit("wide", 60, reserve=45) == "over_budget"  # 60 + (45 - 30) > 70; alone it fits
-    assert state.admit("grown", 40, reserve=45) == "start" and state.reserved == 45
-    assert state.admit("small", 10, reserve=20) == "start" and state.reserved == 45  # never shrinks
-    assert state.admit("fast", 90, standard=True, reserve=99) == "start" and state.reserved == 45
+    assert state.admit("wide", 60) == "start" and state.reserved == 30
+    state.launch("h", InFlight(None, None, 60, 0.0), "wide", 1)
+    assert state.room() == 10 and state.admit("more", 20) == "over_budget"
+
+
+def test_a_winner_whose_held_out_step_does_not_fit_the_room_left_is_committed_as_chosen(learned):
+    """Nothing reserves a grown winner's larger held-out step: after the choice its price is checked
+    against the room measured then, and where it does not fit the images stay out, and the round says so."""
+    import optuna
+
+    from evo.search.candidate import Candidate
+    from evo.search.driver import Driver
+    from evo.search.executor import InProcessExecutor
+
+    run, results = learned
+    said = []
+    driver = Driver(run, parse_space(json.loads(json.dumps(SPACE))), progress=said.append,
+                    executor=InProcessExecutor())
+    driver._n_held = 8
+    best = optuna.trial.create_trial(values=[1.0], user_attrs={"out_dir": str(run.path / "versions" / "1")})
+    cand = Candidate(growth=[], training={"strategy": "evo", "taps": "features"})
+    out = driver._learn_heldout(best, cand, 1, room=1e6)
+    assert set(out) == {"skipped"} and "not learned: needs" in out["skipped"] and "1e+06 left" in out["skipped"]
+    assert any("were not learned" in s for s in said)

@@ -117,7 +117,7 @@ class Driver:
         joint = pricing.joint_flops(parent, stream, index, self.space)
         budget = pricing.budget_flops(self.space, joint, parent)
         state = self._state(study, budget, policy)
-        state.reserved = self._reserve(study, base, parent_meta, len(inc.classes_so_far))
+        state.reserved = self._heldout_reserve(base, parent_meta, len(inc.classes_so_far))
         self._staged = self._stage_latents(index, parent_version, base, inc)
         if self._staged is not None:  # the round's shared pass below the cut, charged once
             state.spent += self._staged.flops
@@ -191,16 +191,6 @@ class Driver:
                       if t.state == optuna.trial.TrialState.COMPLETE and "candidate" in t.user_attrs}
         return state
 
-    def _reserve(self, study: optuna.Study, base, parent_meta: dict[str, Any], n_classes: int) -> int:
-        """The reserve for learning the held-out images: on the base graph, grown to what any candidate that
-        finished or may still finish would need (a resumed round keeps what its admissions reserved)."""
-        reserve = self._heldout_reserve(base, parent_meta, n_classes)
-        if not reserve:
-            return 0
-        alive = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
-        return max([reserve] + [int(t.user_attrs.get("heldout_price_flops", 0)) for t in study.trials
-                                if t.state in alive])
-
     def _propose(self, study: optuna.Study, state: RoundState, base, inc, parent_meta: dict[str, Any],
                  parent_version: int, index: int, seen_before: int, policy: str) -> None:
         """Ask Optuna for one candidate, price it, and start it if the round admits it."""
@@ -214,27 +204,21 @@ class Driver:
             price = pricing.candidate_flops(grown, inc, parent_meta, cand, self.space, seen_before, cut=self._cut,
                                             n_forget=self._n_forget)
             standard = "enqueued" in trial.user_attrs
-            reserve = 0 if standard or not state.reserved else self._heldout_price(grown, cand, parent_meta,
-                                                                                   len(inc.classes_so_far))
         except EvoError as e:
             state.invalid()
             trial.set_user_attr("fail_reason", f"invalid candidate: {e}")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
         room = state.room() + (state.reserved if standard else 0)
-        extra = state.extra_reserve(reserve, standard)
-        admission = state.admit(cand.key(), price, standard=standard, reserve=reserve)
+        admission = state.admit(cand.key(), price, standard=standard)
         if admission == "duplicate":  # the same computation again: not worth a trial or any budget
             trial.set_user_attr("fail_reason", f"duplicate of trial {state.seen[cand.key()]}")
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             return
         trial.set_user_attr("price_flops", price)
-        if reserve:
-            trial.set_user_attr("heldout_price_flops", reserve)
-        trial.set_constraint("budget", float(price + extra - room))
+        trial.set_constraint("budget", float(price - room))
         if admission == "over_budget":  # a candidate that never ran does not use up a trial
-            plus = f" plus {extra:.3g} to learn the held-out images if it wins" if extra else ""
-            trial.set_user_attr("fail_reason", f"over budget: needs {price:.3g} FLOPs{plus}, {max(room, 0):.3g} left")
+            trial.set_user_attr("fail_reason", f"over budget: needs {price:.3g} FLOPs, {max(room, 0):.3g} left")
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             retried = self._retry_cheaper(study, trial, cand, grown, inc, parent_meta, seen_before, price)
             if state.stuck() and not retried:
@@ -328,13 +312,6 @@ class Driver:
             return 0
         fixed = {k: r.values()[0] for k, r in self.space.training.items() if len(r.values()) == 1}
         return self._heldout_flops(base, fixed, parent_meta, n_classes)
-
-    def _heldout_price(self, grown: ArchGraph, cand: Candidate, parent_meta: dict[str, Any], n_classes: int) -> int:
-        """What learning the held-out images costs if `cand` (grown into `grown`) wins: 0 for a strategy
-        without a ridge head, which is committed as it is."""
-        from evo.search.absorb import learns_heldout
-
-        return self._heldout_flops(grown, cand.training, parent_meta, n_classes) if learns_heldout(cand.training) else 0
 
     def _heldout_flops(self, graph: ArchGraph, training: dict[str, Any], parent_meta: dict[str, Any],
                        n_classes: int) -> int:
@@ -509,6 +486,13 @@ def best_trial(done: list, ties: str = "best") -> Any:
     gradient strategies that train the head count as lossy. The loss is permanent and shows on old
     classes that a few dozen validation images per class barely sample, and the winner among
     near-equal candidates is partly noise.
+
+    `ties="loss"` (`ties: loss`): among the candidates that validation accuracy cannot tell from the
+    best one (`within_noise`), the lowest validation log-loss wins (log-losses within NLL_TIE of it:
+    the smaller model). Accuracy on a few hundred images moves by whole images, and a candidate one
+    image behind is as likely the better one; the log-loss sees how confidently every image is
+    classified, so it has far less variance, and it is a proper score: in expectation the better
+    predictor has the lower one. Without a per-image record, or with every log-loss 0, this is `best`.
     """
     top = max(t.values[0] for t in done)
     tied = [t for t in done if t.values[0] == top]
@@ -518,6 +502,13 @@ def best_trial(done: list, ties: str = "best") -> Any:
     if ties == "lossless" and not _lossless(best):
         exact = [t for t in done if _lossless(t)]
         return best_trial(exact) if any(within_noise(t, best, z=LOSSLESS_Z) for t in exact) else best
+    if ties == "loss":
+        near = [t for t in done if within_noise(t, best)]
+        low = min(_nll(t) for t in near)
+        if low <= NLL_FLOOR:
+            return best
+        same = [t for t in near if _nll(t) <= low * (1 + NLL_TIE) + 1e-12]
+        return min(same, key=lambda t: (_size(t), -t.values[0], _nll(t), t.number))
     if ties != "grow":
         return best
     near = [t for t in done if within_noise(t, best)]

@@ -20,7 +20,7 @@ SCENARIOS = ("class_incremental", "data_incremental", "mixed", "domain_increment
 OBJECTIVES = ("accuracy", "params")
 BUDGET_KINDS = ("fraction_of_joint", "flops", "seconds")
 POLICIES = ("search", "random", "fast_path")  # the search, and the two baselines it must beat
-TIES = ("best", "grow", "lossless")  # which candidate wins when validation cannot tell them apart (`best_trial`)
+TIES = ("best", "grow", "lossless", "loss")  # which candidate wins when validation cannot tell them apart (`best_trial`)
 VALIDATION = ("learn", "hold_out")  # whether the committed version learns the held-out images after the choice
 
 
@@ -103,7 +103,8 @@ class SearchSpace:
     min_ops: int = 0  # every sampled candidate grows at least this much (the enqueued no-growth ones still run)
     validation_per_class: int = 100
     validation: str = "learn"  # 'learn': the committed version learns the held-out images after the choice
-    ties: str = "best"  # 'grow': within noise of the best, the largest wins; 'lossless': an exact head
+    ties: str = "best"  # 'grow': within noise of the best, the largest wins; 'lossless': an exact head;
+    # 'loss': within noise of the best, the lowest validation log-loss
     latents: Any = None  # evo.learn.latent.StoreConfig, or None (`latents: none`: today's behaviour)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
