@@ -59,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=float, default=0.0, help="evo_latent's warmup fraction (0.3: one-cycle)")
     p.add_argument("--batch", type=int, default=64, help="evo_latent's training batch size")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="evo_latent's AdamW weight decay")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", nargs="+", default=["fast path", "latent fp16", "latent int8", "latent fp32", "ceiling"])
     p.add_argument("--threads", type=int, default=2)

@@ -15,6 +15,7 @@ from evo.errors import ConfigError, EvoError
 from evo.graph.taps import blocks
 from evo.learn import STRATEGIES, Learner, Strategy, TrainConfig, list_strategies, register_strategy
 from evo.learn.cost import CostMeter, forward_flops, train_flops
+from evo.learn.strategies import make_strategy
 from evo.learn.train import fit, lr_factor, trainable_nodes
 
 SIZE = 16
@@ -167,6 +168,10 @@ def test_warmup_ramps_then_decays_and_zero_is_plain_cosine():
     one_cycle = [lr_factor(s, total, 0.3) for s in range(total + 1)]
     assert one_cycle[0] == pytest.approx(1 / 25) and one_cycle[6] == 1.0 and one_cycle[-1] == pytest.approx(0.0)
     assert one_cycle[:7] == sorted(one_cycle[:7]) and one_cycle[6:] == sorted(one_cycle[6:], reverse=True)
+    steep = [lr_factor(s, 10, 0.95) for s in range(11)]  # a ramp over nearly every step still peaks and decays
+    assert max(steep) == 1.0 and steep[-1] == pytest.approx(0.0)
+    for name in ("evo_tune", "evo_latent", "replay"):  # every strategy that trains takes it
+        assert make_strategy(name, warmup=0.3).options.warmup == 0.3
 
 
 def test_fit_follows_the_warmup_schedule(monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 
 from evo.runs import Run
 from evo.search import SpaceError, parse_space
-from evo.search.round_state import InFlight, RoundState
+from evo.search.round_state import RoundState
 
 SPACE = {
     "name": "heldout",
@@ -137,13 +137,30 @@ def test_the_reserve_is_released_when_no_candidate_fits_beside_it():
     assert state.admit("a", 80) == "start" and not state.release()
 
 
-def test_a_grown_candidate_starts_on_its_own_price_and_the_reserve_stays():
-    """The reserve covers the base graph's held-out step; a grown candidate is admitted on its own price
-    (its larger held-out step is checked against the room measured after the choice)."""
-    state = RoundState(budget=100, slots=4, concurrency=3, max_streak=2, reserved=30)
-    assert state.admit("wide", 60) == "start" and state.reserved == 30
-    state.launch("h", InFlight(None, None, 60, 0.0), "wide", 1)
-    assert state.room() == 10 and state.admit("more", 20) == "over_budget"
+def test_a_grown_candidate_starts_on_its_own_price_and_its_held_out_step_is_checked_after_the_choice(
+        tmp_path, monkeypatch):
+    """Learning the held-out images on a grown graph is priced far above any budget here: the grown
+    candidates still start (the reserve covers the base graph's step only), and where one wins, its
+    step does not fit the room left, so the version says so and is committed as chosen."""
+    import evo.search.pricing as pricing
+
+    real = pricing.heldout_flops
+    base_params = {}
+
+    def priced(graph, *args, **kwargs):
+        flops = real(graph, *args, **kwargs)
+        base_params.setdefault("n", graph.num_params())  # the first call prices the round-0 base graph
+        return flops * 10**6 if graph.num_params() > base_params["n"] else flops
+
+    monkeypatch.setattr(pricing, "heldout_flops", priced)
+    run, results = _drive(tmp_path, training={"strategy": "evo", "taps": "features"},
+                          scenario={**SPACE["scenario"], "increments": 2}, trials=4)
+    grown = [t for r in results for t in r.trials if t.get("candidate", {}).get("growth") and "val_accuracy" in t]
+    assert grown, "no grown candidate ran"
+    for r in results:
+        meta = run.version_meta(r.version)
+        if meta["ops"]:  # a grown winner: its held-out step did not fit
+            assert "not learned: needs" in meta["heldout"]["skipped"]
 
 
 def test_a_winner_whose_held_out_step_does_not_fit_the_room_left_is_committed_as_chosen(learned):

@@ -42,6 +42,8 @@ class TrainConfig:
       lr / 25 to lr before the cosine decay (the one-cycle shape); 0 is cosine from the first step.
       Adam's first steps move every weight by about lr whatever its gradient, before its moment
       estimates settle; a ramp keeps those steps from undoing what pretrained layers knew.
+      The schedule spans every epoch: a `max_flops` cap that stops training early ends it before
+      the decay (during the ramp, if the cap is that tight).
     """
 
     epochs: int = 2
@@ -88,13 +90,22 @@ class TrainConfig:
         return asdict(self)
 
 
+def config_from(options: Any, **overrides: Any) -> TrainConfig:
+    """The TrainConfig of a closed-form strategy that also trains (`evo_tune`, `evo_latent`): every
+    TrainConfig field its options have, with `train_batch_size` as the batch (its own `batch_size` is
+    the feature pass's), plus `overrides`. New TrainConfig fields reach them through here."""
+    names = {f.name for f in fields(TrainConfig)} - {"batch_size"}
+    opts = {k: v for k, v in vars(options).items() if k in names}
+    return TrainConfig.build(**opts, batch_size=options.train_batch_size, **overrides)
+
+
 WARMUP_START = 1 / 25  # the one-cycle ramp starts at lr / 25 (torch's OneCycleLR default)
 
 
 def lr_factor(step: int, total: int, warmup: float = 0.0) -> float:
     """The learning rate at `step` of `total`, relative to `lr`: a linear ramp from WARMUP_START over
     the first `warmup` fraction of the steps, then cosine decay to 0."""
-    ramp = int(round(warmup * total))
+    ramp = min(int(warmup * total + 1e-9), total - 1)  # the peak is always reached, and decay follows
     if step < ramp:
         return WARMUP_START + (1 - WARMUP_START) * step / ramp
     rest = max(total - ramp, 1)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 
@@ -27,9 +27,6 @@ from evo.search.executor import Executor, RayExecutor
 from evo.search.round_state import InFlight, RoundState
 from evo.search.space import SearchSpace
 from evo.search.storage import open_storage
-
-if TYPE_CHECKING:
-    from evo.graph.archgraph import ArchGraph
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -311,12 +308,7 @@ class Driver:
         if self.space.validation != "learn" or not any(learns_heldout({"strategy": n}) for n in names):
             return 0
         fixed = {k: r.values()[0] for k, r in self.space.training.items() if len(r.values()) == 1}
-        return self._heldout_flops(base, fixed, parent_meta, n_classes)
-
-    def _heldout_flops(self, graph: ArchGraph, training: dict[str, Any], parent_meta: dict[str, Any],
-                       n_classes: int) -> int:
-        """The round's held-out images learned by `graph` with `training`'s evo options (round 0: unprepared)."""
-        return pricing.heldout_flops(graph, self._n_held, n_classes, training, self.space.memory,
+        return pricing.heldout_flops(base, self._n_held, n_classes, fixed, self.space.memory,
                                      first=parent_meta.get("increment") is None)
 
     def _learn_heldout(self, best, cand: Candidate, index: int, room: float) -> dict[str, Any]:
@@ -492,7 +484,8 @@ def best_trial(done: list, ties: str = "best") -> Any:
     the smaller model). Accuracy on a few hundred images moves by whole images, and a candidate one
     image behind is as likely the better one; the log-loss sees how confidently every image is
     classified, so it has far less variance, and it is a proper score: in expectation the better
-    predictor has the lower one. Without a per-image record, or with every log-loss 0, this is `best`.
+    predictor has the lower one. Without a per-image record, or where any of them has a log-loss of 0
+    (none recorded, or every image certain: nothing to rank), this is `best`.
     """
     top = max(t.values[0] for t in done)
     tied = [t for t in done if t.values[0] == top]
@@ -520,7 +513,9 @@ def best_trial(done: list, ties: str = "best") -> Any:
 
 
 def _nll(trial) -> float:
-    return trial.user_attrs.get("val_nll", 0.0)
+    """The validation log-loss (0 where none was recorded; a non-finite one ranks last)."""
+    v = float(trial.user_attrs.get("val_nll", 0.0))
+    return v if math.isfinite(v) else math.inf
 
 
 def _lossless(trial) -> bool:

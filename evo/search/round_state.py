@@ -65,9 +65,9 @@ class RoundState:
 
         The reserve is priced on the round's base graph, and a grown winner's larger head costs more to
         learn them; that is not reserved as well. Prices are upper bounds (the GCV walk at its cap), the
-        room left after the choice is measured, and the winner learns them if its price fits then
-        (measured on the main job: reserving the difference priced out the `add_tap` that the round went
-        on to commit without it, 78.2 % against 83.2 %, and that winner's held-out step then fit)."""
+        winner learns them if their price fits the room left after the choice, spent as measured, and
+        reserving more priced out growth that went on to win (BENCHMARKS.md, "A regression, found and
+        mended")."""
         if key in self.seen:
             self.streak += 1
             return "duplicate"

@@ -20,7 +20,7 @@ the budget kept (the manifest reports it).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,7 @@ from evo.learn.latent import LatentRows, LatentStore, check_layout, merge_above,
 from evo.learn.strategies.base import Context, Result, Workload, register_strategy
 from evo.learn.strategies.evo import Evo, calibrate_scale
 from evo.learn.tracked import LAYOUT_KEY, head_map, head_taps, layout_width, map_features, to_meta
-from evo.learn.train import TrainConfig, fit, step_flops_per_image
+from evo.learn.train import TrainConfig, config_from, fit, step_flops_per_image
 
 BALANCED = "balanced"  # `replay`: as many stored latents per old class as the increment has per class
 
@@ -88,9 +88,7 @@ class EvoLatent(Evo):
             self.train_config()
 
         def train_config(self) -> TrainConfig:
-            names = {f.name for f in fields(TrainConfig)}
-            opts = {k: v for k, v in vars(self).items() if k in names and k != "batch_size"}
-            return TrainConfig.build(**opts, batch_size=self.train_batch_size, channels_last=False)
+            return config_from(self, channels_last=False)
 
     # -- the hook -----------------------------------------------------------------------------
 

@@ -9,13 +9,13 @@ why the search keeps the plain `evo` fast path as a candidate in every round.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 from evo.graph.archgraph import ArchGraph
 from evo.learn.strategies.base import Context, Result, Workload, head_growth_flops, register_strategy
 from evo.learn.strategies.evo import Evo
 from evo.learn.strategies.replay import with_memory
-from evo.learn.train import TrainConfig, fit, step_flops_per_image
+from evo.learn.train import TrainConfig, config_from, fit, step_flops_per_image
 
 
 @register_strategy("evo_tune")
@@ -36,15 +36,14 @@ class EvoTune(Evo):
         train_batch_size: int = 64
         max_flops: int | None = None
         seed: int = 0
+        warmup: float = 0.0
 
         def __post_init__(self) -> None:
             super().__post_init__()
             self.train_config()
 
         def train_config(self) -> TrainConfig:
-            names = {f.name for f in fields(TrainConfig)}
-            opts = {k: v for k, v in vars(self).items() if k in names and k != "batch_size"}
-            return TrainConfig.build(**opts, batch_size=self.train_batch_size)
+            return config_from(self)
 
     def price(self, graph: ArchGraph, work: Workload) -> int:
         """The fast path, fine-tuning on increment + memory (capped by `max_flops`), then the features
