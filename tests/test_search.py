@@ -261,6 +261,16 @@ def _flip(right, lost, gained=0):
     return out
 
 
+def _judged(right, nll, params):
+    """A finished trial with validation accuracy, log-loss, size and its per-image record."""
+    import optuna
+
+    from evo.search.worker import pack_correct
+
+    return optuna.trial.create_trial(values=[float(right.mean())], user_attrs={
+        "val_nll": nll, "params": params, "val_correct": pack_correct(right)})
+
+
 def test_ties_grow_takes_the_largest_candidate_validation_cannot_tell_from_the_best():
     """`ties: grow`: within one paired standard error of the best on the same validation images, the
     largest candidate wins; one clearly worse does not, and a larger copy of a smaller function does not."""
@@ -268,29 +278,25 @@ def test_ties_grow_takes_the_largest_candidate_validation_cannot_tell_from_the_b
     import optuna
 
     from evo.search.driver import best_trial, paired_se
-    from evo.search.worker import pack_correct, unpack_correct
+    from evo.search.worker import unpack_correct
 
     rng = np.random.default_rng(0)
     best_right = rng.random(400) < 0.9
 
-    def trial(right, nll, params):
-        return optuna.trial.create_trial(values=[float(right.mean())], user_attrs={
-            "val_nll": nll, "params": params, "val_correct": pack_correct(right)})
-
-    best = trial(best_right, 0.30, 1_000)
+    best = _judged(best_right, 0.30, 1_000)
     assert (unpack_correct(best.user_attrs["val_correct"]) == best_right).all()
-    near = trial(_flip(best_right, 6, 4), 0.31, 9_000)  # 2 of 400 images behind, 10 differ: noise
-    far = trial(_flip(best_right, 40), 0.50, 50_000)  # 40 behind: a real loss
-    copy = trial(_flip(best_right, 6, 4), 0.31 * (1 + 1e-6), 20_000)  # what `near` computes, larger
-    behind = trial(_flip(best_right, 2), 0.31, 30_000)  # 2 behind and never ahead: 1.4 standard errors
-    one = trial(_flip(best_right, 1), 0.32, 30_000)  # 1 behind: one standard error, still a tie
+    near = _judged(_flip(best_right, 6, 4), 0.31, 9_000)  # 2 of 400 images behind, 10 differ: noise
+    far = _judged(_flip(best_right, 40), 0.50, 50_000)  # 40 behind: a real loss
+    copy = _judged(_flip(best_right, 6, 4), 0.31 * (1 + 1e-6), 20_000)  # what `near` computes, larger
+    behind = _judged(_flip(best_right, 2), 0.31, 30_000)  # 2 behind and never ahead: 1.4 standard errors
+    one = _judged(_flip(best_right, 1), 0.32, 30_000)  # 1 behind: one standard error, still a tie
     assert paired_se(near, best) == pytest.approx(np.sqrt(10) / 400)  # McNemar's, from the 10 that differ
     assert best_trial([best, near, far]) is best  # the default: the best on validation
     assert best_trial([best, near, far], ties="grow") is near
     assert best_trial([best, near, far, copy], ties="grow") is near
     assert best_trial([best, behind], ties="grow") is best
     assert best_trial([best, one], ties="grow") is one
-    certain = [trial(best_right, 0.0, 1_000), trial(best_right, 0.0, 5_000)]  # log-loss 0: cannot say "same"
+    certain = [_judged(best_right, 0.0, 1_000), _judged(best_right, 0.0, 5_000)]  # log-loss 0: cannot say "same"
     assert best_trial(certain, ties="grow") is certain[1]
     bare = optuna.trial.create_trial(values=[0.87], user_attrs={"val_nll": 0.3, "params": 99_999})
     assert best_trial([best, bare], ties="grow") is best  # no per-image record: only an equal accuracy ties
@@ -305,24 +311,19 @@ def test_ties_loss_takes_the_lowest_log_loss_among_candidates_validation_accurac
     import optuna
 
     from evo.search.driver import best_trial
-    from evo.search.worker import pack_correct
 
     rng = np.random.default_rng(2)
     base = rng.random(800) < 0.97
 
-    def trial(right, nll, params):
-        return optuna.trial.create_trial(values=[float(right.mean())], user_attrs={
-            "val_nll": nll, "params": params, "val_correct": pack_correct(right)})
-
-    fast = trial(base, 0.075, 1_000)
-    trained = trial(_flip(base, 5, 4), 0.063, 1_000)  # one image behind of 800, 9 differ: noise
-    far = trial(_flip(base, 20), 0.010, 1_000)  # 20 behind: a real loss, whatever its log-loss
-    same = trial(_flip(base, 5, 4), 0.063 * (1 + 1e-6), 900)  # what `trained` computes, smaller
+    fast = _judged(base, 0.075, 1_000)
+    trained = _judged(_flip(base, 5, 4), 0.063, 1_000)  # one image behind of 800, 9 differ: noise
+    far = _judged(_flip(base, 20), 0.010, 1_000)  # 20 behind: a real loss, whatever its log-loss
+    same = _judged(_flip(base, 5, 4), 0.063 * (1 + 1e-6), 900)  # what `trained` computes, smaller
     assert best_trial([fast, trained]) is fast  # the default: accuracy first
     assert best_trial([fast, trained], ties="loss") is trained
     assert best_trial([fast, trained, far], ties="loss") is trained
     assert best_trial([fast, trained, same], ties="loss") is same
-    certain = [trial(base, 0.0, 1_000), trial(_flip(base, 1), 0.0, 500)]
+    certain = [_judged(base, 0.0, 1_000), _judged(_flip(base, 1), 0.0, 500)]
     assert best_trial(certain, ties="loss") is certain[0]
     bare = [optuna.trial.create_trial(values=[a], user_attrs={"val_nll": n, "params": 1})
             for a, n in ((0.97, 0.2), (0.9687, 0.1))]

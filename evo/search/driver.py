@@ -488,20 +488,13 @@ def best_trial(done: list, ties: str = "best") -> Any:
     (none recorded, or every image certain: nothing to rank), this is `best`.
     """
     top = max(t.values[0] for t in done)
-    tied = [t for t in done if t.values[0] == top]
-    low = min(_nll(t) for t in tied)
-    same = [t for t in tied if _nll(t) <= low * (1 + NLL_TIE) + 1e-12]
-    best = min(same, key=lambda t: (_size(t), _nll(t), t.number))
+    best = _least_loss([t for t in done if t.values[0] == top])
     if ties == "lossless" and not _lossless(best):
         exact = [t for t in done if _lossless(t)]
         return best_trial(exact) if any(within_noise(t, best, z=LOSSLESS_Z) for t in exact) else best
     if ties == "loss":
         near = [t for t in done if within_noise(t, best)]
-        low = min(_nll(t) for t in near)
-        if low <= NLL_FLOOR:
-            return best
-        same = [t for t in near if _nll(t) <= low * (1 + NLL_TIE) + 1e-12]
-        return min(same, key=lambda t: (_size(t), -t.values[0], _nll(t), t.number))
+        return best if min(_nll(t) for t in near) <= NLL_FLOOR else _least_loss(near)
     if ties != "grow":
         return best
     near = [t for t in done if within_noise(t, best)]
@@ -510,6 +503,14 @@ def best_trial(done: list, ties: str = "best") -> Any:
     distinct = [t for t in near if not any(_size(o) < _size(t) and o.values[0] >= t.values[0] and _nll(o) > NLL_FLOOR
                                            and abs(_nll(o) - _nll(t)) <= NLL_TIE * _nll(o) for o in near)]
     return max(distinct, key=lambda t: (_size(t), t.values[0], -_nll(t), -t.number))
+
+
+def _least_loss(trials: list) -> Any:
+    """The lowest validation log-loss; log-losses within NLL_TIE of it are the same function up to
+    rounding, and among those the smaller model wins (then the more accurate, the earlier)."""
+    low = min(_nll(t) for t in trials)
+    same = [t for t in trials if _nll(t) <= low * (1 + NLL_TIE) + 1e-12]
+    return min(same, key=lambda t: (_size(t), -t.values[0], _nll(t), t.number))
 
 
 def _nll(trial) -> float:
