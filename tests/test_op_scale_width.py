@@ -38,6 +38,28 @@ def test_every_group_after_the_site_grows_and_nothing_before_it_changes() -> Non
     assert len(whole.meta["history"]) == 1 and whole.meta["history"][0]["op"] == "scale_width"
 
 
+def test_fresh_units_in_every_group_keep_the_function_and_are_not_copies() -> None:
+    """init=fresh reaches every widened group: the logits are the parent's, every producer's new rows are
+    drawn (no copy of an old row), and every consumer's new columns are zero."""
+    g = zoo.load("small_cnn", width=4)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ref = g.to_module().eval()(x)
+    child = ops.apply(g, "scale_width", site={"after": "input"}, factor=2.0, init="fresh")
+    with torch.no_grad():
+        assert torch.allclose(child.to_module().eval()(x), ref, atol=1e-5, rtol=1e-5)
+    for n, w in _widths(g).items():
+        before, after = g.params(n)["weight"], child.params(n)["weight"]
+        c_in = before.shape[1]
+        assert after.shape[0] == 2 * w and torch.equal(after[:w, :c_in], before), n  # old rows, old columns kept
+        assert not after[:w, c_in:].any(), n  # old units read nothing from new ones yet
+        assert not any(torch.allclose(after[j, :c_in], before[i]) for j in range(w, 2 * w) for i in range(w)), n
+    before, after = g.params("classifier")["weight"], child.params("classifier")["weight"]
+    assert after.shape[1] == 2 * before.shape[1] and not after[:, before.shape[1]:].any()
+    with pytest.raises(ConfigError, match="scale_width init must be one of"):
+        ops.apply(g, "scale_width", site={"after": "input"}, init="random")
+
+
 def test_bad_sites_and_parameters_are_refused_with_the_fix() -> None:
     g = zoo.load("small_cnn", width=4)
     with pytest.raises(InvalidSiteError, match=r"\{'after': <input or block output>\}"):

@@ -116,7 +116,8 @@ def test_every_site_preserves_function(name: str, limit: int | None) -> None:
         assert child.shape(site["group"])[0] == -(-before[site["group"]] * 3 // 2)
         assert child.num_params() > parent.num_params()
         assert child.meta["history"][-1] == {"op": "widen", "site": site,
-                                             "params": {"factor": 1.5, "new_width": None, "noise": noise, "seed": i}}
+                                             "params": {"factor": 1.5, "new_width": None, "noise": noise, "seed": i,
+                                                        "init": "copy"}}
     for site in sites if name == "small_cnn" else (sites[0], sites[-1]):  # delta re-applies and counts FLOPs
         child = ops.apply(parent, "widen", site=site, factor=1.5)
         assert ops.delta(parent, "widen", site, factor=1.5).params == child.num_params() - parent.num_params()
@@ -142,9 +143,12 @@ def test_residual_group_grows_every_member() -> None:
     torch.testing.assert_close(_logits(child, x), _logits(parent, x), atol=ATOL, rtol=RTOL)
 
 
+TRAIN_EXACT_SITES = ({"group": "down_0"}, {"group": "left"}, {"group": "stem_0"})  # dropout's width stays
+
+
 def test_train_mode_exact_for_same_batch(small: ArchGraph) -> None:
     x = torch.randn(8, 3, 32, 32)
-    for site in ({"group": "down_0"}, {"group": "left"}, {"group": "stem_0"}):
+    for site in TRAIN_EXACT_SITES:
         child = ops.apply(small, "widen", site=site, factor=2.0, noise=0.3, seed=3)
         pnet, cnet = small.to_module().train(), child.to_module().train()
         torch.manual_seed(0)  # same dropout mask (the dropout's width is unchanged at these sites)
@@ -178,6 +182,67 @@ def test_noise_breaks_symmetry_but_stays_exact(small: ArchGraph) -> None:
     for j, i in zip(range(16, 24), src, strict=True):
         torch.testing.assert_close(w["plain"][:, j], w["plain"][:, i])
         torch.testing.assert_close(w["plain"][:, j] * 2, small.params("res_b_0")["weight"][:, i])
+
+
+@pytest.mark.parametrize(("name", "limit"), MODELS)
+def test_fresh_units_preserve_function_at_every_site(name: str, limit: int | None) -> None:
+    """init=fresh: random new producer rows, zero consumer columns; the logits are the parent's, in eval and
+    in train mode (batch statistics of the new units only feed zero columns)."""
+    parent = _parent(name)
+    snap = _snapshot(parent)
+    sites = ops.sites(parent, "widen")
+    if limit is not None and len(sites) > limit:
+        sites = [sites[i] for i in sorted(set(torch.linspace(0, len(sites) - 1, limit).round().long().tolist()))]
+    x = torch.randn(3, *parent.input_shape, generator=torch.Generator().manual_seed(0))
+    y, y_train = _logits(parent, x), _seeded_train_logits(parent, x)
+    assert name != "small_cnn" or all(s in sites for s in TRAIN_EXACT_SITES)
+    for i, site in enumerate(sites):
+        child = ops.apply(parent, "widen", site=site, factor=1.5, seed=i, init="fresh")
+        torch.testing.assert_close(_logits(child, x), y, atol=ATOL, rtol=RTOL, msg=lambda m, s=site: f"{name} {s}: {m}")
+        if name == "small_cnn" and site in TRAIN_EXACT_SITES:  # the dropout's width is unchanged: one seed, one mask
+            torch.testing.assert_close(_seeded_train_logits(child, x), y_train, atol=ATOL, rtol=RTOL)
+    _assert_unchanged(parent, snap)
+
+
+def _seeded_train_logits(graph: ArchGraph, x: torch.Tensor) -> torch.Tensor:
+    net = graph.to_module().train()
+    torch.manual_seed(0)  # the same dropout mask for parent and child
+    with torch.no_grad():
+        return net(x)
+
+
+def test_fresh_units_are_new_features_not_copies(small: ArchGraph) -> None:
+    """The new rows are drawn (not a copy of any old row) at the layer's scale; the old rows and columns
+    are the parent's exactly; the consumers' new columns are zero; the seed decides the draw."""
+    site = {"group": "res_a_0"}
+    child = ops.apply(small, "widen", site=site, factor=1.5, seed=0, init="fresh")
+    old_w, new_w = small.params("res_a_0")["weight"], child.params("res_a_0")["weight"]
+    assert new_w.shape[0] == 24 and torch.equal(new_w[:16], old_w)
+    for j in range(16, 24):
+        assert not any(torch.allclose(new_w[j], old_w[i]) for i in range(16))
+    assert 0.5 < float(new_w[16:].std() / old_w.std()) < 2.0
+    cons_old, cons_new = small.params("res_b_0")["weight"], child.params("res_b_0")["weight"]
+    assert torch.equal(cons_new[:, :16], cons_old) and not cons_new[:, 16:].any()
+    again = ops.apply(small, "widen", site=site, factor=1.5, seed=0, init="fresh").params("res_a_0")["weight"]
+    other = ops.apply(small, "widen", site=site, factor=1.5, seed=1, init="fresh").params("res_a_0")["weight"]
+    assert torch.equal(again, new_w) and not torch.equal(other[16:], new_w[16:])
+
+
+def test_fresh_units_learn_from_the_first_step(small: ArchGraph) -> None:
+    """One SGD step on the child moves the zero columns (the gradient reaches them through the new units'
+    activations), and a second step moves the new rows: fresh units start learning at once."""
+    child = ops.apply(small, "widen", site={"group": "res_a_0"}, factor=2.0, seed=0, init="fresh")
+    net = child.to_module().train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    names = dict(net.named_parameters())
+    rows0 = names["res_a_0.weight"].detach()[16:].clone()
+    for _ in range(2):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    assert names["res_b_0.weight"].detach()[:, 16:].abs().sum() > 0
+    assert not torch.equal(names["res_a_0.weight"].detach()[16:], rows0)
 
 
 def test_different_seeds_pick_different_units(small: ArchGraph) -> None:
@@ -306,6 +371,7 @@ def test_concat_ties_depthwise_and_flatten_blocks() -> None:
     ({"factor": 2.0, "new_width": 20}, "not both"),
     ({"noise": -0.1}, "noise must be a number >= 0"),
     ({"seed": 1.5}, "seed must be an integer"),
+    ({"init": "zero"}, "init must be one of ['copy', 'fresh']"),
     ({"width": 20}, "has no parameter(s) ['width']"),
 ])
 def test_bad_params(small: ArchGraph, params: dict, text: str) -> None:

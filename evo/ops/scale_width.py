@@ -7,7 +7,8 @@ search can propose it as one candidate instead of needing as many ops per round 
 
 A site is `{"after": <node>}`: the model's input or a backbone block output. Every channel group that
 `widen` can widen exactly and whose producers all lie after that node is widened by `factor` (each with
-its own seed, so the copies of different groups break symmetry independently). Groups before the node are
+its own seed, so the copies of different groups break symmetry independently); `init` is `widen`'s
+(copies, or fresh units whose outputs start at weight 0). Groups before the node are
 left alone, which keeps a frozen part (a latent store's cut) untouched. Exactness is `widen`'s, per group.
 """
 
@@ -28,7 +29,7 @@ from evo.ops.widen import Widen
 @register
 class ScaleWidth(GrowthOp):
     name = "scale_width"
-    defaults = {"factor": 1.5, "noise": 0.0, "seed": 0}
+    defaults = {"factor": 1.5, "noise": 0.0, "seed": 0, "init": "copy"}
 
     def sites(self, graph: ArchGraph) -> list[Site]:
         groups = _widenable(graph)  # one channel analysis for every candidate site
@@ -37,7 +38,7 @@ class ScaleWidth(GrowthOp):
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
         merged = super().check_params(params)
         try:
-            Widen().check_params({k: merged[k] for k in ("factor", "noise", "seed")})
+            Widen().check_params({k: merged[k] for k in ("factor", "noise", "seed", "init")})
         except ConfigError as e:  # the same rules, named for this operator
             raise ConfigError(str(e).replace("widen ", "scale_width ", 1)) from None
         return merged
@@ -48,10 +49,11 @@ class ScaleWidth(GrowthOp):
                                    "list valid sites with evo.ops.sites(graph, 'scale_width')")
         return super().check_site(graph, site)
 
-    def grow(self, graph: ArchGraph, site: Site, factor: float = 1.5, noise: float = 0.0, seed: int = 0) -> None:
+    def grow(self, graph: ArchGraph, site: Site, factor: float = 1.5, noise: float = 0.0, seed: int = 0,
+             init: str = "copy") -> None:
         widen = Widen()
         for i, group in enumerate(_groups_after(graph, site["after"], _widenable(graph))):  # each widen sets the shapes it changes
-            widen.grow(graph, {"group": group}, factor=factor, noise=noise, seed=seed + 7919 * i)
+            widen.grow(graph, {"group": group}, factor=factor, noise=noise, seed=seed + 7919 * i, init=init)
 
 
 def _widenable(graph: ArchGraph) -> list[list[str]]:

@@ -19,7 +19,16 @@ old units drawn as seeded random permutations, so copies spread evenly) and then
 weight element of a replicated unit gets ratio exp(noise*z)/Σ_copies exp(noise*z), z ~ N(0, 1) seeded.
 The copies still receive the same inputs and their contributions still sum to the original weight, so
 the child computes the same function (up to float rounding), but the copies now get different gradients.
-noise=0 gives the classic equal split. Groups that cannot be widened exactly (reaching the input or
+noise=0 gives the classic equal split.
+
+`init="fresh"` grows new features instead of copies (the zero-outgoing growth of GradMax, Evci et al.
+2022, and Firefly, Wu et al. 2020): each new unit's producer rows are drawn at random (normal, with the
+std of the producer's existing weights; bias 0), batch norms copy a source unit's parameters, and every
+consumer's columns for the new units are zero while the old columns keep their weights. The function is
+exactly the parent's (the new units are multiplied by zero), and the copies' symmetry never arises:
+Net2Wider copies compute the same feature until training pulls them apart, which a few epochs on a
+small net do not do (issue 14's capacity runs). The first gradient step moves the zero columns, and
+from then on the new units learn. `noise` does not apply to fresh units. Groups that cannot be widened exactly (reaching the input or
 the logits, read by a grouped conv, reduced or broadcast over channels, a concat tied to a producer) are
 not sites; `evo.ops.apply` names the reason when asked for one. Node and edge shapes are updated
 directly from the channel layouts (the base's validate re-infers them all).
@@ -42,7 +51,7 @@ from evo.ops.base import GrowthOp, Site, register
 @register
 class Widen(GrowthOp):
     name = "widen"
-    defaults = {"factor": 1.5, "new_width": None, "noise": 0.0, "seed": 0}
+    defaults = {"factor": 1.5, "new_width": None, "noise": 0.0, "seed": 0, "init": "copy"}
 
     def sites(self, graph: ArchGraph) -> list[Site]:
         return [{"group": prods[0]} for prods in ChannelSpaces(graph).groups().values()]
@@ -61,6 +70,9 @@ class Widen(GrowthOp):
         noise = merged["noise"]
         if not _real(noise) or not math.isfinite(noise) or noise < 0:
             raise ConfigError(f"widen noise must be a number >= 0 (0 = equal split among copies), got {noise!r}")
+        if merged["init"] not in INITS:
+            raise ConfigError(f"widen init must be one of {list(INITS)} (copy: Net2Wider copies of old units; fresh: "
+                              f"new random units whose outputs start at weight 0), got {merged['init']!r}")
         if not _int(merged["seed"]):
             raise ConfigError(f"widen seed must be an integer, got {merged['seed']!r}")
         return merged
@@ -83,7 +95,7 @@ class Widen(GrowthOp):
         return {"group": cs.groups()[root][0]}
 
     def grow(self, graph: ArchGraph, site: Site, factor: float = 1.5, new_width: int | None = None,
-             noise: float = 0.0, seed: int = 0) -> None:
+             noise: float = 0.0, seed: int = 0, init: str = "copy") -> None:
         cs = ChannelSpaces(graph)
         root = cs.find(cs.producers[site["group"]])
         old = cs.width(root)
@@ -113,9 +125,12 @@ class Widen(GrowthOp):
                 out_key, in_key = ("out_channels", "in_channels") if op == "conv2d" else ("out_features", "in_features")
                 if n in cs.producers and cs.find(cs.producers[n]) == root:
                     params = {k: t.index_select(0, g) for k, t in params.items()}
+                    if init == "fresh":
+                        params = _fresh_rows(params, old, gen)
                     attrs[out_key] = new
                 if cols is not None:
-                    params["weight"] = _split_columns(params["weight"], cols, noise, gen)
+                    params["weight"] = (_zero_new_columns(params["weight"], cols, _new_columns(cs, x, root, g, old))
+                                        if init == "fresh" else _split_columns(params["weight"], cols, noise, gen))
                     attrs[in_key] = len(cols)
             graph.node(n)["params"] = params
         _update_shapes(graph, cs, root, g)
@@ -140,6 +155,39 @@ def _unit_map(old: int, new: int, gen: torch.Generator) -> torch.Tensor:
     return torch.cat([torch.arange(old), *perms])[:new]
 
 
+def _fresh_rows(params: dict[str, torch.Tensor], old: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """A producer's rows from `old` on drawn afresh: weights normal with the std of the existing rows
+    (the layer's own scale, so the new features are as strong as the old), bias 0."""
+    out = dict(params)
+    w = params["weight"]
+    std = float(w[:old].to(torch.float64).std()) if w[:old].numel() > 1 else 0.0
+    fresh = torch.randn((w.shape[0] - old, *w.shape[1:]), generator=gen, dtype=torch.float64) * (std or 1e-2)
+    out["weight"] = torch.cat([w[:old], fresh.to(w.dtype)])
+    if params.get("bias") is not None:
+        b = params["bias"]
+        out["bias"] = torch.cat([b[:old], torch.zeros(b.shape[0] - old, dtype=b.dtype)])
+    return out
+
+
+def _new_columns(cs: ChannelSpaces, layout, root: int, g: torch.Tensor, old: int) -> torch.Tensor:
+    """Which features along dim 1 of a tensor with `layout` are new units of the widened `root` (the same
+    order as `ChannelSpaces.expand`)."""
+    parts = []
+    for s, b in layout or ():
+        if cs.find(s) == root:
+            parts.append((torch.arange(len(g)) >= old).repeat_interleave(b))
+        else:
+            parts.append(torch.zeros(cs.width(s) * b, dtype=torch.bool))
+    return torch.cat(parts)
+
+
+def _zero_new_columns(w: torch.Tensor, cols: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Input columns replicated by `cols`, the old ones unchanged and the new units' set to zero."""
+    wide = w.index_select(1, cols).clone()
+    wide[:, new] = 0
+    return wide
+
+
 def _split_columns(w: torch.Tensor, cols: torch.Tensor, noise: float, gen: torch.Generator) -> torch.Tensor:
     """Replicate input columns by `cols` and split each old column among its copies (ratios summing to 1)."""
     wide = w.index_select(1, cols)
@@ -150,6 +198,9 @@ def _split_columns(w: torch.Tensor, cols: torch.Tensor, noise: float, gen: torch
     total = torch.zeros(w.shape, dtype=torch.float64).index_add_(1, cols, e)
     ratio = e / total.index_select(1, cols)
     return (wide.to(torch.float64) * ratio).to(w.dtype)
+
+
+INITS = ("copy", "fresh")
 
 
 def _real(v: Any) -> bool:
