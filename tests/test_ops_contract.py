@@ -116,15 +116,16 @@ recipes = st.lists(st.tuples(st.sampled_from(BLOCKS), st.integers(3, 9),
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(recipe=recipes, mlp=st.booleans(), op_name=st.sampled_from(sorted(OP_PARAMS)), pick=st.integers(0, 10**6),
-       seed=st.integers(0, 1000))
-def test_property_random_graphs_are_preserved(recipe, mlp, op_name, pick, seed):
+       seed=st.integers(0, 1000), fresh=st.booleans())
+def test_property_random_graphs_are_preserved(recipe, mlp, op_name, pick, seed, fresh):
     torch.manual_seed(seed)
     parent = randomize_bn(eg.from_module(RandomNet(recipe, mlp).eval(), (3, 9, 9)), seed)
     sites = ops.sites(parent, op_name)
     if not sites:
         return
     site = sites[pick % len(sites)]
-    params = {**OP_PARAMS[op_name], **({"seed": seed} if "seed" in ops.get_op(op_name).defaults else {})}
+    params = {**OP_PARAMS[op_name], **({"seed": seed} if "seed" in ops.get_op(op_name).defaults else {}),
+              **({"init": "fresh"} if fresh and "init" in ops.get_op(op_name).defaults else {})}  # widen's new units
     child = ops.apply(parent, op_name, site=site, **params)
     x = torch.randn(3, 3, 9, 9)
     with torch.no_grad():
