@@ -7,7 +7,7 @@ arm may `scale_width`, `widen` or `deepen`; the baseline is the same file with `
 For each seed (class order, subsets, the net's initial weights) both arms run; the table gives final accuracy, the
 difference, what each round chose, and how the architecture grew (weight layers, widths, parameters).
 
-    .venv/bin/python benchmarks/capacity.py --out benchmarks/capacity_results.json      # seeds 0 1 2
+    .venv/bin/python benchmarks/capacity.py --seeds 0 1 2 3 4 --out benchmarks/capacity_results.json
     .venv/bin/python benchmarks/capacity.py --budget-flops 8e12 --out ...               # another budget
     .venv/bin/python benchmarks/capacity.py --per-class-train 6000 --per-class-test 1000 --budget-flops 2.4e13 \
         --out benchmarks/capacity_full.json                                             # all the data, 6x the budget
