@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 
 import pytest
 import torch
@@ -229,20 +230,40 @@ def test_fresh_units_are_new_features_not_copies(small: ArchGraph) -> None:
 
 
 def test_fresh_units_learn_from_the_first_step(small: ArchGraph) -> None:
-    """One SGD step on the child moves the zero columns (the gradient reaches them through the new units'
-    activations), and a second step moves the new rows: fresh units start learning at once."""
+    """The new units' outgoing columns start at zero, so the first SGD step cannot move their incoming
+    rows (their gradient is exactly 0) but moves the columns; the second step then moves the rows."""
     child = ops.apply(small, "widen", site={"group": "res_a_0"}, factor=2.0, seed=0, init="fresh")
     net = child.to_module().train()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
     names = dict(net.named_parameters())
     rows0 = names["res_a_0.weight"].detach()[16:].clone()
-    for _ in range(2):
+    assert not names["res_b_0.weight"].detach()[:, 16:].any()  # copy's split columns would be nonzero
+
+    def step() -> None:
         opt.zero_grad()
         torch.nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
+
+    step()
+    assert torch.equal(names["res_a_0.weight"].detach()[16:], rows0)
     assert names["res_b_0.weight"].detach()[:, 16:].abs().sum() > 0
+    step()
     assert not torch.equal(names["res_a_0.weight"].detach()[16:], rows0)
+
+
+def test_fresh_units_after_a_zero_branch_get_he_scaled_rows(small: ArchGraph) -> None:
+    """A zero-initialised branch tied into the group has no scale of its own to draw at: its fresh rows
+    are He-normal by fan-in, not dead, and the function stays exact."""
+    branched = ops.apply(small, "add_branch", site={"src": "stem_2", "dst": "stem_2"}, kind="skip")
+    zero = "stem_2_br_zero_conv"
+    assert not branched.params(zero)["weight"].any()
+    child = ops.apply(branched, "widen", site={"group": zero}, factor=2.0, seed=3, init="fresh")
+    w, old = child.params(zero)["weight"], branched.attrs(zero)["out_channels"]
+    assert not w[:old].any()
+    assert 0.5 < float(w[old:].std()) / math.sqrt(2.0 / math.prod(w.shape[1:])) < 1.5
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(_logits(child, x), _logits(branched, x), atol=ATOL, rtol=RTOL)
 
 
 def test_different_seeds_pick_different_units(small: ArchGraph) -> None:
@@ -346,10 +367,15 @@ def test_concat_ties_depthwise_and_flatten_blocks() -> None:
     x = torch.randn(5, 3, 8, 8)
     y, yt = _logits(graph, x), _logits(graph, x, train=True)
     for site in ops.sites(graph, "widen"):
-        for noise in (0.0, 0.7):
-            child = ops.apply(graph, "widen", site=site, factor=2.0, noise=noise)
+        for params in ({"noise": 0.0}, {"noise": 0.7}, {"init": "fresh"}):
+            child = ops.apply(graph, "widen", site=site, factor=2.0, **params)
             torch.testing.assert_close(_logits(child, x), y, atol=ATOL, rtol=RTOL)
             torch.testing.assert_close(_logits(child, x, train=True), yt, atol=ATOL, rtol=RTOL)
+    # after the flatten each new unit of e is a block of 16 features: every column of those blocks is zero
+    fresh = ops.apply(graph, "widen", site={"group": "e"}, new_width=5, init="fresh")
+    cols = fresh.params("fc1")["weight"]
+    old_e = graph.attrs("e")["out_channels"]
+    assert not cols[:, old_e * 16:].any() and torch.equal(cols[:, :old_e * 16], graph.params("fc1")["weight"])
     b = ops.apply(graph, "widen", site={"group": "d"}, new_width=7)  # d canonicalises to b
     assert [b.attrs(n)["out_channels"] for n in "abcd"] == [3, 7, 3, 7]
     assert b.attrs("dw")["groups"] == b.attrs("dw")["in_channels"] == 10 and b.attrs("bn")["num_features"] == 10

@@ -117,6 +117,17 @@ class ChannelSpaces:
             off += w * b
         return torch.cat(parts)
 
+    def new_units(self, layout: Layout, root: int, mapping: torch.Tensor, old: int) -> torch.Tensor:
+        """Which features along dim 1 of a tensor with `layout` belong to units of `root` beyond the first
+        `old` once widened by `mapping` (a mask in `expand`'s order)."""
+        parts = []
+        for s, b in layout or ():
+            if self.find(s) == root:
+                parts.append((torch.arange(len(mapping)) >= old).repeat_interleave(b))
+            else:
+                parts.append(torch.zeros(self.width(s) * b, dtype=torch.bool))
+        return torch.cat(parts)
+
     # ---- the pass -----------------------------------------------------------------------------
     def _visit(self, n: str) -> None:  # noqa: C901 - one branch per node kind
         g = self.graph

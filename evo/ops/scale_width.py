@@ -8,13 +8,13 @@ search can propose it as one candidate instead of needing as many ops per round 
 A site is `{"after": <node>}`: the model's input or a backbone block output. Every channel group that
 `widen` can widen exactly and whose producers all lie after that node is widened by `factor` (each with
 its own seed, so the copies of different groups break symmetry independently); `init` is `widen`'s
-(copies, or fresh units whose outputs start at weight 0). Groups before the node are
-left alone, which keeps a frozen part (a latent store's cut) untouched. Exactness is `widen`'s, per group.
+(copies, or fresh units whose outputs start at weight 0; `noise` has no effect on fresh units). Groups
+before the node are left alone, which keeps a frozen part (a latent store's cut) untouched. Exactness is `widen`'s, per group.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import networkx as nx
 
@@ -50,7 +50,7 @@ class ScaleWidth(GrowthOp):
         return super().check_site(graph, site)
 
     def grow(self, graph: ArchGraph, site: Site, factor: float = 1.5, noise: float = 0.0, seed: int = 0,
-             init: str = "copy") -> None:
+             init: Literal["copy", "fresh"] = "copy") -> None:
         widen = Widen()
         for i, group in enumerate(_groups_after(graph, site["after"], _widenable(graph))):  # each widen sets the shapes it changes
             widen.grow(graph, {"group": group}, factor=factor, noise=noise, seed=seed + 7919 * i, init=init)

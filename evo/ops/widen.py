@@ -22,13 +22,18 @@ the child computes the same function (up to float rounding), but the copies now 
 noise=0 gives the classic equal split.
 
 `init="fresh"` grows new features instead of copies (the zero-outgoing growth of GradMax, Evci et al.
-2022, and Firefly, Wu et al. 2020): each new unit's producer rows are drawn at random (normal, with the
-std of the producer's existing weights; bias 0), batch norms copy a source unit's parameters, and every
-consumer's columns for the new units are zero while the old columns keep their weights. The function is
-exactly the parent's (the new units are multiplied by zero), and the copies' symmetry never arises:
-Net2Wider copies compute the same feature until training pulls them apart, which a few epochs on a
-small net do not do (issue 14's capacity runs). The first gradient step moves the zero columns, and
-from then on the new units learn. `noise` does not apply to fresh units. Groups that cannot be widened exactly (reaching the input or
+2022, and Firefly, Wu et al. 2020). Each new unit's producer rows are drawn at random: normal, with the
+std of the producer's existing weights (He-normal by fan-in where those are all equal, e.g. a zero
+branch from `add_branch`), bias 0. Its batch-norm parameters and running statistics, and its depthwise
+filters, are copied from a source unit as with `copy`: per-channel layers cannot mix units, so this
+keeps exactness in train mode, and the running statistics catch up as the net trains. Every consumer's
+columns for the new units are zero while the old columns keep their weights. The function is exactly
+the parent's (the new units are multiplied by zero), and the copies' symmetry never arises: Net2Wider
+copies compute the same feature until training pulls them apart, which a few epochs on a small net do
+not do (issue 14's capacity runs). The first gradient step moves the zero columns, and from then on the
+new units learn. `noise` only splits copies' columns, so it has no effect with `fresh`.
+
+Groups that cannot be widened exactly (reaching the input or
 the logits, read by a grouped conv, reduced or broadcast over channels, a concat tied to a producer) are
 not sites; `evo.ops.apply` names the reason when asked for one. Node and edge shapes are updated
 directly from the channel layouts (the base's validate re-infers them all).
@@ -38,7 +43,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -46,6 +51,8 @@ from evo.errors import ConfigError, InvalidSiteError
 from evo.graph.archgraph import ArchGraph
 from evo.ops._channels import ChannelSpaces
 from evo.ops.base import GrowthOp, Site, register
+
+INITS = ("copy", "fresh")  # how new units start: Net2Wider copies, or random rows with zero outgoing weights
 
 
 @register
@@ -95,7 +102,7 @@ class Widen(GrowthOp):
         return {"group": cs.groups()[root][0]}
 
     def grow(self, graph: ArchGraph, site: Site, factor: float = 1.5, new_width: int | None = None,
-             noise: float = 0.0, seed: int = 0, init: str = "copy") -> None:
+             noise: float = 0.0, seed: int = 0, init: Literal["copy", "fresh"] = "copy") -> None:
         cs = ChannelSpaces(graph)
         root = cs.find(cs.producers[site["group"]])
         old = cs.width(root)
@@ -129,7 +136,7 @@ class Widen(GrowthOp):
                         params = _fresh_rows(params, old, gen)
                     attrs[out_key] = new
                 if cols is not None:
-                    params["weight"] = (_zero_new_columns(params["weight"], cols, _new_columns(cs, x, root, g, old))
+                    params["weight"] = (_zero_new_columns(params["weight"], cols, cs.new_units(x, root, g, old))
                                         if init == "fresh" else _split_columns(params["weight"], cols, noise, gen))
                     attrs[in_key] = len(cols)
             graph.node(n)["params"] = params
@@ -157,11 +164,14 @@ def _unit_map(old: int, new: int, gen: torch.Generator) -> torch.Tensor:
 
 def _fresh_rows(params: dict[str, torch.Tensor], old: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
     """A producer's rows from `old` on drawn afresh: weights normal with the std of the existing rows
-    (the layer's own scale, so the new features are as strong as the old), bias 0."""
+    (the layer's own scale, so the new features are as strong as the old), bias 0. Where the existing
+    weights carry no scale (all equal, e.g. a zero-initialised branch), He-normal by fan-in."""
     out = dict(params)
     w = params["weight"]
     std = float(w[:old].to(torch.float64).std()) if w[:old].numel() > 1 else 0.0
-    fresh = torch.randn((w.shape[0] - old, *w.shape[1:]), generator=gen, dtype=torch.float64) * (std or 1e-2)
+    if not std > 0:  # 0 or nan
+        std = math.sqrt(2.0 / max(1, math.prod(w.shape[1:])))
+    fresh = torch.randn((w.shape[0] - old, *w.shape[1:]), generator=gen, dtype=torch.float64) * std
     out["weight"] = torch.cat([w[:old], fresh.to(w.dtype)])
     if params.get("bias") is not None:
         b = params["bias"]
@@ -169,21 +179,9 @@ def _fresh_rows(params: dict[str, torch.Tensor], old: int, gen: torch.Generator)
     return out
 
 
-def _new_columns(cs: ChannelSpaces, layout, root: int, g: torch.Tensor, old: int) -> torch.Tensor:
-    """Which features along dim 1 of a tensor with `layout` are new units of the widened `root` (the same
-    order as `ChannelSpaces.expand`)."""
-    parts = []
-    for s, b in layout or ():
-        if cs.find(s) == root:
-            parts.append((torch.arange(len(g)) >= old).repeat_interleave(b))
-        else:
-            parts.append(torch.zeros(cs.width(s) * b, dtype=torch.bool))
-    return torch.cat(parts)
-
-
 def _zero_new_columns(w: torch.Tensor, cols: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     """Input columns replicated by `cols`, the old ones unchanged and the new units' set to zero."""
-    wide = w.index_select(1, cols).clone()
+    wide = w.index_select(1, cols)  # a copy
     wide[:, new] = 0
     return wide
 
@@ -198,9 +196,6 @@ def _split_columns(w: torch.Tensor, cols: torch.Tensor, noise: float, gen: torch
     total = torch.zeros(w.shape, dtype=torch.float64).index_add_(1, cols, e)
     ratio = e / total.index_select(1, cols)
     return (wide.to(torch.float64) * ratio).to(w.dtype)
-
-
-INITS = ("copy", "fresh")
 
 
 def _real(v: Any) -> bool:
