@@ -9,7 +9,8 @@ A site is `{"after": <node>}`: the model's input or a backbone block output. Eve
 `widen` can widen exactly and whose producers all lie after that node is widened by `factor` (each with
 its own seed, so the copies of different groups break symmetry independently); `init` is `widen`'s
 (copies, or fresh units whose outputs start at weight 0; `noise` has no effect on fresh units). Groups
-before the node are left alone, which keeps a frozen part (a latent store's cut) untouched. Exactness is `widen`'s, per group.
+before the node are left alone, which keeps a frozen part (a latent store's cut) untouched. Exactness
+is `widen`'s, per group.
 """
 
 from __future__ import annotations

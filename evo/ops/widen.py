@@ -33,10 +33,10 @@ copies compute the same feature until training pulls them apart, which a few epo
 not do (issue 14's capacity runs). The first gradient step moves the zero columns, and from then on the
 new units learn. `noise` only splits copies' columns, so it has no effect with `fresh`.
 
-Groups that cannot be widened exactly (reaching the input or
-the logits, read by a grouped conv, reduced or broadcast over channels, a concat tied to a producer) are
-not sites; `evo.ops.apply` names the reason when asked for one. Node and edge shapes are updated
-directly from the channel layouts (the base's validate re-infers them all).
+Groups that cannot be widened exactly (reaching the input or the logits, read by a grouped conv,
+reduced or broadcast over channels, a concat tied to a producer) are not sites; `evo.ops.apply` names
+the reason when asked for one. Node and edge shapes are updated directly from the channel layouts (the
+base's validate re-infers them all).
 """
 
 from __future__ import annotations
