@@ -206,6 +206,26 @@ def test_gcv_does_not_mistake_rounding_for_a_perfect_fit_when_features_outnumber
     assert np.isfinite(big.gcv_score(1e-6))
 
 
+def test_gcv_refuses_a_lambda_that_leaves_under_one_residual_degree_of_freedom() -> None:
+    """Fewer samples than features (a few dozen images per class on 1,280 pooled features): at a small λ
+    the fit interpolates, n − df falls below 1, and the score follows the features' float rounding
+    (measured on the main job: two candidates whose features agreed to 1e-7 walked to λ = 270 and 0.27).
+    Such a λ scores inf, and a walk from it settles where a default start does."""
+    rng = np.random.default_rng(0)
+    n, d, c, k = 192, 1280, 6, 96
+    y = rng.integers(0, c, n)
+    z = rng.normal(0, 1, (c, k))[y] + 1.5 * rng.normal(0, 1, (n, k))
+    x = np.maximum(z @ rng.normal(0, 1, (k, d)) / np.sqrt(k) + 0.05 * rng.normal(0, 1, (n, d)), 0)  # ReLU features
+    head = RidgeHead().fit(torch.from_numpy(x).float(), torch.from_numpy(y))
+    svals = np.linalg.svd(x - x.mean(0), compute_uv=False)
+    for lam in (0.1, 100.0):
+        df = 1 + float((svals**2 / (svals**2 + lam)).sum())  # the intercept is not penalised
+        assert (n - df < 1) is (lam == 0.1)
+    assert head.gcv_score(0.1) == float("inf")
+    assert np.isfinite(head.gcv_score(100.0))
+    assert head.gcv_walk(0.1)[0] == head.gcv_walk(None)[0]
+
+
 @pytest.mark.parametrize(
     ("features", "labels", "error", "match"),
     [

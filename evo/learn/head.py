@@ -31,6 +31,7 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"identity": lambda x: x, "
 _ACTIVATION_CODES = sorted(ACTIVATIONS)  # stable integer codes for state dicts
 DEFAULT_RIDGE_GRID = tuple(10.0**k for k in range(-4, 7))
 GCV_MAX_EVALS = 16  # the λ walk's evaluation cap (pricing charges it in full)
+GCV_MIN_RESIDUAL_DOF = 1.0  # below one residual degree of freedom the fit interpolates: GCV scores inf
 RSS_ROUNDING = 8 * float(np.finfo(np.float64).eps)  # RSS from G and B is trusted above this × n · tr(A)/λ
 
 
@@ -377,7 +378,11 @@ class RidgeHead:
         the fit nearly interpolates (fewer samples than features): RSS is then a difference of numbers
         of size n that cancel, and below its rounding error (n·ε·cond(A), cond(A) ≤ tr(A)/λ) the score
         would be noise near 0 that a walk takes for the minimum (measured: λ = 2e-4 chosen, 12 points
-        lost, on 1,600 images of 2,432 features).
+        lost, on 1,600 images of 2,432 features). Fewer than GCV_MIN_RESIDUAL_DOF residual degrees of
+        freedom (n − df) score inf too: the fit then interpolates, GCV's leave-one-out estimate has
+        nothing left to estimate from, and the score follows the features' float rounding (measured:
+        two candidates whose features agreed to 1e-7 scored 0.240 and 0.200 at λ = 0.27 with n − df =
+        0.13, and their walks ended at λ = 270 and 0.27).
         """
         from evo.learn.cost import cholesky_flops, gcv_eval_flops
 
@@ -394,7 +399,7 @@ class RidgeHead:
         diag = inv.pow(2).sum(dim=0)  # (A⁻¹)_jj = Σ_i (L⁻¹)_ij²
         df = d - float(ridge) * float(diag[:-1].sum())
         rounding = RSS_ROUNDING * n * float(torch.diagonal(a).sum()) / float(ridge)
-        score = math.inf if n - df <= 1e-9 * n or rss <= rounding else n * rss / (n - df) ** 2
+        score = math.inf if n - df < GCV_MIN_RESIDUAL_DOF or rss <= rounding else n * rss / (n - df) ** 2
         return score, gcv_eval_flops(d, c)
 
     def gcv_score(self, ridge: float) -> float:
