@@ -243,6 +243,26 @@ def test_with_graph_is_independent_and_keeps_statistics_of_unchanged_features(ev
     assert r.row is None and r.accuracy is None  # an ImageSet has no test data
 
 
+def test_unchanged_features_give_the_fast_paths_head_scale_included():
+    """A copy whose features did not change (function-preserving growth under a frozen head) computes
+    what the parent does on the fast path: the same statistics, and the same softmax temperature,
+    calibrated on the increment plus the memory's features, which still hold. (Calibrated on the
+    increment alone, its log-loss differed, and the search's tie-break chose growth that changed
+    nothing the head reads.)"""
+    torch.manual_seed(0)
+    stream = digits_stream(ORDER_A)
+    learner = Learner(model(), memory=40, strategy="evo", ridge=10.0, progress=False)  # a scale inside the grid
+    for inc in stream[:2]:
+        learner.learn(inc)
+    fast, child = learner.with_graph(learner.graph_), learner.with_graph(learner.graph_.copy())
+    fast._backbone_changed = False  # the parent itself, continuing on the fast path
+    ra, rb = fast.learn(stream[2]), child.learn(stream[2])
+    assert rb.info["statistics_kept"] is True
+    assert rb.info["head_scale"] == pytest.approx(ra.info["head_scale"], rel=1e-9)
+    x = stream[2].test.images
+    assert np.abs(fast.predict_proba(x) - child.predict_proba(x)).max() < 1e-6
+
+
 def test_with_graph_rebuilds_from_memory_when_features_changed(evo_run):
     learner, stream, _ = evo_run
     changed = learner.graph_.copy()

@@ -143,3 +143,30 @@ def test_a_tap_without_statistics_is_refit_from_memory(lite0, fashion):
         head_map(grown, head_taps(grown), learner.strategy.layout(learner.graph_))
     report = learner.with_graph(grown).learn(stream[1])
     assert report.info["statistics_kept"] is False and report.info["rebuilt_from_memory"] is True
+
+
+def test_same_result_holds_only_for_growth_the_frozen_head_cannot_see(lite0, fashion):
+    """`evo` learns the same with a deepened or widened graph (function-preserving, the taps' features
+    unchanged) as with its parent, and the growth search skips such candidates; a changed layer below the
+    taps, a new tap, or any strategy that trains the grown graph is not the same."""
+    import evo.ops
+    from evo.learn.strategies import make_strategy
+    from evo.learn.tracked import head_taps
+
+    evo_ = make_strategy("evo")
+    base = evo_.prepare(lite0)
+    images = fashion[0].images[:8]
+    pre = Learner(base, progress=False).preprocess
+    tapped = {t.node for t in head_taps(base)}
+    deep = evo.ops.apply(base, "deepen", {"after": "blocks_2_expand_act"}, kernel_size=3)
+    assert evo_.same_result(base, deep, images, pre)
+    for name in ("evo_tune", "evo_latent"):
+        assert not make_strategy(name).same_result(base, deep, images, pre)
+    wide = evo.ops.apply(base, "widen", {"group": "blocks_2_expand_conv"}, factor=1.5)
+    assert evo_.same_result(base, wide, images, pre)  # Net2Wider inside a block: the same function
+    tuned = base.copy()
+    tuned.set_params("blocks_2_expand_conv", weight=tuned.params("blocks_2_expand_conv")["weight"] * 1.01)
+    assert not evo_.same_result(base, tuned, images, pre)  # as a fine-tune below the taps would change it
+    spare = next(n for n in cut_nodes(base) if n not in tapped and n in block_outputs(base))
+    tap = evo.ops.apply(base, "add_tap", {"node": spare}, grid=1)
+    assert not evo_.same_result(base, tap, images, pre)  # the head reads a new tap

@@ -84,8 +84,10 @@ def _tiny_round(tmp_path, **changes):
 
 
 def test_min_ops_spends_every_sampled_trial_on_growth(tmp_path):
-    """`min_ops: 1`: the enqueued fast path still runs without growth; every trial Optuna samples grows."""
-    result = _tiny_round(tmp_path, min_ops=1, trials=3, budget={"fraction_of_joint": 20.0})
+    """`min_ops: 1`: the enqueued fast path still runs without growth; every trial Optuna samples grows.
+    (`ties: grow`: otherwise a deepening under the frozen head computes the fast path's predictions, and
+    is skipped, `test_search.py::test_growth_a_frozen_head_cannot_see_is_not_evaluated`.)"""
+    result = _tiny_round(tmp_path, min_ops=1, trials=3, budget={"fraction_of_joint": 20.0}, ties="grow")
     ran = [t for t in result.trials if t["state"] == "COMPLETE"]
     assert len(ran) == 3
     assert not ran[0]["candidate"]["growth"]  # the fast path, enqueued first

@@ -109,7 +109,10 @@ def suggest_candidate(trial, space: SearchSpace, parent: ArchGraph, min_ops: int
         where = " above the latent cut" if cut is not None else ""
         raise InvalidSiteError(f"{', '.join(siteless)} has no site{where} in this model, and this candidate must grow "
                                f"(min_ops {min_ops}); drop the operator from the space or lower min_ops")
-    training = {k: r.suggest(trial, f"train_{k}") for k, r in space.training.items()}
+    from evo.learn.strategies import canonical_training
+
+    # what the knobs amount to: a fine-tune of nothing but the head is the fast path, and is deduplicated as such
+    training = canonical_training({k: r.suggest(trial, f"train_{k}") for k, r in space.training.items()})
     cand = Candidate(growth, training)
     trial.set_user_attr("candidate", cand.to_dict())
     return cand, graph

@@ -206,6 +206,13 @@ class Driver:
             trial.set_user_attr("fail_reason", f"invalid candidate: {e}")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
+        plain = self._same_as_without_growth(state, cand, base, grown, inc)
+        if plain is not None:  # a larger net computing what a trial of this round computes: not worth a slot
+            state.skip()
+            trial.set_user_attr("fail_reason", f"computes what trial {plain} does: the growth changes no feature "
+                                               f"that {cand.training.get('strategy', 'evo')} reads")
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return
         room = state.room() + (state.reserved if standard else 0)
         admission = state.admit(cand.key(), price, standard=standard)
         if admission == "duplicate":  # the same computation again: not worth a trial or any budget
@@ -230,6 +237,28 @@ class Driver:
         handle = self.executor.submit(task, f"r{index}-t{trial.number}:{cand.name}", self.cpus, self.gpus)
         state.launch(handle, InFlight(trial, cand, price, time.perf_counter()), cand.key(), trial.number)
         self.say(f"  trial {trial.number:>3} started   {cand.name:<40} priced {price / 1e9:8.1f} GFLOPs")
+
+    def _same_as_without_growth(self, state: RoundState, cand: Candidate, base, grown, inc) -> int | None:
+        """The trial evaluating `cand`'s training without its growth, where the growth changes nothing that
+        training reads (`Strategy.same_result`, on a few of the increment's images; the check's forwards are
+        spent): `cand` would compute that trial's predictions in a larger net, and no tie-break but
+        `ties: grow` commits a larger net for the same predictions. None otherwise (and always under
+        `ties: grow`, where the larger net is the point)."""
+        if not cand.growth or self.space.ties == "grow":
+            return None
+        plain = state.seen.get(Candidate([], cand.training).key())
+        if plain is None:
+            return None
+        from evo.learn import Learner
+        from evo.learn.cost import CostMeter
+        from evo.learn.strategies import make_strategy, split_settings
+
+        name, options = split_settings(cand.training)
+        meter = CostMeter()
+        same = make_strategy(name, **options).same_result(base, grown, inc.train.images[:PROBE_IMAGES],
+                                                           Learner(base, progress=False).preprocess, meter)
+        state.spent += meter.flops
+        return plain if same else None
 
     def _retry_cheaper(self, study: optuna.Study, trial: optuna.Trial, cand: Candidate, grown, inc,
                        parent_meta: dict[str, Any], seen_before: int, price: int) -> bool:
@@ -437,7 +466,10 @@ CHEAPEST = " (cheapest training)"
 def cheapest_training(grown, inc, parent_meta: dict[str, Any], cand: Candidate, space: SearchSpace,
                       seen_before: int, cut: str | None, n_forget: int = 0) -> tuple[dict[str, Any], int] | None:
     """The training knobs that make `cand` cheapest (each knob at the end of its range that prices lowest,
-    one knob at a time; knobs that do not change the price, such as lr, keep their value), and that price."""
+    one knob at a time; knobs that do not change the price, such as lr, keep their value), and that price.
+    A value that would make it another candidate (a fine-tune of the head alone is the fast path) is skipped."""
+    from evo.learn.strategies import canonical_training
+
     def price(training: dict[str, Any]) -> int:
         return pricing.candidate_flops(grown, inc, parent_meta, Candidate(cand.growth, training), space,
                                        seen_before, cut=cut, n_forget=n_forget)
@@ -448,12 +480,15 @@ def cheapest_training(grown, inc, parent_meta: dict[str, Any], cand: Candidate, 
         if key == "strategy" or len(rng.values()) < 2:
             continue
         for value in rng.values():
+            if canonical_training({**best, key: value})["strategy"] != best.get("strategy", "evo"):
+                continue
             p = price({**best, key: value})
             if p < best_price:
                 best, best_price, changed[key] = {**best, key: value}, p, value
     return (changed, best_price) if changed else None
 
 
+PROBE_IMAGES = 16  # increment images on which a frozen candidate's features are compared with its parent's
 FAST_PATH = "no-growth fast path"  # the enqueued candidate that keeps the parent's features and exact head
 LOSSLESS_Z = 2.0  # `ties: lossless`: a lossy candidate must beat the lossless ones by this many paired standard errors
 NLL_TIE = 1e-4  # validation log-losses this close (relative) come from the same function up to rounding

@@ -4,6 +4,7 @@ the infeasible streak and admission. The driver asks it what to do; tests check 
 Rules:
 - a candidate starts only if its price fits the room left: budget − spent − prices of those in flight;
 - a candidate that repeats one already evaluated (same computation) is skipped, using no slot or budget;
+  so is one whose growth changes nothing its training reads (the driver checks; `skip`);
 - one that does not fit is pruned and uses no slot; after `max_streak` skips or prunes in a row with
   nothing running and nothing done, the round cannot afford any candidate (BudgetError);
 - `reserved` is held back for the chosen candidate's learning of the held-out images
@@ -77,6 +78,10 @@ class RoundState:
         self.streak = 0
         self.started += 1
         return "start"
+
+    def skip(self) -> None:
+        """A proposal skipped before admission (it computes what a trial of the round does): no slot, no budget."""
+        self.streak += 1
 
     def stuck(self) -> bool:
         """Nothing running, nothing done, and the last `max_streak` proposals could not start."""

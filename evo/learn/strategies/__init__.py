@@ -16,6 +16,7 @@ from evo.learn.strategies.base import (
     Result,
     Strategy,
     Workload,
+    canonical_training,
     make_strategy,
     option_defaults,
     register_strategy,
@@ -30,5 +31,5 @@ def list_strategies() -> list[str]:
     return STRATEGIES.names()
 
 
-__all__ = ["STRATEGIES", "Context", "Result", "Strategy", "list_strategies", "make_strategy", "option_defaults", "register_strategy",
+__all__ = ["STRATEGIES", "Context", "Result", "Strategy", "canonical_training", "list_strategies", "make_strategy", "option_defaults", "register_strategy",
            "split_settings", "Workload"]

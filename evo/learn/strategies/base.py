@@ -117,6 +117,19 @@ class Strategy:
         admits candidates by it. Each strategy prices the compute it spends, beside that code."""
         raise NotImplementedError(f"strategy {self.name!r} does not price its work; implement price()")
 
+    @classmethod
+    def computes(cls, options: Mapping[str, Any]) -> str:
+        """The strategy whose computation these options amount to: this one, unless they leave it nothing
+        to do beyond another's (the search then runs, prices and deduplicates it as that one)."""
+        return cls.name
+
+    def same_result(self, old: ArchGraph, new: ArchGraph, images: Any, preprocess: Any,
+                    meter: Any = None) -> bool:
+        """Whether learning with `new` gives what learning with `old` does, checked on `images` (a few
+        suffice): true only for a strategy whose result depends on the graph solely through features that
+        growth left unchanged. The growth search skips such a candidate (default: False, never skipped)."""
+        return False
+
     def prepare(self, graph: ArchGraph) -> ArchGraph:
         """Called once with the first graph, before its head is fitted; may rewrite it (default: as is)."""
         return graph
@@ -177,6 +190,14 @@ def option_defaults(name: str) -> dict[str, Any]:
     from dataclasses import MISSING, fields
 
     return {f.name: (f.default if f.default is not MISSING else None) for f in fields(STRATEGIES.get(name).Options)}
+
+
+def canonical_training(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """`settings` (a candidate's training values) with the strategy that they amount to
+    (`Strategy.computes`): two settings that compute the same thing then read the same."""
+    name, options = split_settings(settings)
+    same = STRATEGIES.get(name).computes(options)
+    return {**settings, "strategy": same} if same != name else dict(settings)
 
 
 def head_growth_flops(graph: ArchGraph, n_classes: int) -> int:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -105,6 +105,8 @@ class Evo(Strategy):
             if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
                 raise ConfigError(f"evo option batch_size must be an int >= 1; got {self.batch_size!r}")
 
+    trains: ClassVar[bool] = False  # gradient steps on the graph (subclasses): its growth matters to them
+
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.head_ = RidgeHead(1.0)
@@ -162,7 +164,7 @@ class Evo(Strategy):
         ctx.meter.add_flops(view.solve_flops(lam))
         weight, bias = view.solve(lam)
         c, d = weight.shape
-        scale = self._calibrate(weight, bias, feats, ctx)
+        scale = self._calibrate(weight, bias, feats, ctx, kept=bool(info.get("statistics_kept")))
         out = graph.copy()
         dtype = out.params(out.head)["weight"].dtype
         out.set_params(out.head, weight=(scale * weight).to("cpu", dtype), bias=(scale * bias).to("cpu", dtype))
@@ -171,6 +173,19 @@ class Evo(Strategy):
         info.update(feature_dim=d, statistics_dim=self.head_.n_features_in_, ridge=lam,
                     n_samples=self.head_.n_samples_, head_scale=scale)
         return Result(out, feats, info)
+
+    def same_result(self, old: ArchGraph, new: ArchGraph, images: Any, preprocess: Any,
+                    meter: Any = None) -> bool:
+        """The head reads the same taps in both, and every feature the statistics cover agrees on
+        `images` (growth that left those blocks alone): the statistics, the solve and the calibration
+        are then the same, so is every prediction. Strategies that train (subclasses) never are."""
+        if self.trains:
+            return False
+        old, new = self.prepare(old), self.prepare(new)
+        layout = self.layout(old)
+        if head_taps(old) != head_taps(new) or self.layout(new) != layout:
+            return False
+        return features_agree(old, new, layout, images, preprocess, meter, self.options.batch_size)
 
     # -- cost -----------------------------------------------------------------------------------
 
@@ -257,17 +272,20 @@ class Evo(Strategy):
         view.n_samples_, view.n_features_in_ = self.head_.n_samples_, view.gram_.shape[0] - 1
         return view
 
-    def _calibrate(self, weight: Tensor, bias: Tensor, feats: Tensor, ctx: Context) -> float:
+    def _calibrate(self, weight: Tensor, bias: Tensor, feats: Tensor, ctx: Context, kept: bool = False) -> float:
         """Softmax temperature for the ridge outputs (which live on a 0..1 one-hot scale).
 
         The Linear holds `scale` × the ridge solution (same argmax): `scale` minimises the
         negative log-likelihood on the increment plus the memory's stored features, so that
-        `predict` returns usable probabilities. Recorded in `graph.meta["head_scale"]`.
+        `predict` returns usable probabilities. Recorded in `graph.meta["head_scale"]`. The stored
+        features serve wherever they still hold: the backbone is the one they came from, or a changed
+        one (`kept`) was checked to compute the same features (so such a graph gets the fast path's head,
+        its temperature included).
         """
         x, y = feats, torch.as_tensor(np.asarray(ctx.labels), dtype=torch.int64)
         mem = ctx.memory
         if mem is not None and len(mem) and mem.features is not None and mem.features.shape[1] == x.shape[1] \
-                and not ctx.backbone_changed:
+                and (kept or not ctx.backbone_changed):
             x = torch.cat([x, torch.from_numpy(mem.features).to(x.dtype)])
             y = torch.cat([y, torch.as_tensor(mem.labels, dtype=torch.int64)])
         z = x.to(weight.device, torch.float64) @ weight.T + bias
@@ -321,21 +339,29 @@ def _present(graph: ArchGraph, layout: list[Tap]) -> bool:
 
 def _same_features(old: ArchGraph, new: ArchGraph, layout: list[Tap], ctx: Context, batch_size: int) -> bool:
     """Whether `new` computes the layout's features as `old` did, on up to VERIFY_IMAGES exemplars.
+    Without exemplars nothing can be checked (False)."""
+    mem = ctx.memory
+    if mem is None or not len(mem):
+        return False
+    return features_agree(old, new, layout, mem.images[:VERIFY_IMAGES], ctx.preprocess, ctx.meter, batch_size,
+                          ctx.device)
+
+
+def features_agree(old: ArchGraph, new: ArchGraph, layout: list[Tap], images: Any, preprocess: Any,
+                   meter: Any = None, batch_size: int = 256, device: Any = "cpu") -> bool:
+    """Whether `new` computes the layout's features as `old` does on `images` (to 1e-4 of their scale).
 
     Function-preserving growth that leaves these blocks alone agrees to float rounding; a widened
-    tapped block or a fine-tuned backbone does not. Without exemplars nothing can be checked (False).
-    """
-    mem = ctx.memory
-    if mem is None or not len(mem) or any(t.node not in old or old.shape(t.node) != new.shape(t.node)
-                                          for t in layout):
+    tapped block or a fine-tuned backbone does not. The forwards are charged to `meter`."""
+    if not len(images) or any(t.node not in old or t.node not in new or old.shape(t.node) != new.shape(t.node)
+                              for t in layout):
         return False
-    images = mem.images[:VERIFY_IMAGES]
     outs = []
     for g in (old, new):
         net = tap_graph(g, layout).to_module().eval()
         fpi = forward_flops_per_image(net, tuple(g.input_shape), features_only=True)
-        outs.append(run_batches(net, images, ctx.preprocess, _features, ctx.meter, batch_size, fpi, False,
-                                device=ctx.device))
+        outs.append(run_batches(net, images, preprocess, _features, meter, batch_size, fpi, False,
+                                device=torch.device(device)))
     scale = max(1.0, float(outs[0].abs().max()))
     return bool((outs[0] - outs[1]).abs().max() <= 1e-4 * scale)
 

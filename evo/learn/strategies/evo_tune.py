@@ -22,6 +22,8 @@ from evo.learn.train import TrainConfig, config_from, fit, step_flops_per_image
 class EvoTune(Evo):
     """Closed-form head → SGD on increment ∪ memory (trainable part configurable) → closed-form refit."""
 
+    trains = True  # grown units train: a growth that computes nothing new still changes what training does
+
     @dataclass
     class Options(Evo.Options):
         """Evo's options plus training: see `evo.learn.train.TrainConfig` (`trainable` defaults to the
@@ -44,6 +46,12 @@ class EvoTune(Evo):
 
         def train_config(self) -> TrainConfig:
             return config_from(self)
+
+    @classmethod
+    def computes(cls, options) -> str:
+        """`evo` where only the final layer trains (`trainable` 'head' or 0): the refit replaces that
+        layer with the fast path's own solve (the features, and so the statistics, are unchanged)."""
+        return "evo" if options.get("trainable", cls.Options.trainable) in ("head", 0) else cls.name
 
     def price(self, graph: ArchGraph, work: Workload) -> int:
         """The fast path, fine-tuning on increment + memory (capped by `max_flops`), then the features
