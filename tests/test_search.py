@@ -415,8 +415,9 @@ def test_a_candidate_is_never_evaluated_twice(ray_cluster, tmp_path):
 
 
 def test_a_fine_tune_of_the_head_alone_is_the_fast_path():
-    """`evo_tune` training only the final layer computes what `evo` does (the refit replaces that layer):
-    the search runs, prices and deduplicates it as the fast path, and never retries a fine-tune there."""
+    """`evo_tune` training only the final layer changes no feature, and its refit from the memory is
+    dominated by `evo`'s exact solve: the search runs, prices and deduplicates it as the fast path, and
+    never retries a fine-tune there."""
     import evo.zoo
     from evo.learn.strategies import canonical_training
     from evo.search.candidate import Candidate
@@ -424,9 +425,9 @@ def test_a_fine_tune_of_the_head_alone_is_the_fast_path():
     from evo.search.scenario import stream_for, validation_split
 
     for trainable in ("head", 0):
-        same = canonical_training({"strategy": "evo_tune", "trainable": trainable, "lr": 0.01})
-        assert same == {"strategy": "evo", "trainable": trainable, "lr": 0.01}
-        assert Candidate([], same).key() == Candidate([], {"strategy": "evo", "lr": 0.3}).key()
+        same = canonical_training({"strategy": "evo_tune", "trainable": trainable, "lr": 0.01, "taps": "features"})
+        assert same == {"strategy": "evo", "taps": "features"}  # only what evo reads: what ran is recorded
+        assert Candidate([], same).key() == Candidate([], {"strategy": "evo", "lr": 0.3, "taps": "features"}).key()
     for training in ({"strategy": "evo_tune", "trainable": 2}, {"strategy": "evo_tune"}, {"strategy": "evo"}, {}):
         assert canonical_training(training) == training
     doc = {**json.loads(json.dumps(TINY)),
@@ -441,24 +442,33 @@ def test_a_fine_tune_of_the_head_alone_is_the_fast_path():
 
 def test_growth_a_frozen_head_cannot_see_is_not_evaluated(ray_cluster, tmp_path):
     """Under the frozen `evo` strategy, a deepening (identity at birth) changes no feature the head reads:
-    the candidate would compute the fast path's predictions in a larger net, so it is skipped (no slot,
-    only the check's forwards spent). Under `ties: grow`, where the larger net is the point, it runs."""
+    the candidate would compute the fast path's predictions in a larger net, which no tie-break commits
+    (not even `ties: grow`), so it is skipped: no slot, only the check's forwards, recorded on the trial
+    and counted by `spent_flops` (what a resumed round rebuilds its spend from)."""
+    import optuna
+
+    from evo.search.driver import spent_flops
     from evo.search.launch import launch
+    from evo.search.storage import open_storage
 
     doc = {**json.loads(json.dumps(TINY)), "operators": {"deepen": {"kernel_size": [1, 3]}}, "max_ops": 1,
-           "min_ops": 1, "training": {"strategy": "evo", "taps": "features"}, "trials": 2}
-    results = launch(_write(tmp_path, doc), run_dir=tmp_path / "run", say=lambda s: None)
-    for r in results:
-        ran = [t for t in r.trials if t["state"] == "COMPLETE"]
-        skipped = [t for t in r.trials if "computes what trial" in t.get("fail_reason", "")]
-        assert [t["candidate"]["growth"] for t in ran] == [[]], ran  # only the fast path ran
-        assert skipped and all(t["candidate"]["growth"][0]["op"] == "deepen" for t in skipped)
-        assert all(f"computes what trial {ran[0]['number']} does" in t["fail_reason"] for t in skipped)
-        assert r.flops_spent > sum(t["flops"] for t in ran)  # the checks' forwards are spent
-    grow = {**doc, "ties": "grow"}
-    results = launch(_write(tmp_path, grow, "grow.yaml"), run_dir=tmp_path / "grow", say=lambda s: None)
-    assert all(not any("computes what trial" in t.get("fail_reason", "") for t in r.trials) for r in results)
-    assert any(t["candidate"]["growth"] for r in results for t in r.trials if t["state"] == "COMPLETE")
+           "min_ops": 1, "training": {"strategy": "evo", "taps": "features"}, "trials": 2,
+           "validation": "hold_out"}
+    for ties in ("best", "grow"):
+        folder = tmp_path / ties
+        results = launch(_write(tmp_path, {**doc, "ties": ties}, f"{ties}.yaml"), run_dir=folder, say=lambda s: None)
+        storage = open_storage(None, folder)
+        for r in results:
+            ran = [t for t in r.trials if t["state"] == "COMPLETE"]
+            skipped = [t for t in r.trials if "computes what trial" in t.get("fail_reason", "")]
+            assert [t["candidate"]["growth"] for t in ran] == [[]], ran  # only the fast path ran
+            assert skipped and all(t["candidate"]["growth"][0]["op"] == "deepen" for t in skipped)
+            assert all(f"computes what trial {ran[0]['number']} does" in t["fail_reason"] for t in skipped)
+            probes = sum(t.get("probe_flops", 0) for t in r.trials)
+            assert all(t["probe_flops"] > 0 for t in skipped)
+            assert r.flops_spent == ran[0]["flops"] + probes  # nothing else ran (validation: hold_out)
+            study = optuna.load_study(study_name=f"round-{r.increment}", storage=storage)
+            assert spent_flops(study) == r.flops_spent  # a resumed round counts the checks too
 
 
 def test_failing_candidates_are_contained(ray_cluster, tmp_path):

@@ -84,10 +84,11 @@ def _tiny_round(tmp_path, **changes):
 
 
 def test_min_ops_spends_every_sampled_trial_on_growth(tmp_path):
-    """`min_ops: 1`: the enqueued fast path still runs without growth; every trial Optuna samples grows.
-    (`ties: grow`: otherwise a deepening under the frozen head computes the fast path's predictions, and
-    is skipped, `test_search.py::test_growth_a_frozen_head_cannot_see_is_not_evaluated`.)"""
-    result = _tiny_round(tmp_path, min_ops=1, trials=3, budget={"fraction_of_joint": 20.0}, ties="grow")
+    """`min_ops: 1`: the enqueued no-growth candidate still runs; every trial Optuna samples grows.
+    (`evo_tune` trains the grown net: under the frozen `evo` a deepening computes the fast path's
+    predictions and is not evaluated, `test_search.py::test_growth_a_frozen_head_cannot_see_is_not_evaluated`.)"""
+    result = _tiny_round(tmp_path, min_ops=1, trials=3, budget={"fraction_of_joint": 20.0},
+                         training={"strategy": "evo_tune", "taps": "features", "epochs": 1})
     ran = [t for t in result.trials if t["state"] == "COMPLETE"]
     assert len(ran) == 3
     assert not ran[0]["candidate"]["growth"]  # the fast path, enqueued first

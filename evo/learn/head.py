@@ -399,6 +399,7 @@ class RidgeHead:
         diag = inv.pow(2).sum(dim=0)  # (A⁻¹)_jj = Σ_i (L⁻¹)_ij²
         df = d - float(ridge) * float(diag[:-1].sum())
         rounding = RSS_ROUNDING * n * float(torch.diagonal(a).sum()) / float(ridge)
+        # (with n ≤ 2 every λ leaves under one degree: all score inf, and the walk keeps the largest it saw)
         score = math.inf if n - df < GCV_MIN_RESIDUAL_DOF or rss <= rounding else n * rss / (n - df) ** 2
         return score, gcv_eval_flops(d, c)
 

@@ -107,6 +107,7 @@ class Driver:
         self._n_held = len(held)
         self._n_forget = n_forgotten(stream, parent_meta, self.space.validation_per_class, inc.classes_so_far)
         base = growth_base(parent, parent_meta, self.space)
+        self._parent, self._base, self._round_preprocess = parent, base, None  # what a no-growth candidate learns on
         policy = self.space.policy
         study = self._study(index, policy)
         self._recover(study)
@@ -151,11 +152,10 @@ class Driver:
         if self.space.latents is None:
             return None
         from evo.active.rounds import for_round
-        from evo.learn import Learner
         from evo.learn.learner import with_corrections
         from evo.search.latents import stage_round
 
-        preprocess = Learner(base, progress=False).preprocess
+        preprocess = self._preprocess()
         fixes = for_round(self.run_dir, parent_version, inc.train.image_size)  # what every candidate learns
         train, _ = with_corrections(inc.train, fixes.learn)
         staged = stage_round(self.run_dir.path, index, parent_version, base, train, self.space.latents,
@@ -206,14 +206,15 @@ class Driver:
             trial.set_user_attr("fail_reason", f"invalid candidate: {e}")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
-        plain = self._same_as_without_growth(state, cand, base, grown, inc)
+        room = state.room() + (state.reserved if standard else 0)
+        plain = None if cand.key() in state.seen or price > room else \
+            self._same_as_without_growth(trial, state, cand, grown, inc)
         if plain is not None:  # a larger net computing what a trial of this round computes: not worth a slot
-            state.skip()
+            state.skip(cand.key(), plain)
             trial.set_user_attr("fail_reason", f"computes what trial {plain} does: the growth changes no feature "
                                                f"that {cand.training.get('strategy', 'evo')} reads")
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             return
-        room = state.room() + (state.reserved if standard else 0)
         admission = state.admit(cand.key(), price, standard=standard)
         if admission == "duplicate":  # the same computation again: not worth a trial or any budget
             trial.set_user_attr("fail_reason", f"duplicate of trial {state.seen[cand.key()]}")
@@ -238,27 +239,36 @@ class Driver:
         state.launch(handle, InFlight(trial, cand, price, time.perf_counter()), cand.key(), trial.number)
         self.say(f"  trial {trial.number:>3} started   {cand.name:<40} priced {price / 1e9:8.1f} GFLOPs")
 
-    def _same_as_without_growth(self, state: RoundState, cand: Candidate, base, grown, inc) -> int | None:
+    def _same_as_without_growth(self, trial: optuna.Trial, state: RoundState, cand: Candidate, grown,
+                                inc) -> int | None:
         """The trial evaluating `cand`'s training without its growth, where the growth changes nothing that
-        training reads (`Strategy.same_result`, on a few of the increment's images; the check's forwards are
-        spent): `cand` would compute that trial's predictions in a larger net, and no tie-break but
-        `ties: grow` commits a larger net for the same predictions. None otherwise (and always under
-        `ties: grow`, where the larger net is the point)."""
-        if not cand.growth or self.space.ties == "grow":
+        training reads (`Strategy.same_result` against the graph that trial learns on, on PROBE_IMAGES of
+        the increment): `cand` would compute that trial's predictions in a larger net, which no tie-break
+        commits (the same log-loss: `best_trial` drops the larger under `ties: grow` too). None otherwise.
+        The check's forwards are spent, and recorded on the trial (`probe_flops`, which `spent_flops` counts)."""
+        if not cand.growth:
             return None
         plain = state.seen.get(Candidate([], cand.training).key())
         if plain is None:
             return None
-        from evo.learn import Learner
         from evo.learn.cost import CostMeter
         from evo.learn.strategies import make_strategy, split_settings
 
         name, options = split_settings(cand.training)
         meter = CostMeter()
-        same = make_strategy(name, **options).same_result(base, grown, inc.train.images[:PROBE_IMAGES],
-                                                           Learner(base, progress=False).preprocess, meter)
-        state.spent += meter.flops
+        same = make_strategy(name, **options).same_result(self._parent, grown, inc.train.images[:PROBE_IMAGES],
+                                                           self._preprocess(), meter)
+        trial.set_user_attr("probe_flops", int(meter.flops))
+        state.spent += int(meter.flops)
         return plain if same else None
+
+    def _preprocess(self):
+        """The round's input preprocessing (the base graph's), built once per round."""
+        if self._round_preprocess is None:
+            from evo.learn import Learner
+
+            self._round_preprocess = Learner(self._base, progress=False).preprocess
+        return self._round_preprocess
 
     def _retry_cheaper(self, study: optuna.Study, trial: optuna.Trial, cand: Candidate, grown, inc,
                        parent_meta: dict[str, Any], seen_before: int, price: int) -> bool:
@@ -454,10 +464,12 @@ class Driver:
 
 def spent_flops(study: optuna.Study) -> int:
     """What a round's finished candidates cost: completed and failed ones, but not work lost to a killed
-    driver (recorded apart as `lost_flops`)."""
+    driver (recorded apart as `lost_flops`); plus the driver's checks of whether a growth changes
+    anything (`probe_flops`, on whichever trial asked)."""
     return sum(int(t.user_attrs.get("flops", 0)) for t in study.trials
                if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
-               and t.user_attrs.get("fail_reason") != DRIVER_STOPPED)
+               and t.user_attrs.get("fail_reason") != DRIVER_STOPPED) \
+        + sum(int(t.user_attrs.get("probe_flops", 0)) for t in study.trials)
 
 
 CHEAPEST = " (cheapest training)"
@@ -488,7 +500,9 @@ def cheapest_training(grown, inc, parent_meta: dict[str, Any], cand: Candidate, 
     return (changed, best_price) if changed else None
 
 
-PROBE_IMAGES = 16  # increment images on which a frozen candidate's features are compared with its parent's
+PROBE_IMAGES = 8  # increment images on which the driver compares a frozen candidate's features with its
+# parent's before admitting it (a changed layer shows on every image; the worker's own check, on 64
+# exemplars, `evo.learn.strategies.evo.VERIFY_IMAGES`, decides whether statistics are kept)
 FAST_PATH = "no-growth fast path"  # the enqueued candidate that keeps the parent's features and exact head
 LOSSLESS_Z = 2.0  # `ties: lossless`: a lossy candidate must beat the lossless ones by this many paired standard errors
 NLL_TIE = 1e-4  # validation log-losses this close (relative) come from the same function up to rounding

@@ -79,9 +79,11 @@ class RoundState:
         self.started += 1
         return "start"
 
-    def skip(self) -> None:
-        """A proposal skipped before admission (it computes what a trial of the round does): no slot, no budget."""
+    def skip(self, key: str, number: int) -> None:
+        """A proposal skipped before admission because it computes what trial `number` does: no slot, no
+        budget; a repeat of it is then a duplicate of that trial (no second check)."""
         self.streak += 1
+        self.seen[key] = number
 
     def stuck(self) -> bool:
         """Nothing running, nothing done, and the last `max_streak` proposals could not start."""

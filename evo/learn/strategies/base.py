@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from evo.data.transforms import Preprocess
 from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
 from evo.learn.cost import CostMeter
@@ -123,8 +124,8 @@ class Strategy:
         to do beyond another's (the search then runs, prices and deduplicates it as that one)."""
         return cls.name
 
-    def same_result(self, old: ArchGraph, new: ArchGraph, images: Any, preprocess: Any,
-                    meter: Any = None) -> bool:
+    def same_result(self, old: ArchGraph, new: ArchGraph, images: np.ndarray, preprocess: Preprocess,
+                    meter: CostMeter | None = None) -> bool:
         """Whether learning with `new` gives what learning with `old` does, checked on `images` (a few
         suffice): true only for a strategy whose result depends on the graph solely through features that
         growth left unchanged. The growth search skips such a candidate (default: False, never skipped)."""
@@ -193,11 +194,15 @@ def option_defaults(name: str) -> dict[str, Any]:
 
 
 def canonical_training(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """`settings` (a candidate's training values) with the strategy that they amount to
-    (`Strategy.computes`): two settings that compute the same thing then read the same."""
+    """`settings` (a candidate's training values) as the strategy that they amount to
+    (`Strategy.computes`), keeping only the options it reads: two settings that compute the same thing
+    then read the same, and the committed version records what ran."""
     name, options = split_settings(settings)
     same = STRATEGIES.get(name).computes(options)
-    return {**settings, "strategy": same} if same != name else dict(settings)
+    if same == name:
+        return dict(settings)
+    read = option_defaults(same)
+    return {"strategy": same, **{k: v for k, v in settings.items() if k in read}}
 
 
 def head_growth_flops(graph: ArchGraph, n_classes: int) -> int:

@@ -25,17 +25,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
+from evo.data.transforms import Preprocess
 from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
 from evo.graph.taps import Tap, is_tapped, tap_graph
-from evo.learn.cost import matmul_flops, ridge_flops
+from evo.learn.cost import CostMeter, matmul_flops, ridge_flops
 from evo.learn.features import DEFAULT_LEVELS, parse_taps
 from evo.learn.head import GCV_MAX_EVALS, RidgeHead
 from evo.learn.strategies.base import (
@@ -105,8 +106,6 @@ class Evo(Strategy):
             if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
                 raise ConfigError(f"evo option batch_size must be an int >= 1; got {self.batch_size!r}")
 
-    trains: ClassVar[bool] = False  # gradient steps on the graph (subclasses): its growth matters to them
-
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.head_ = RidgeHead(1.0)
@@ -164,7 +163,8 @@ class Evo(Strategy):
         ctx.meter.add_flops(view.solve_flops(lam))
         weight, bias = view.solve(lam)
         c, d = weight.shape
-        scale = self._calibrate(weight, bias, feats, ctx, kept=bool(info.get("statistics_kept")))
+        same = bool(info.get("statistics_kept")) and ctx.stats_graph is not None and head_taps(ctx.stats_graph) == head
+        scale = self._calibrate(weight, bias, feats, ctx, kept=same)
         out = graph.copy()
         dtype = out.params(out.head)["weight"].dtype
         out.set_params(out.head, weight=(scale * weight).to("cpu", dtype), bias=(scale * bias).to("cpu", dtype))
@@ -174,12 +174,13 @@ class Evo(Strategy):
                     n_samples=self.head_.n_samples_, head_scale=scale)
         return Result(out, feats, info)
 
-    def same_result(self, old: ArchGraph, new: ArchGraph, images: Any, preprocess: Any,
-                    meter: Any = None) -> bool:
+    def same_result(self, old: ArchGraph, new: ArchGraph, images: np.ndarray, preprocess: Preprocess,
+                    meter: CostMeter | None = None) -> bool:
         """The head reads the same taps in both, and every feature the statistics cover agrees on
         `images` (growth that left those blocks alone): the statistics, the solve and the calibration
-        are then the same, so is every prediction. Strategies that train (subclasses) never are."""
-        if self.trains:
+        are then the same, so is every prediction. A subclass with its own `learn` (one that trains the
+        graph, where growth changes what training does) never is, unless it says otherwise."""
+        if type(self).learn is not Evo.learn:
             return False
         old, new = self.prepare(old), self.prepare(new)
         layout = self.layout(old)
@@ -347,8 +348,8 @@ def _same_features(old: ArchGraph, new: ArchGraph, layout: list[Tap], ctx: Conte
                           ctx.device)
 
 
-def features_agree(old: ArchGraph, new: ArchGraph, layout: list[Tap], images: Any, preprocess: Any,
-                   meter: Any = None, batch_size: int = 256, device: Any = "cpu") -> bool:
+def features_agree(old: ArchGraph, new: ArchGraph, layout: list[Tap], images: np.ndarray, preprocess: Preprocess,
+                   meter: CostMeter | None = None, batch_size: int = 256, device: str | torch.device = "cpu") -> bool:
     """Whether `new` computes the layout's features as `old` does on `images` (to 1e-4 of their scale).
 
     Function-preserving growth that leaves these blocks alone agrees to float rounding; a widened

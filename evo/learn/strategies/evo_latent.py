@@ -46,7 +46,6 @@ class EvoLatent(Evo):
     """Layers above the cut trained on increment ∪ stored latents → statistics recomputed from the store."""
 
     needs_latents = True
-    trains = True
 
     @dataclass
     class Options(Evo.Options):

@@ -9,10 +9,19 @@ why the search keeps the plain `evo` fast path as a candidate in every round.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from evo.graph.archgraph import ArchGraph
-from evo.learn.strategies.base import Context, Result, Workload, head_growth_flops, register_strategy
+from evo.learn.strategies.base import (
+    Context,
+    Result,
+    Workload,
+    head_growth_flops,
+    option_defaults,
+    register_strategy,
+)
 from evo.learn.strategies.evo import Evo
 from evo.learn.strategies.replay import with_memory
 from evo.learn.train import TrainConfig, config_from, fit, step_flops_per_image
@@ -21,8 +30,6 @@ from evo.learn.train import TrainConfig, config_from, fit, step_flops_per_image
 @register_strategy("evo_tune")
 class EvoTune(Evo):
     """Closed-form head → SGD on increment ∪ memory (trainable part configurable) → closed-form refit."""
-
-    trains = True  # grown units train: a growth that computes nothing new still changes what training does
 
     @dataclass
     class Options(Evo.Options):
@@ -48,10 +55,13 @@ class EvoTune(Evo):
             return config_from(self)
 
     @classmethod
-    def computes(cls, options) -> str:
-        """`evo` where only the final layer trains (`trainable` 'head' or 0): the refit replaces that
-        layer with the fast path's own solve (the features, and so the statistics, are unchanged)."""
-        return "evo" if options.get("trainable", cls.Options.trainable) in ("head", 0) else cls.name
+    def computes(cls, options: Mapping[str, Any]) -> str:
+        """`evo` where only the final layer trains (`trainable` 'head' or 0): the features do not change,
+        and the refit replaces that layer with a ridge solve from the memory plus the increment, which
+        `evo`'s exact solve over everything seen dominates (it is that solve without the lost images) at
+        a fraction of the cost."""
+        trainable = options.get("trainable", option_defaults(cls.name)["trainable"])
+        return "evo" if trainable in ("head", 0) else cls.name
 
     def price(self, graph: ArchGraph, work: Workload) -> int:
         """The fast path, fine-tuning on increment + memory (capped by `max_flops`), then the features
