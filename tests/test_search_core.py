@@ -37,6 +37,47 @@ def test_duplicates_and_prunes_use_no_slot_and_end_in_a_streak():
     assert t.admit("x", 500) == "over_budget" and t.admit("y", 10) == "start" and t.streak == 0
 
 
+def test_a_candidate_back_below_its_price_restarts_the_streak():
+    """Proposals priced out beside a running candidate's price may fit once it spent less: the streak
+    that would end the round starts again (not when it spent its full price: nothing changed)."""
+    s = _state(max_streak=2)
+    assert s.admit("a", 60) == "start"
+    s.launch("h1", InFlight(None, None, 60, 0.0), "a", 0)
+    assert [s.admit("b", 50), s.admit("c", 50)] == ["over_budget", "over_budget"] and not s.can_start()
+    s.finish("h1", 20)
+    assert s.can_start() and s.admit("b", 50) == "start"
+    s.launch("h2", InFlight(None, None, 50, 0.0), "b", 1)
+    assert [s.admit("d", 90), s.admit("e", 90)] == ["over_budget", "over_budget"]
+    s.finish("h2", 50)  # spent its price: the room did not grow
+    assert not s.can_start()
+
+
+def test_candidates_priced_out_by_running_prices_are_proposed_again_when_room_returns():
+    """A proposal that fits the budget but not beside the running candidates' prices (upper bounds)
+    waits; once one comes back below its price, the waiting ones that now fit are enqueued, cheapest
+    first, as long as the room lasts, and Optuna proposes them next with the same parameters."""
+    import optuna
+
+    from evo.search.driver import Driver
+
+    s = _state(budget=100.0)
+    assert s.admit("a", 70) == "start"
+    s.launch("h1", InFlight(None, None, 70, 0.0), "a", 0)
+    assert s.admit("b", 50) == "over_budget" and s.idle_room() == 100  # fits once nothing runs
+    drv = Driver.__new__(Driver)  # only the deferred list is read
+    drv._deferred = [(50, 1, {"n_ops": 1, "site_0": 0.5}), (40, 2, {"n_ops": 1, "site_0": 0.25}),
+                     (90, 3, {"n_ops": 1, "site_0": 0.75})]
+    study = optuna.create_study()
+    drv._requeue_deferred(study, s)
+    assert not study.trials  # nothing came back yet: no room
+    s.finish("h1", 10)  # room 90
+    drv._requeue_deferred(study, s)
+    waiting = [(t.system_attrs["fixed_params"], t.user_attrs["deferred"]) for t in study.get_trials(states=(optuna.trial.TrialState.WAITING,))]
+    assert [p["site_0"] for p, _ in waiting] == [0.25, 0.5]  # cheapest first, 40 + 50 fit in 90; 90 waits on
+    assert all("priced out beside running ones" in why for _, why in waiting)
+    assert [d[1] for d in drv._deferred] == [3]
+
+
 def test_a_resumed_round_is_rebuilt_from_its_study(tmp_path):
     """Killed-driver trials: recorded FAIL, their cost apart (not spent), their slot free again."""
     from evo.runs import Run

@@ -6,7 +6,8 @@ Rules:
 - a candidate that repeats one already evaluated (same computation) is skipped, using no slot or budget;
   so is one whose growth changes nothing its training reads (the driver checks; `skip`);
 - one that does not fit is pruned and uses no slot; after `max_streak` skips or prunes in a row with
-  nothing running and nothing done, the round cannot afford any candidate (BudgetError);
+  nothing running and nothing done, the round cannot afford any candidate (BudgetError); a candidate
+  that comes back below its price returns room, and the streak starts again;
 - `reserved` is held back for the chosen candidate's learning of the held-out images
   (`evo.search.absorb`) from sampled candidates; a standard one may use it, and a round that cannot
   afford a single candidate releases it;
@@ -48,6 +49,11 @@ class RoundState:
     def room(self) -> float:
         """Budget not yet spent nor reserved (by a running candidate, or for after the choice)."""
         return self.budget - self.spent - self.reserved - sum(f.price for f in self.in_flight.values())
+
+    def idle_room(self) -> float:
+        """The room once every running candidate is back at no cost: what a proposal priced out only by
+        their prices could get (the driver proposes such a candidate again when room is returned)."""
+        return self.budget - self.spent - self.reserved
 
     def release(self) -> bool:
         """Give the reserve back to the candidates (a round that cannot afford one otherwise); returns
@@ -94,9 +100,15 @@ class RoundState:
         self.in_flight[handle] = flight
 
     def finish(self, handle: Hashable, flops: int) -> InFlight:
-        """A candidate came back (done or failed): its measured (or priced) cost is spent."""
+        """A candidate came back (done or failed): its measured (or priced) cost is spent. Where that is
+        below its price the room grew, and proposals priced out against the price may fit now: the
+        streak starts again (prices are upper bounds; measured: the main job's last round ended with
+        only the fast path run, its 12 proposals priced out beside the fast path's 47 GFLOPs price,
+        which then spent 16)."""
         flight = self.in_flight.pop(handle)
         self.spent += int(flops)
+        if int(flops) < flight.price:
+            self.streak = 0
         return flight
 
     def invalid(self) -> None:
