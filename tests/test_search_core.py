@@ -76,6 +76,10 @@ def test_candidates_priced_out_by_running_prices_are_proposed_again_when_room_re
     assert [p["site_0"] for p, _ in waiting] == [0.25, 0.5]  # cheapest first, 40 + 50 fit in 90; 90 waits on
     assert all("priced out beside running ones" in why for _, why in waiting)
     assert [d[1] for d in drv._deferred] == [3]
+    full = _state(budget=1000.0, slots=1)
+    assert full.admit("z", 10) == "start"  # the round's only slot is used: nothing is left waiting
+    drv._requeue_deferred(study, full)
+    assert [d[1] for d in drv._deferred] == [3] and len(study.trials) == 2
 
 
 def test_a_resumed_round_is_rebuilt_from_its_study(tmp_path):

@@ -248,10 +248,12 @@ class Driver:
         cheapest first, once a finished candidate left room for them (Optuna's sampler would rarely draw
         the same candidate twice; measured: the main job's last round ran only the fast path, priced at
         47 GFLOPs and spending 16, while the two `add_tap` candidates that needed 143 and 187 of the
-        133 left beside it waited nowhere)."""
-        room = state.room()
+        133 left beside it were dropped). Only as many as the round has slots left: none is left waiting
+        in a finished round's study."""
+        room, slots = state.room(), state.slots - state.started
         for price, number, params in sorted(self._deferred, key=lambda d: d[0]):
-            if price <= room:
+            if price <= room and slots > 0:
+                slots -= 1
                 study.enqueue_trial(params, user_attrs={"deferred": f"trial {number}, priced out beside running ones"})
                 self._deferred.remove((price, number, params))
                 room -= price
