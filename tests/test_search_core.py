@@ -61,12 +61,14 @@ def test_candidates_priced_out_by_running_prices_are_proposed_again_when_room_re
     from evo.search.driver import Driver
 
     s = _state(budget=100.0)
+    assert not s.defer(50, 9, {}) and not s.deferred  # nothing runs: a priced-out proposal never fits
     assert s.admit("a", 70) == "start"
     s.launch("h1", InFlight(None, None, 70, 0.0), "a", 0)
-    assert s.admit("b", 50) == "over_budget" and s.idle_room() == 100  # fits once nothing runs
-    drv = Driver.__new__(Driver)  # only the deferred list is read
-    drv._deferred = [(50, 1, {"n_ops": 1, "site_0": 0.5}), (40, 2, {"n_ops": 1, "site_0": 0.25}),
-                     (90, 3, {"n_ops": 1, "site_0": 0.75})]
+    assert s.admit("b", 50) == "over_budget"
+    assert s.defer(50, 1, {"n_ops": 1, "site_0": 0.5})  # fits once nothing runs
+    assert s.defer(40, 2, {"n_ops": 1, "site_0": 0.25}) and s.defer(90, 3, {"n_ops": 1, "site_0": 0.75})
+    assert not s.defer(101, 4, {})  # beyond the budget whatever runs: dropped
+    drv = Driver.__new__(Driver)  # only the round's state and study are read
     study = optuna.create_study()
     drv._requeue_deferred(study, s)
     assert not study.trials  # nothing came back yet: no room
@@ -75,11 +77,14 @@ def test_candidates_priced_out_by_running_prices_are_proposed_again_when_room_re
     waiting = [(t.system_attrs["fixed_params"], t.user_attrs["deferred"]) for t in study.get_trials(states=(optuna.trial.TrialState.WAITING,))]
     assert [p["site_0"] for p, _ in waiting] == [0.25, 0.5]  # cheapest first, 40 + 50 fit in 90; 90 waits on
     assert all("priced out beside running ones" in why for _, why in waiting)
-    assert [d[1] for d in drv._deferred] == [3]
+    assert [d[1] for d in s.deferred] == [3]
     full = _state(budget=1000.0, slots=1)
-    assert full.admit("z", 10) == "start"  # the round's only slot is used: nothing is left waiting
+    assert full.admit("z", 600) == "start"  # the round's only slot
+    full.launch("h", InFlight(None, None, 600, 0.0), "z", 0)
+    assert full.defer(500, 7, {"n_ops": 0})
+    full.finish("h", 100)  # room 900, but no slot left: nothing is left waiting in the study
     drv._requeue_deferred(study, full)
-    assert [d[1] for d in drv._deferred] == [3] and len(study.trials) == 2
+    assert [d[1] for d in full.deferred] == [7] and len(study.trials) == 2
 
 
 def test_a_resumed_round_is_rebuilt_from_its_study(tmp_path):

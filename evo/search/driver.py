@@ -108,7 +108,6 @@ class Driver:
         self._n_forget = n_forgotten(stream, parent_meta, self.space.validation_per_class, inc.classes_so_far)
         base = growth_base(parent, parent_meta, self.space)
         self._parent, self._base, self._round_preprocess = parent, base, None  # what a no-growth candidate learns on
-        self._deferred: list[tuple[int, int, dict[str, Any]]] = []  # (price, trial, params): waiting for room
         policy = self.space.policy
         study = self._study(index, policy)
         self._recover(study)
@@ -228,8 +227,8 @@ class Driver:
             trial.set_user_attr("fail_reason", f"over budget: needs {price:.3g} FLOPs, {max(room, 0):.3g} left")
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             retried = self._retry_cheaper(study, trial, cand, grown, inc, parent_meta, seen_before, price)
-            if not retried and state.in_flight and price <= state.idle_room() + (state.reserved if standard else 0):
-                self._deferred.append((price, trial.number, dict(trial.params)))  # priced out by running prices only
+            if not retried:
+                state.defer(price, trial.number, dict(trial.params), standard)
             if state.stuck() and not retried:
                 if state.release():
                     self.say("  no candidate fits beside the reserve for learning the held-out images after the "
@@ -244,19 +243,13 @@ class Driver:
         self.say(f"  trial {trial.number:>3} started   {cand.name:<40} priced {price / 1e9:8.1f} GFLOPs")
 
     def _requeue_deferred(self, study: optuna.Study, state: RoundState) -> None:
-        """Candidates priced out only by the prices of those running (upper bounds) are proposed again,
-        cheapest first, once a finished candidate left room for them (Optuna's sampler would rarely draw
-        the same candidate twice; measured: the main job's last round ran only the fast path, priced at
-        47 GFLOPs and spending 16, while the two `add_tap` candidates that needed 143 and 187 of the
-        133 left beside it were dropped). Only as many as the round has slots left: none is left waiting
-        in a finished round's study."""
-        room, slots = state.room(), state.slots - state.started
-        for price, number, params in sorted(self._deferred, key=lambda d: d[0]):
-            if price <= room and slots > 0:
-                slots -= 1
-                study.enqueue_trial(params, user_attrs={"deferred": f"trial {number}, priced out beside running ones"})
-                self._deferred.remove((price, number, params))
-                room -= price
+        """Proposals priced out only beside running candidates' prices (upper bounds) are enqueued again once
+        room returned (`RoundState.take_deferred`): Optuna's sampler would rarely draw the same candidate
+        twice. Measured: the main job's last round ran only the fast path, priced at 47 GFLOPs and
+        spending 16, while the two `add_tap` candidates that needed 143 and 187 of the 133 left beside
+        it were dropped."""
+        for number, params in state.take_deferred():
+            study.enqueue_trial(params, user_attrs={"deferred": f"trial {number}, priced out beside running ones"})
 
     def _same_as_without_growth(self, trial: optuna.Trial, state: RoundState, cand: Candidate, grown,
                                 inc) -> int | None:

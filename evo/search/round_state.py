@@ -8,6 +8,8 @@ Rules:
 - one that does not fit is pruned and uses no slot; after `max_streak` skips or prunes in a row with
   nothing running and nothing done, the round cannot afford any candidate (BudgetError); a candidate
   that comes back below its price returns room, and the streak starts again;
+- one priced out only by the running candidates' prices is kept (`defer`) and proposed again, cheapest
+  first, once room returns (`take_deferred`);
 - `reserved` is held back for the chosen candidate's learning of the held-out images
   (`evo.search.absorb`) from sampled candidates; a standard one may use it, and a round that cannot
   afford a single candidate releases it;
@@ -45,15 +47,32 @@ class RoundState:
     seen: dict[str, int] = field(default_factory=dict)  # candidate key → trial number that evaluated it
     in_flight: dict[Hashable, InFlight] = field(default_factory=dict)
     reserved: int = 0  # held back for the winner's learning of the held-out images, after the choice
+    deferred: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)  # (price, trial, params)
 
     def room(self) -> float:
         """Budget not yet spent nor reserved (by a running candidate, or for after the choice)."""
         return self.budget - self.spent - self.reserved - sum(f.price for f in self.in_flight.values())
 
-    def idle_room(self) -> float:
-        """The room once every running candidate is back at no cost: what a proposal priced out only by
-        their prices could get (the driver proposes such a candidate again when room is returned)."""
-        return self.budget - self.spent - self.reserved
+    def defer(self, price: int, number: int, params: dict[str, Any], standard: bool = False) -> bool:
+        """Keep a proposal that was priced out only by the running candidates' prices (it fits once they
+        are back at no cost) to be proposed again when room returns; returns whether it was kept."""
+        idle = self.budget - self.spent - self.reserved + (self.reserved if standard else 0)
+        if not self.in_flight or price > idle:
+            return False
+        self.deferred.append((price, number, params))
+        return True
+
+    def take_deferred(self) -> list[tuple[int, dict[str, Any]]]:
+        """The kept proposals that fit the room now, cheapest first, no more than the slots left: (trial
+        number, parameters); the others stay kept."""
+        room, slots, taken = self.room(), self.slots - self.started, []
+        for item in sorted(self.deferred, key=lambda d: d[0]):
+            price, number, params = item
+            if price <= room and slots > 0:
+                self.deferred.remove(item)
+                taken.append((number, params))
+                room, slots = room - price, slots - 1
+        return taken
 
     def release(self) -> bool:
         """Give the reserve back to the candidates (a round that cannot afford one otherwise); returns
