@@ -60,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=0.0, help="evo_latent's warmup fraction (0.3: one-cycle)")
     p.add_argument("--batch", type=int, default=64, help="evo_latent's training batch size")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="evo_latent's AdamW weight decay")
+    p.add_argument("--taps", default="auto", help="the head's taps (evo's `taps` option, e.g. auto+features)")
+    p.add_argument("--head-init", default="ridge", choices=("ridge", "fresh"), help="evo_latent's head_init")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", nargs="+", default=["fast path", "latent fp16", "latent int8", "latent fp32", "ceiling"])
     p.add_argument("--threads", type=int, default=2)
@@ -76,7 +78,7 @@ def main(argv=None) -> None:
                                                                        ("permute", args.permute)) if v is not None})
     graph = evo.zoo.load("efficientnet_lite0", pretrained=True, input_size=64)
     opts = {"epochs": args.epochs, "lr": args.lr, "warmup": args.warmup, "train_batch_size": args.batch,
-            "weight_decay": args.weight_decay}  # the Learner's seed also seeds the strategy's sampling
+            "weight_decay": args.weight_decay, "taps": args.taps, "head_init": args.head_init}  # the Learner's seed also seeds the strategy's sampling
     table, out = [], {"args": {k: str(v) for k, v in vars(args).items()}, "machine": platform.platform()}
     n_train = sum(len(inc.train) for inc in stream)
     print(f"Split Fashion-MNIST: {n_train} training images in 5 increments, {len(stream[4].test)} test images")

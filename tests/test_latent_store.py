@@ -73,13 +73,15 @@ def test_codecs_round_trip_within_their_precision(codec: str, tol: float) -> Non
 # -- exact statistics -------------------------------------------------------------------------------
 
 
-def test_statistics_recomputed_from_fp32_store_equal_a_fresh_pass() -> None:
-    """After training above the cut, the head's G and B from stored latents == a fresh pass over the images."""
+@pytest.mark.parametrize("head_init", ["ridge", "fresh"])
+def test_statistics_recomputed_from_fp32_store_equal_a_fresh_pass(head_init: str) -> None:
+    """After training above the cut, the head's G and B from stored latents == a fresh pass over the images,
+    whatever the head started training from."""
     g = evo.zoo.load("small_cnn")
     classes = ["a", "b", "c", "d"]
     incs = [_data(12, classes[:2], 0), _data(12, classes[2:], 1)]
     learner = Learner(g, memory=8, strategy="evo_latent", progress=False, taps="features", epochs=1, lr=1e-3,
-                      latents=StoreConfig(cut=1, codec="fp32"))
+                      latents=StoreConfig(cut=1, codec="fp32"), head_init=head_init)
     for inc in incs:
         report = learner.learn(inc)
     assert report.info["train_steps"] > 0 and report.info["recomputed_from"] == 48
@@ -103,6 +105,27 @@ def test_statistics_recomputed_from_fp32_store_equal_a_fresh_pass() -> None:
     import networkx as nx
     below = nx.ancestors(graph.g, cut)
     assert trained and not set(trained) & below  # layers above the cut trained; nothing below changed
+
+
+def test_a_fresh_head_trains_the_layers_below_it_differently_and_a_bad_init_is_named() -> None:
+    """`head_init: fresh` starts training from a random head (seeded), not the provisional ridge head, so the
+    trained layers differ; the committed head is the ridge solve either way. A typo is a ConfigError."""
+    from evo.errors import ConfigError
+    from evo.learn.strategies import make_strategy
+
+    classes = ["a", "b"]
+    weights = {}
+    for init in ("ridge", "fresh", "fresh"):
+        learner = Learner(evo.zoo.load("small_cnn"), memory=8, strategy="evo_latent", progress=False, taps="features",
+                          epochs=2, lr=1e-2, latents=StoreConfig(cut=1, codec="fp32"), head_init=init)
+        learner.learn(_data(12, classes, 0))
+        g = learner.graph_
+        last_conv = [n for n in g.nodes() if g.params(n) and n != g.head][-1]
+        weights.setdefault(init, []).append(g.params(last_conv)["weight"].clone())
+    assert not torch.allclose(weights["ridge"][0], weights["fresh"][0])
+    assert torch.equal(weights["fresh"][0], weights["fresh"][1])  # seeded: the same run twice
+    with pytest.raises(ConfigError, match="head_init"):
+        make_strategy("evo_latent", head_init="random")
 
 
 def test_balanced_replay_gives_every_old_class_what_the_increment_has_per_class() -> None:

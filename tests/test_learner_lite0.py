@@ -38,6 +38,18 @@ def test_auto_taps_pick_stride_8_and_16_block_outputs(lite0):
     assert set(outs) <= set(cut_nodes(lite0)) and "add_1" in outs and "blocks_4_expand_conv" not in outs
 
 
+def test_auto_plus_features_taps_keep_the_top_of_the_network_in_the_head(lite0):
+    from evo.learn.features import parse_taps
+
+    taps = parse_taps(lite0, "auto+features")
+    assert taps == [Tap("add_1", 4), Tap("add_5", 4), Tap(lite0.features, 1)]
+    tapped = tap_graph(lite0, taps)
+    # the head reads the pooled 1280-d features too, so head_conv (stride 32) stays in the graph
+    assert "head_conv" in tapped and tapped.attrs(tapped.head)["in_features"] == 40 * 16 + 112 * 16 + 1280
+    with pytest.raises(evo.EvoError, match="auto\+features"):
+        parse_taps(lite0, "auto+feature")
+
+
 def test_tapped_graph_computes_the_pooled_taps_and_stops_early(lite0):
     tapped = tap_graph(lite0, auto_taps(lite0, ((8, 8), (16, 4))))
     assert is_tapped(tapped) and not is_tapped(lite0)

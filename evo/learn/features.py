@@ -47,14 +47,19 @@ def _chw(graph: ArchGraph, node: str) -> tuple[int, int, int]:
 
 def parse_taps(graph: ArchGraph, taps: str | Sequence[Tap | tuple[str, int] | str],
                levels: Sequence[tuple[int, int]] = DEFAULT_LEVELS) -> list[Tap]:
-    """'auto' (`auto_taps` at `levels`), 'features' (the head's current input), or a list of
-    Tap / (node, grid) / node names."""
+    """'auto' (`auto_taps` at `levels`), 'features' (the head's current input), 'auto+features' (both:
+    the head then also reads the top of the network, so training through it reaches every layer above
+    the coarsest tap), or a list of Tap / (node, grid) / node names."""
     if taps == "auto":
         return auto_taps(graph, levels)
     if taps == "features":
         return [Tap(graph.features, 1)]
+    if taps == "auto+features":
+        auto = auto_taps(graph, levels)
+        return auto + [Tap(graph.features, 1)] if Tap(graph.features, 1) not in auto else auto
     if isinstance(taps, str) or not isinstance(taps, Sequence) or not taps:
-        raise ConfigError(f"taps must be 'auto', 'features' or a non-empty list of (node, grid); got {taps!r}")
+        raise ConfigError("taps must be 'auto', 'features', 'auto+features' or a non-empty list of (node, grid); "
+                          f"got {taps!r}")
     out = []
     for t in taps:
         tap = t if isinstance(t, Tap) else Tap(t) if isinstance(t, str) else Tap(*t)

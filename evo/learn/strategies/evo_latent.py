@@ -38,6 +38,7 @@ from evo.learn.strategies.evo import Evo, calibrate_scale
 from evo.learn.tracked import LAYOUT_KEY, head_map, head_taps, layout_width, map_features, to_meta
 from evo.learn.train import TrainConfig, config_from, fit, step_flops_per_image
 
+HEAD_INITS = ("ridge", "fresh")
 BALANCED = "balanced"  # `replay`: as many stored latents per old class as the increment has per class
 
 
@@ -58,7 +59,10 @@ class EvoLatent(Evo):
         `noise`: std of the Gaussian noise added to training latents, relative to each batch's std.
         `warmup`: the fraction of the steps that ramp the learning rate up first (one-cycle; 0: cosine).
         `gcv_evals`: cap of the GCV walk for the recomputed head (it starts at the last λ, where it
-        usually stops after three evaluations); the provisional head before training uses that λ."""
+        usually stops after three evaluations); the provisional head before training uses that λ.
+        `head_init`: what the head starts training from: 'ridge', the provisional closed-form head, or
+        'fresh', a random init (as a fresh classifier in a joint fine-tune). Either way the committed
+        head is the ridge solve recomputed after training."""
 
         epochs: int = 2
         lr: float = 1e-3
@@ -73,9 +77,13 @@ class EvoLatent(Evo):
         max_flops: int | None = None
         seed: int = 0
         warmup: float = 0.0
+        head_init: str = "ridge"
 
         def __post_init__(self) -> None:
             super().__post_init__()
+            if self.head_init not in HEAD_INITS:
+                raise ConfigError(f"evo_latent option head_init must be one of {list(HEAD_INITS)}; "
+                                  f"got {self.head_init!r}")
             for name in ("replay", "noise"):
                 v = getattr(self, name)
                 if name == "replay" and v == BALANCED:
@@ -113,6 +121,8 @@ class EvoLatent(Evo):
         cfg = self.options.train_config()
         # 1. a provisional head for every class, from the training set's features
         above = self._solve_into(above, layout, head, train_rows, train_labels, ctx, fresh=True)[0]
+        if self.options.head_init == "fresh":
+            above = _random_head(above, cfg.seed + ctx.index)
         # 2. train above the cut
         net = above.to_module()
         stats = fit(net, above, train_rows, train_labels, self._augment(cfg.seed), cfg, ctx.meter,
@@ -241,6 +251,17 @@ class EvoLatent(Evo):
                   + ridge_flops(n + stored, d, work.n_classes, self.options.gcv_evals))
         memory = g.flops(batch=1) * (n + work.n_memory)
         return int(fwd * (2 * n + r + stored) + train + solves + memory)
+
+
+def _random_head(graph: ArchGraph, seed: int) -> ArchGraph:
+    """`graph` with its final Linear drawn as torch's nn.Linear default (uniform ±1/√fan_in), seeded."""
+    out = graph.copy()
+    w = out.params(out.head)["weight"]
+    gen = torch.Generator().manual_seed(seed)
+    bound = 1.0 / math.sqrt(w.shape[1])
+    out.set_params(out.head, weight=((torch.rand(w.shape, generator=gen) * 2 - 1) * bound).to(w.dtype),
+                   bias=((torch.rand(w.shape[0], generator=gen) * 2 - 1) * bound).to(w.dtype))
+    return out
 
 
 def _start_lambda(view: RidgeHead) -> float:
