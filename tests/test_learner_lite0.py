@@ -46,7 +46,7 @@ def test_auto_plus_features_taps_keep_the_top_of_the_network_in_the_head(lite0):
     tapped = tap_graph(lite0, taps)
     # the head reads the pooled 1280-d features too, so head_conv (stride 32) stays in the graph
     assert "head_conv" in tapped and tapped.attrs(tapped.head)["in_features"] == 40 * 16 + 112 * 16 + 1280
-    with pytest.raises(evo.EvoError, match="auto\+features"):
+    with pytest.raises(evo.EvoError, match=r"auto\+features"):
         parse_taps(lite0, "auto+feature")
 
 
