@@ -259,8 +259,10 @@ def _random_head(graph: ArchGraph, seed: int) -> ArchGraph:
     w = out.params(out.head)["weight"]
     gen = torch.Generator().manual_seed(seed)
     bound = 1.0 / math.sqrt(w.shape[1])
-    out.set_params(out.head, weight=((torch.rand(w.shape, generator=gen) * 2 - 1) * bound).to(w.dtype),
-                   bias=((torch.rand(w.shape[0], generator=gen) * 2 - 1) * bound).to(w.dtype))
+    fresh = {"weight": ((torch.rand(w.shape, generator=gen) * 2 - 1) * bound).to(w.dtype)}
+    if "bias" in out.params(out.head):
+        fresh["bias"] = ((torch.rand(w.shape[0], generator=gen) * 2 - 1) * bound).to(w.dtype)
+    out.set_params(out.head, **fresh)
     return out
 
 
