@@ -8,8 +8,8 @@ memory limit, no search), so nothing but the recipe is measured:
   pooled 1280-d features, and on those plus the outputs of blocks 5 and 10 pooled to 4x4 (what the
   main job's `add_tap` growth reaches);
 - `tuned`: the same network with blocks N onwards and the head conv fine-tuned through a fresh linear
-  classifier: AdamW, one-cycle, label smoothing 0.1, BN statistics frozen, and optionally flips and
-  random shifts; then the same two ridge heads on the tuned network (the taps below block N stay
+  classifier: AdamW, one-cycle, label smoothing 0.1, BN statistics frozen, and optionally flips (per
+  image) and a random shift of up to 6 px (one per batch); then the same two ridge heads on the tuned network (the taps below block N stay
   frozen).
 
 Test accuracy is on 100 test images per class. Per seed the training images differ.

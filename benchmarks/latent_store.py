@@ -35,6 +35,7 @@ from evo.graph.taps import tap_graph  # noqa: E402
 from evo.learn import Learner  # noqa: E402
 from evo.learn.head import RidgeHead  # noqa: E402
 from evo.learn.latent import StoreConfig, bytes_per_row, cut_node, split  # noqa: E402
+from evo.learn.strategies import make_strategy  # noqa: E402
 from evo.learn.tracked import from_meta  # noqa: E402
 
 
@@ -78,7 +79,11 @@ def main(argv=None) -> None:
                                                                        ("permute", args.permute)) if v is not None})
     graph = evo.zoo.load("efficientnet_lite0", pretrained=True, input_size=64)
     opts = {"epochs": args.epochs, "lr": args.lr, "warmup": args.warmup, "train_batch_size": args.batch,
-            "weight_decay": args.weight_decay, "taps": args.taps, "head_init": args.head_init}  # the Learner's seed also seeds the strategy's sampling
+            "weight_decay": args.weight_decay, "taps": args.taps, "head_init": args.head_init}
+
+    def latent(**over):  # --seed seeds the exemplar memory (the Learner) and the strategy (its head, batches, noise)
+        return make_strategy("evo_latent", seed=args.seed, **{**opts, **over})
+
     table, out = [], {"args": {k: str(v) for k, v in vars(args).items()}, "machine": platform.platform()}
     n_train = sum(len(inc.train) for inc in stream)
     print(f"Split Fashion-MNIST: {n_train} training images in 5 increments, {len(stream[4].test)} test images")
@@ -89,14 +94,13 @@ def main(argv=None) -> None:
             reports = [learner.learn(inc) for inc in stream]
         elif name.startswith("latent"):
             codec = name.split()[1]
-            learner = Learner(graph, strategy="evo_latent", progress=False, seed=args.seed,
-                              latents=StoreConfig(cut=args.cut, codec=codec), **opts)
+            learner = Learner(graph, strategy=latent(), progress=False, seed=args.seed,
+                              latents=StoreConfig(cut=args.cut, codec=codec))
             reports = [learner.learn(inc) for inc in stream]
         else:  # the ceiling: every class and image in one increment, the same recipe for longer
             joint = _joint(stream)
-            learner = Learner(graph, strategy="evo_latent", progress=False, seed=args.seed,
-                              latents=StoreConfig(cut=args.cut, codec="fp32"),
-                              **{**opts, "epochs": args.ceiling_epochs})
+            learner = Learner(graph, strategy=latent(epochs=args.ceiling_epochs), progress=False, seed=args.seed,
+                              latents=StoreConfig(cut=args.cut, codec="fp32"))
             reports = [learner.learn(joint)]
         seconds = time.perf_counter() - t0
         last = reports[-1]

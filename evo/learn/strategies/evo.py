@@ -71,7 +71,7 @@ class Evo(Strategy):
     @dataclass
     class Options:
         """`taps`: 'auto', 'features' (the head's current input only), 'auto+features' or [(node, grid), ...].
-        `levels`: for taps='auto', (stride, pooled grid side) pairs; the default (stride 8 and 16 at
+        `levels`: for taps='auto' and 'auto+features', (stride, pooled grid side) pairs; the default (stride 8 and 16 at
         4×4) keeps each increment well under joint retraining's cost; ((8, 8), (16, 4)) is more
         accurate at about twice the statistics cost (BENCHMARKS.md has the figures).
         `ridge`: 'gcv' (choose λ by generalised cross-validation each increment) or a fixed λ >= 0.
