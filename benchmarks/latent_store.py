@@ -43,6 +43,10 @@ def _cut(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
 
+def _replay(text: str) -> float | str:
+    return text if text == "balanced" else float(text)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--per-class-train", type=int, default=None)
@@ -63,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=1e-4, help="evo_latent's AdamW weight decay")
     p.add_argument("--taps", default="auto", help="the head's taps (evo's `taps` option, e.g. auto+features)")
     p.add_argument("--head-init", default="ridge", choices=("ridge", "fresh"), help="evo_latent's head_init")
+    p.add_argument("--replay", type=_replay, default=1.0,
+                   help="evo_latent's replay: stored latents per increment image, or 'balanced'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", nargs="+", default=["fast path", "latent fp16", "latent int8", "latent fp32", "ceiling"])
     p.add_argument("--threads", type=int, default=2)
@@ -79,7 +85,8 @@ def main(argv=None) -> None:
                                                                        ("permute", args.permute)) if v is not None})
     graph = evo.zoo.load("efficientnet_lite0", pretrained=True, input_size=64)
     opts = {"epochs": args.epochs, "lr": args.lr, "warmup": args.warmup, "train_batch_size": args.batch,
-            "weight_decay": args.weight_decay, "taps": args.taps, "head_init": args.head_init}
+            "weight_decay": args.weight_decay, "taps": args.taps, "head_init": args.head_init,
+            "replay": args.replay}
 
     def latent(**over):  # --seed seeds the exemplar memory (the Learner) and the strategy (its head, batches, noise)
         return make_strategy("evo_latent", seed=args.seed, **{**opts, **over})
