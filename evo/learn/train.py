@@ -112,6 +112,13 @@ def lr_factor(step: int, total: int, warmup: float = 0.0) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(step - ramp, rest) / rest))
 
 
+def uniform_fan_in(shape: tuple[int, ...], fan_in: int, generator: torch.Generator) -> Tensor:
+    """A seeded draw from U(±1/√fan_in), torch's nn.Linear default: what a fresh classifier starts
+    from in a joint fine-tune, so a strategy's new head rows start where the ceiling's do (fp32)."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return (torch.rand(shape, generator=generator) * 2 - 1) * bound
+
+
 def _positive_int(name: str, value: Any, low: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ConfigError(f"{name} must be an integer >= {low}; got {value!r}")

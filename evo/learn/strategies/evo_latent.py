@@ -36,7 +36,7 @@ from evo.learn.latent import LatentRows, LatentStore, check_layout, merge_above,
 from evo.learn.strategies.base import Context, Result, Workload, register_strategy
 from evo.learn.strategies.evo import Evo, calibrate_scale
 from evo.learn.tracked import LAYOUT_KEY, head_map, head_taps, layout_width, map_features, to_meta
-from evo.learn.train import TrainConfig, config_from, fit, step_flops_per_image
+from evo.learn.train import TrainConfig, config_from, fit, step_flops_per_image, uniform_fan_in
 
 HEAD_INITS = ("ridge", "fresh")
 BALANCED = "balanced"  # `replay`: as many stored latents per old class as the increment has per class
@@ -258,10 +258,9 @@ def _random_head(graph: ArchGraph, seed: int) -> ArchGraph:
     out = graph.copy()
     w = out.params(out.head)["weight"]
     gen = torch.Generator().manual_seed(seed)
-    bound = 1.0 / math.sqrt(w.shape[1])
-    fresh = {"weight": ((torch.rand(w.shape, generator=gen) * 2 - 1) * bound).to(w.dtype)}
+    fresh = {"weight": uniform_fan_in(tuple(w.shape), w.shape[1], gen).to(w.dtype)}
     if "bias" in out.params(out.head):
-        fresh["bias"] = ((torch.rand(w.shape[0], generator=gen) * 2 - 1) * bound).to(w.dtype)
+        fresh["bias"] = uniform_fan_in((w.shape[0],), w.shape[1], gen).to(w.dtype)
     out.set_params(out.head, **fresh)
     return out
 

@@ -18,7 +18,7 @@ from torch import nn
 from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
 from evo.learn.strategies.base import Context, Result, Strategy, Workload, head_growth_flops
-from evo.learn.train import LossFn, TrainConfig, fit, step_flops_per_image
+from evo.learn.train import LossFn, TrainConfig, fit, step_flops_per_image, uniform_fan_in
 
 
 @dataclass
@@ -112,9 +112,8 @@ def init_new_rows(graph: ArchGraph, rows: list[int], seed: int) -> ArchGraph:
     ps = out.params(out.head)
     w, b = ps["weight"].clone(), ps["bias"].clone()
     gen = torch.Generator().manual_seed(seed)
-    bound = 1.0 / w.shape[1] ** 0.5
     idx = torch.as_tensor(rows, dtype=torch.int64)
-    w[idx] = (torch.rand(len(rows), w.shape[1], generator=gen, dtype=w.dtype) * 2 - 1) * bound
+    w[idx] = uniform_fan_in((len(rows), w.shape[1]), w.shape[1], gen).to(w.dtype)
     b[idx] = 0.0
     out.set_params(out.head, weight=w, bias=b)
     return out
