@@ -45,7 +45,7 @@ def _write(tmp_path: Path, doc: dict, name: str = "space.yaml") -> Path:
 
 
 @pytest.mark.parametrize("name", ["fashion_quick", "fashion_cil", "digits_domain", "fashion_latent", "fashion_latent_full",
-                                  "capacity_small_cnn"])
+                                  "fashion_permuted_full", "capacity_small_cnn"])
 def test_shipped_spaces_parse(name):
     space = load_space(ROOT / "search_spaces" / f"{name}.yaml")
     assert space.name == name and space.trials >= 1 and space.operators
