@@ -113,8 +113,8 @@ def lr_factor(step: int, total: int, warmup: float = 0.0) -> float:
 
 
 def uniform_fan_in(shape: tuple[int, ...], fan_in: int, generator: torch.Generator) -> Tensor:
-    """A seeded draw from U(±1/√fan_in), torch's nn.Linear default: what a fresh classifier starts
-    from in a joint fine-tune, so a strategy's new head rows start where the ceiling's do (fp32)."""
+    """A seeded fp32 draw from U(±1/√fan_in), torch's nn.Linear default: what a fresh classifier starts
+    from in a joint fine-tune, so a strategy's new head rows start where the ceiling's do."""
     bound = 1.0 / math.sqrt(fan_in)
     return (torch.rand(shape, generator=generator) * 2 - 1) * bound
 
