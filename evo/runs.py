@@ -9,13 +9,16 @@ runs/<run>/
   versions/<n>/          graph.json, weights.safetensors, meta.json, state.safetensors (memory, head statistics)
   lineage.json           networkx node-link graph of versions  } both derived from versions/*/meta.json,
   metrics/rounds.csv     one row per committed version           } rewritten by the writer after each commit
-  metrics/round_<n>.json everything measured in round n (candidates included)
+  metrics/round_<n>.json everything measured in round n (candidates included); a copy of the
+                         round.json committed in its version's folder
 ```
 A folder is a run only if it holds `run.json`; anything else is refused, never cleaned. Opening a
 run to read (`evo status`) writes nothing: lineage and tables are derived in memory. Writers
 (`learn`, `launch`, `resume`, `correct`, `serve`) hold `Run.lock`; on taking it they remove only
 evo's own temporary names (`evo.fsutil.TMP_PREFIX`) at the top of the run's own folders. A version
-folder is fsynced and renamed into place, so it appears whole or not at all.
+folder is fsynced and renamed into place, so it appears whole or not at all. What is written after
+that rename (lineage, tables, the round's metrics) derives from the committed folders, so a writer
+that takes over from a killed one re-derives it (`Run.repair`): a kill between the two loses nothing.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from evo.fsutil import (
 
 VERSIONS = "versions"
 STATE_FILE = "state.safetensors"
+ROUND_FILE = "round.json"  # a search version's round metrics, committed with it (metrics/round_<i>.json copies it)
 MARKER = "run.json"
 RUN_FORMAT = "evo-run"
 RUN_FORMAT_VERSION = 1
@@ -175,6 +179,8 @@ class Run:
             _HELD[key] = 1
             try:
                 self.cleanup_partial()
+                if self.took_over:
+                    self.repair()
                 yield self
             finally:
                 _HELD.pop(key, None)
@@ -201,6 +207,29 @@ class Run:
                 if rd.is_dir() and not rd.is_symlink() and rd.name.startswith("round-"):
                     removed += remove_evo_temps(rd)
         return removed
+
+    def repair(self) -> list[str]:
+        """Re-derive the files a writer killed between a commit and its bookkeeping left stale or missing:
+        lineage.json and metrics/rounds.csv (from every meta.json), and each search round's
+        metrics/round_<i>.json (from the round.json committed with its version). Returns the rounds
+        restored. Call only while holding the lock."""
+        restored = []
+        for n in self.versions():
+            src = self.version_dir(n) / ROUND_FILE
+            index = self.version_meta(n).get("increment")
+            if not src.is_file() or index is None:
+                continue
+            dst = self.path / "metrics" / f"round_{index}.json"
+            try:
+                current = json.loads(dst.read_text()).get("version")
+            except (OSError, ValueError, AttributeError):
+                current = None
+            if current != n:
+                self.write_round(index, {**json.loads(src.read_text()), "version": n})
+                restored.append(dst.name)
+        if self.versions():
+            self.rebuild_lineage()
+        return restored
 
     # ---- versions -----------------------------------------------------------------------------
     def version_dir(self, n: int) -> Path:
@@ -235,11 +264,13 @@ class Run:
         return eg.load(d), self.version_meta(n), state
 
     def commit_version(self, graph, meta: dict[str, Any], state: dict[str, torch.Tensor] | None = None,
-                       extra_dirs: dict[str, Path] | None = None) -> int:
+                       extra_dirs: dict[str, Path] | None = None, round_doc: dict[str, Any] | None = None) -> int:
         """Write the next version atomically and durably, and record it in the lineage; returns its number.
 
         `extra_dirs` {name: folder}: flat folders whose files become `versions/<n>/<name>/` (hard-linked
         when possible), so they appear exactly with the version (the latent store's part of it).
+        `round_doc`: a search round's metrics, committed as `round.json` and copied to
+        metrics/round_<increment>.json (with the version number) once the version is in place.
         Holds the writer lock for the commit. `meta["parent"]`, when given, must be the latest version:
         a version trained from an older one would make the lineage false."""
         from safetensors.torch import save_file
@@ -257,6 +288,8 @@ class Run:
             staging = temp_dir(self.path / VERSIONS, str(n))
             try:
                 eg.save(graph, staging / "model", extra_files={"meta.json": meta})
+                if round_doc is not None:
+                    write_json_atomic(staging / "model" / ROUND_FILE, round_doc)
                 if state:
                     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
                               str(staging / "model" / STATE_FILE))
@@ -268,6 +301,8 @@ class Run:
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
             self.rebuild_lineage()
+            if round_doc is not None and meta.get("increment") is not None:
+                self.write_round(meta["increment"], {**round_doc, "version": n})
             return n
 
     # ---- lineage and metrics ------------------------------------------------------------------

@@ -140,6 +140,27 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
         assert r.took_over["pid"] == holder.pid and r.took_over["command"] == "learn"
 
 
+def test_a_writer_killed_after_its_commit_loses_no_bookkeeping(tmp_path):
+    """Killed between a version's rename and the files derived from it (lineage, tables, the round's
+    metrics): the next writer to take the lock re-derives them from the committed folders, exactly."""
+    run = Run.create(tmp_path / "r", {})
+    g = evo.zoo.load("small_cnn")
+    run.commit_version(g, {"ops": [], "increment": None})
+    doc = {"increment": 0, "spent_flops": 5, "trials": [{"number": 0, "state": "COMPLETE"}]}
+    run.commit_version(g, {"ops": [], "parent": 0, "increment": 0}, round_doc=doc)
+    metrics = run.path / "metrics"
+    expected = {n: (run.path / n).read_bytes() for n in ("lineage.json", "metrics/rounds.csv", "metrics/round_0.json")}
+    assert json.loads(expected["metrics/round_0.json"]) == {**doc, "version": 1}
+    (metrics / "round_0.json").unlink()  # the state a kill right after the rename leaves
+    (run.path / "lineage.json").write_text(json.dumps({"stale": True}))
+    (metrics / "rounds.csv").unlink()
+    assert Run.open(run.path).versions() == [0, 1] and not (metrics / "round_0.json").exists()  # readers write nothing
+    (run.path / ".evo-lock").write_text(json.dumps({"pid": 999999, "command": "launch"}))  # its holder died
+    with Run.open(run.path).lock("resume") as r:
+        assert r.took_over["command"] == "launch"
+    assert {n: (run.path / n).read_bytes() for n in expected} == expected
+
+
 def test_a_version_trained_from_an_older_parent_is_refused(tmp_path):
     run = Run.create(tmp_path / "r", {})
     g = evo.zoo.load("small_cnn")
@@ -393,7 +414,7 @@ def _versions_bytes(run_dir: Path) -> dict[int, dict[str, bytes]]:
 
 
 def test_kill_9_during_learn_with_concurrent_readers(tmp_path):
-    """A writer (`evo learn`, one increment after another) is SIGKILLed at random moments while four
+    """A writer (`evo learn`, one increment after another) is SIGKILLed at random moments while two
     `evo status` readers loop. After every kill: each reader exited 0 or 2 with one line (never a
     traceback), every committed version is byte-identical to before, and the learn, run again, goes on."""
     rng = np.random.default_rng(0)
@@ -401,8 +422,10 @@ def test_kill_9_during_learn_with_concurrent_readers(tmp_path):
     parts = [_digits_folder(tmp_path / f"p{i}", [2 * i, 2 * i + 1], n=20) for i in range(4)]
     assert main(["learn", "small_cnn", "--data", str(parts[0]), "--run-dir", str(run_dir), "--no-progress"]) == 0
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    reader_code = ("import subprocess, sys, time\nend = time.time() + float(sys.argv[2]); bad = 0\n"
-                   "while time.time() < end:\n"
+    # each reader loops until the part's stop file appears (after the re-learn), at least once, 120 s at most
+    reader_code = ("import os, subprocess, sys, time\nend = time.time() + 120; bad = 0; n = 0\n"
+                   "while n == 0 or (not os.path.exists(sys.argv[2]) and time.time() < end):\n"
+                   "    n += 1\n"
                    "    p = subprocess.run([sys.executable, '-m', 'evo.cli', 'status', sys.argv[1]], capture_output=True,"
                    " text=True)\n"
                    "    bad += p.returncode not in (0, 2) or 'Traceback' in p.stderr\n"
@@ -410,8 +433,9 @@ def test_kill_9_during_learn_with_concurrent_readers(tmp_path):
     kills = 0
     for i, part in enumerate(parts[1:], 1):
         committed = _versions_bytes(run_dir)
-        readers = [subprocess.Popen([sys.executable, "-c", reader_code, str(run_dir), "12"], stdout=subprocess.PIPE,
-                                    text=True, env=env) for _ in range(4)]
+        stop = tmp_path / f"stop{i}"
+        readers = [subprocess.Popen([sys.executable, "-c", reader_code, str(run_dir), str(stop)], stdout=subprocess.PIPE,
+                                    text=True, env=env) for _ in range(2)]
         writer = subprocess.Popen([sys.executable, "-m", "evo.cli", "learn", str(run_dir), "--data", str(part),
                                    "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         time.sleep(float(rng.uniform(1.0, 6.0)))
@@ -419,10 +443,11 @@ def test_kill_9_during_learn_with_concurrent_readers(tmp_path):
             writer.send_signal(signal.SIGKILL)
             kills += 1
         writer.wait()
-        assert all(int(r.communicate(timeout=120)[0].strip()) == 0 for r in readers)
         after = _versions_bytes(run_dir)
         assert all(after[n] == b for n, b in committed.items())  # committed work untouched
-        again = _evo("learn", str(run_dir), "--data", str(part), "--no-progress")
+        again = _evo("learn", str(run_dir), "--data", str(part), "--no-progress")  # the readers still read
+        stop.touch()
+        assert all(int(r.communicate(timeout=180)[0].strip()) == 0 for r in readers)
         if again.returncode != 0:  # the killed learn had committed already: its images are known
             assert "learned into this run before" in again.stderr, again.stderr
         assert Run(run_dir).version_meta(Run(run_dir).latest())["classes"][-2:] == [f"d{2 * i}", f"d{2 * i + 1}"]

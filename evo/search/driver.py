@@ -458,14 +458,13 @@ class Driver:
             "preprocess": graph.meta.get("preprocess"), **latent_meta, **(report.get("corrections") or {}),
             **({"heldout": {k: v for k, v in heldout.items() if k != "out_dir"}} if heldout else {}),
             **({LEARNED_KEY: list(range(index + 1))} if heldout.get("out_dir") else {}),
-        }, state=state, extra_dirs={"latents": staged.folder} if staged is not None else None)
+        }, state=state, extra_dirs={"latents": staged.folder} if staged is not None else None,
+            round_doc={"increment": index, "budget_flops": budget, "spent_flops": spent, "lost_flops": lost,
+                       "joint_flops": joint, "timing": timing, "trials": trials})
         if staged is not None:
             from evo.search.latents import drop_pending
 
             drop_pending(self.run_dir.path, index)
-        self.run_dir.write_round(index, {"increment": index, "version": version, "budget_flops": budget,
-                                         "spent_flops": spent, "lost_flops": lost, "joint_flops": joint,
-                                         "timing": timing, "trials": trials})
         result = RoundResult(index, version, cand.name, metrics["accuracy"], metrics.get("forgetting"), spent,
                              budget, timing["seconds"], joint, trials, timing)
         self.say(f"round {index}: committed version {version} ← {cand.name} (trial {best.number}); "
