@@ -308,6 +308,7 @@ def test_a_cut_at_the_input_stores_the_images_and_trains_every_layer() -> None:
     check_growth(g, grown, g.input, "fashion-mnist")
 
 
+@pytest.mark.slow  # 27 s of a 10-minute suite for a smoke run of a benchmark script; the store itself is tested above
 def test_the_store_scale_benchmark_runs_and_compression_costs_the_head_little(tmp_path):
     """`benchmarks/store_scale.py` on a few images per class: real part files on disk, sized as
     `bytes_per_row` says (plus each file's header), and every codec's head within one test image of fp32's."""

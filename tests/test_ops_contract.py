@@ -1,7 +1,8 @@
 """The contract every growth operator keeps on every zoo model: the child computes what the parent computed.
 
 One test runs every registered operator at every site it lists, on every zoo model (the imported
-pretrained EfficientNet-Lite0 included), on random inputs and on real photographs, in fp32 eval mode.
+pretrained EfficientNet-Lite0 included), on random inputs and on real photographs, in fp32 eval mode
+(add_branch's 130-190 sites per pretrained model: a seeded sample of 48 by default, all under `-m slow`).
 A property test does the same over random small graphs. Save → load must reproduce a child exactly.
 The classifier families users start from (torchvision and timm; `ophelpers.FAMILIES`) import with their
 source module's logits, and every operator stays exact on seeded sampled sites of each (see below).
@@ -38,6 +39,9 @@ OP_PARAMS = {
     "scale_width": {"factor": 1.5},
 }
 INPUT_SIZE = {"small_cnn": 32}
+# add_branch lists 130-190 sites per pretrained zoo model (every unit-end pair up to 4 edges apart) and
+# every other op at most 35: the default run checks a seeded sample of this many, `-m slow` all of them.
+SAMPLED_SITES = 48
 
 
 def _real_images(size: int, mean, std) -> torch.Tensor:
@@ -80,10 +84,24 @@ def _check_child(parent, child, x, ref) -> float:
 @pytest.mark.parametrize("op_name", ops.list_ops())
 @pytest.mark.parametrize("model", evo.zoo.list_models())
 def test_every_op_preserves_every_zoo_model(model, op_name):
+    _check_every_site(model, op_name, max_sites=SAMPLED_SITES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", evo.zoo.list_models())
+def test_add_branch_preserves_every_zoo_model_at_every_site(model):
+    _check_every_site(model, "add_branch", max_sites=None)
+
+
+def _check_every_site(model: str, op_name: str, max_sites: int | None) -> None:
+    """Apply `op_name` at each of its sites on `model` (a seeded sample of `max_sites` where it lists more)
+    and require the child's outputs to equal the parent's, and the parent to stay untouched."""
     parent, x, ref = _parent(model)
     before = {k: v.clone() for k, v in parent.state_dict().items()}
     sites = ops.sites(parent, op_name)
     assert sites, f"{op_name} lists no site on {model}"
+    if max_sites is not None and len(sites) > max_sites:
+        sites = random.Random(f"{model}/{op_name}").sample(sites, max_sites)
     worst = {}
     for site in sites:
         child = ops.apply(parent, op_name, site=site, **OP_PARAMS[op_name])
