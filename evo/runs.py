@@ -34,10 +34,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
-import torch
 
 from evo.errors import EvoError
 from evo.fsutil import (
@@ -50,6 +49,9 @@ from evo.fsutil import (
     write_json_atomic,
     write_text_atomic,
 )
+
+if TYPE_CHECKING:  # torch only for annotations: reading a run (`evo status`) does not import it
+    import torch
 
 VERSIONS = "versions"
 STATE_FILE = "state.safetensors"

@@ -2,10 +2,19 @@
 guard) and query strategies. Imports evo.learn, evo.runs, evo.data, evo.graph, evo.ops; never evo.search
 or evo.serve, and evo.learn never imports it."""
 
-from evo.active.engine import CorrectionRecord, CorrectionResult, Corrections, Prediction, Suggestion
-from evo.active.errors import CorrectionError
-from evo.active.queries import QUERIES
-from evo.runs import RunBusyError
+from __future__ import annotations
 
-__all__ = ["QUERIES", "CorrectionError", "CorrectionRecord", "CorrectionResult", "Corrections", "Prediction",
-           "RunBusyError", "Suggestion"]
+import importlib
+from typing import Any
+
+# names load on first use, so that the CLI's parser (which lists QUERIES) does not import torch
+_LAZY_NAMES = {**dict.fromkeys(("CorrectionRecord", "CorrectionResult", "Corrections", "Prediction", "Suggestion"),
+                               "evo.active.engine"),
+               "CorrectionError": "evo.active.errors", "QUERIES": "evo.active.queries", "RunBusyError": "evo.runs"}
+__all__ = sorted(_LAZY_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+    raise AttributeError(f"module 'evo.active' has no attribute {name!r}")

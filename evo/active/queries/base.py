@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch import Tensor
 
 from evo.registry import Registry
 
-QueryFn = Callable[[Tensor, Tensor, int, np.random.Generator], tuple[list[int], list[float]]]
+if TYPE_CHECKING:  # tensors come in, but listing the strategies (the CLI's parser) must not import torch
+    from torch import Tensor
+
+QueryFn = Callable[["Tensor", "Tensor", int, np.random.Generator], tuple[list[int], list[float]]]
 QUERIES: Registry[QueryFn] = Registry("query strategy")
 
 

@@ -8,11 +8,14 @@ from everything picked so far. Scores are those distances (the first: its margin
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import Tensor
 
 from evo.active.queries.base import margin_scores, register_query, top_k
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 POOL_FACTOR = 5
 
@@ -25,9 +28,9 @@ def diverse(proba: Tensor, features: Tensor, k: int, rng: np.random.Generator) -
     picked, scores = [0], [float(margin_scores(proba[uncertain[:1]])[0])]
     dist = 1.0 - x @ x[0]
     for _ in range(1, min(k, len(uncertain))):
-        j = int(torch.argmax(dist))
+        j = int(dist.argmax())
         picked.append(j)
         scores.append(float(dist[j]))
-        dist = torch.minimum(dist, 1.0 - x @ x[j])
+        dist = dist.minimum(1.0 - x @ x[j])
         dist[picked] = -1.0
     return [uncertain[j] for j in picked], scores

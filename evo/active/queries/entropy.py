@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import Tensor
 
 from evo.active.queries.base import register_query, top_k
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @register_query("entropy")
 def entropy(proba: Tensor, features: Tensor, k: int, rng: np.random.Generator) -> tuple[list[int], list[float]]:
     p = proba.double().clamp_min(1e-300)
-    return top_k(-(p * torch.log(p)).sum(dim=1), k)
+    return top_k(-(p * p.log()).sum(dim=1), k)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from torch import Tensor
 
 from evo.active.queries.base import register_query
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @register_query("random")
