@@ -73,3 +73,19 @@ def test_learn_commits_versions_from_user_folders(tmp_path, capsys):
     assert meta["metrics"]["accuracy"] > 0.5 and meta["cost"]["flops"] > 0
     assert main(["learn", str(tmp_path / "run"), "--data", str(tmp_path / "missing")]) == 2
     assert run.versions() == [0, 1, 2]  # bad input commits nothing
+
+
+def test_status_and_help_answer_without_importing_torch(tmp_path):
+    """Reading a run's status (and the help) is JSON work: importing torch would cost it seconds."""
+    from evo.runs import Run
+
+    run = Run.create(tmp_path / "r", {})
+    run.commit_version(evo.zoo.load("small_cnn"), {"ops": [], "increment": None, "chosen": "initial model"})
+    code = ("import sys\nfrom evo.cli import main\n"
+            "for argv in (['status', sys.argv[1]], ['--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, str(run.path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False", proc.stdout
+    assert "v0 ← start: initial model" in proc.stdout
