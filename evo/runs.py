@@ -215,8 +215,8 @@ class Run:
         lineage.json and metrics/rounds.csv (from every meta.json), and each search round's
         metrics/round_<i>.json (from the round.json committed with its version). Returns the rounds
         restored. Call only while holding the lock."""
-        restored = []
-        for n in self.versions():
+        restored, versions = [], self.versions()
+        for n in versions:
             src = self.version_dir(n) / ROUND_FILE
             index = self.version_meta(n).get("increment")
             if not src.is_file() or index is None:
@@ -227,11 +227,15 @@ class Run:
             except (OSError, ValueError, AttributeError):
                 current = None
             if current != n:
-                self.write_round(index, {**json.loads(src.read_text()), "version": n})
+                self._publish_round(n, index, json.loads(src.read_text()))
                 restored.append(dst.name)
-        if self.versions():
+        if versions:
             self.rebuild_lineage()
         return restored
+
+    def _publish_round(self, n: int, index: int, round_doc: dict[str, Any]) -> None:
+        """metrics/round_<index>.json: the round.json committed with version `n`, with that version's number."""
+        self.write_round(index, {**round_doc, "version": n})
 
     # ---- versions -----------------------------------------------------------------------------
     def version_dir(self, n: int) -> Path:
@@ -304,7 +308,7 @@ class Run:
                 shutil.rmtree(staging, ignore_errors=True)
             self.rebuild_lineage()
             if round_doc is not None and meta.get("increment") is not None:
-                self.write_round(meta["increment"], {**round_doc, "version": n})
+                self._publish_round(n, meta["increment"], round_doc)
             return n
 
     # ---- lineage and metrics ------------------------------------------------------------------

@@ -184,7 +184,7 @@ def test_candidates_run_on_a_joined_worker_node(two_nodes, tmp_path):
         by_node.setdefault(node, []).append(name)
     kinds = {n: ("head_node" in res) * "head" + ("worker_node" in res) * "worker" for n, res in out["nodes"].items()}
     assert kinds[out["blocked"]] == "head"
-    assert {n for n in by_node} == {n for n, k in kinds.items() if k == "worker"}, (by_node, kinds)
+    assert set(by_node) == {n for n, k in kinds.items() if k == "worker"}, (by_node, kinds)
     assert any(name.startswith("r0-t") for name in out["tasks"]) and any(name.startswith("r1-t") for name in out["tasks"])
 
 
