@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from evo.errors import UnknownNameError
 
 T = TypeVar("T")
+
+
+def unknown_name(kind: str, name: object, valid: Iterable[str]) -> UnknownNameError:
+    """The error for a `kind` not registered under `name`; it lists the valid names."""
+    listed = ", ".join(sorted(valid)) or "(none registered)"
+    return UnknownNameError(f"unknown {kind} {name!r}; valid names: {listed}")
 
 
 class Registry(Generic[T]):
@@ -35,8 +41,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            valid = ", ".join(sorted(self._items)) or "(none registered)"
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid names: {valid}") from None
+            raise unknown_name(self.kind, name, self._items) from None
 
     def names(self) -> list[str]:
         return sorted(self._items)

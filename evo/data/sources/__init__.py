@@ -30,29 +30,39 @@ def builtin_names() -> list[str]:
     return [n for n in SOURCES.names() if not _takes_path(n)]
 
 
-def _resolve(source: str | os.PathLike, names: bool) -> tuple[str, dict[str, Any]]:
-    """`builtin:NAME` → that dataset; a path that exists is a path (a folder → `folder`, a .csv →
-    `csv`); a bare registered name (search spaces, Python) only when `names` and no such path exists."""
+def check_source(source: str | os.PathLike, names: bool = True) -> str | Path:
+    """What `source` names, refused as `load_source` would but without reading a file (nor importing
+    torch): a registered source's name (`builtin:NAME`, or a bare name when `names` and no such path
+    exists), or a folder or .csv path that exists."""
     builtins = ", ".join(BUILTIN + n for n in builtin_names())
     if isinstance(source, str) and source.startswith(BUILTIN):
         name = source[len(BUILTIN):]
         if name not in SOURCES or _takes_path(name):
             raise DataError(f"{source!r}: no built-in dataset {name!r}; built-in datasets: {builtins}")
-        return name, {}
+        return name
     path = Path(source)
     if path.exists():
-        if path.is_dir():  # `video_folder` when its class folders hold videos and no images
-            return ("video_folder" if _holds_videos(path) else "folder"), {"path": path}
-        if path.suffix.lower() == ".csv":  # `video_csv` when its first row names a video
-            return ("video_csv" if _lists_videos(path) else "csv"), {"path": path}
+        if path.is_dir() or path.suffix.lower() == ".csv":
+            return path
         raise DataError(f"{path} is a file but not a .csv manifest; pass an image folder (one subfolder per class) "
                         "or a CSV of path,label rows")
     if path.suffix.lower() == ".csv":
         raise DataError(f"manifest {path} does not exist")
     if names and isinstance(source, str) and source in SOURCES:
-        return source, {}  # a path-taking source (folder, csv) then needs its `path=` option
+        return source  # a path-taking source (folder, csv) then needs its `path=` option
     raise DataError(f"{str(source)!r} is not an image folder or .csv manifest that exists; built-in datasets are "
                     f"named {builtins}")
+
+
+def _resolve(source: str | os.PathLike, names: bool) -> tuple[str, dict[str, Any]]:
+    """(source name, implied options): a folder → `folder`, a .csv → `csv` (`video_folder` when its class
+    folders hold videos and no images, `video_csv` when its first row names a video)."""
+    found = check_source(source, names)
+    if isinstance(found, str):
+        return found, {}
+    if found.is_dir():
+        return ("video_folder" if _holds_videos(found) else "folder"), {"path": found}
+    return ("video_csv" if _lists_videos(found) else "csv"), {"path": found}
 
 
 def _holds_videos(root: Path) -> bool:
@@ -120,4 +130,4 @@ def load_source(source: str | os.PathLike, names: bool = True, **options: Any) -
     return train, test
 
 
-__all__ = ["BUILTIN", "SOURCES", "Split", "builtin_names", "load_source"]
+__all__ = ["BUILTIN", "SOURCES", "Split", "builtin_names", "check_source", "load_source"]
