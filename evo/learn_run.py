@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
+from evo.data.sources import check_source
 from evo.errors import ConfigError, DataError
+from evo.registry import unknown_name
 from evo.runs import Run, RunError, check_new_run_dir, is_run
+
+if TYPE_CHECKING:  # torch loads only once the input is checked: a typo is refused in a fraction of a second
+    import torch
 
 SEEN_KEY = "run.seen"
 DEFAULTS = {"strategy": "evo", "memory": 500, "head": "auto"}
+# The built-in strategies' names (registering them imports torch); tests hold them equal to evo.learn.STRATEGIES
+BUILTIN_STRATEGIES = ("evo", "evo_latent", "evo_tune", "ewc", "joint", "lwf", "naive", "replay")
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ def learn_from_data(model: str, data: str | os.PathLike, run_dir: str | os.PathL
     was made with unless given here), a saved model folder or a zoo name (a new run folder is created,
     default runs/learn-<name>, holding it as version 0). Returns the committed version number.
     """
+    _check_input(data, strategy, memory)
     path = Path(model)
     if is_run(path):
         run = Run.open(path)
@@ -75,6 +83,17 @@ def learn_from_data(model: str, data: str | os.PathLike, run_dir: str | os.PathL
         return _commit(run, learned, opts, data, say)
 
 
+def _check_input(data: str | os.PathLike, strategy: str | None, memory: int | None) -> None:
+    """Refuse a missing data path, an unknown strategy or a bad memory before torch is imported, in the
+    words the data source and the Learner use. A strategy registered in this process
+    (`evo.learn.register_strategy`) is left to the Learner."""
+    check_source(data, names=False)
+    if strategy is not None and strategy not in BUILTIN_STRATEGIES and "evo.learn.strategies" not in sys.modules:
+        raise unknown_name("learning strategy", strategy, BUILTIN_STRATEGIES)
+    if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int) or memory < 1):
+        raise ConfigError(f"Learner memory must be an int >= 1 (exemplar images); got {memory!r}")
+
+
 def _options(strategy: str | None, memory: int | None, head: str | None, saved: dict[str, Any]) -> LearnOptions:
     return LearnOptions(strategy if strategy is not None else saved["strategy"],
                         memory if memory is not None else int(saved["memory"]),
@@ -98,6 +117,8 @@ def _learn(graph, state, meta, data, opts: LearnOptions, allow_duplicates: bool,
            parent: int | None = None) -> _Learned:
     """Validate and learn in memory; raises before anything is written. Continuing `run` from
     `parent`, the live corrections it has not learned join the data (`evo.active.rounds`)."""
+    import torch
+
     from evo.data import load_source
     from evo.learn import Learner
 

@@ -89,3 +89,26 @@ def test_status_and_help_answer_without_importing_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "False", proc.stdout
     assert "v0 ← start: initial model" in proc.stdout
+
+
+def test_learn_refuses_bad_input_without_importing_torch(tmp_path):
+    """A typo'd --data, a bad --memory or an unknown --strategy: one line, exit code 2, no seconds spent importing
+    torch; the strategy names it checks against are the registered ones."""
+    data = _digit_folder(tmp_path / "d", [0, 1])
+    bad = [["--data", str(tmp_path / "missing")], ["--data", str(data), "--memory", "0"],
+           ["--data", str(data), "--strategy", "magic"]]
+    code = ("import sys\nfrom evo.cli import main\n"
+            f"codes = [main(['learn', 'small_cnn', '--run-dir', sys.argv[1], *args]) for args in {bad!r}]\n"
+            "print(codes, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.strip() == "[2, 2, 2] False", proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 3 and "Traceback" not in proc.stderr, proc.stderr
+    for line, needle in zip(lines, ["missing", "memory must be an int >= 1", "valid names: evo, "], strict=True):
+        assert line.startswith("evo learn: error: ") and needle in line, line
+    assert not (tmp_path / "run").exists()
+    from evo.learn import STRATEGIES
+    from evo.learn_run import BUILTIN_STRATEGIES
+
+    assert list(BUILTIN_STRATEGIES) == STRATEGIES.names()
