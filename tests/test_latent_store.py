@@ -156,6 +156,39 @@ def test_balanced_replay_gives_every_old_class_what_the_increment_has_per_class(
         make_strategy("evo_latent", replay="lots")
 
 
+def test_a_fresh_head_pays_no_provisional_pass_and_subsample_trains_on_a_stratified_fraction() -> None:
+    """`head_init: fresh` skips the provisional ridge pass (nothing of it would survive); `subsample` trains
+    on that fraction of every class (increment and replay alike, rounded up) while the statistics still
+    cover everything stored. Each costs less than without it, the price bounds what is measured, and a
+    bad fraction is named."""
+    from evo.errors import ConfigError
+    from evo.learn.latent.below import encode_flops
+    from evo.learn.strategies import Workload, make_strategy
+
+    classes = ["a", "b", "c", "d"]
+    incs = [_data(10, classes[:2], 0), _data(7, classes[2:], 1)]
+    spent = {}
+    for init, frac in (("ridge", 1.0), ("fresh", 1.0), ("fresh", 0.5)):
+        options = dict(taps="features", epochs=1, replay="balanced", head_init=init, subsample=frac)
+        learner = Learner(evo.zoo.load("small_cnn"), memory=8, strategy="evo_latent", progress=False,
+                          latents=StoreConfig(cut=1, codec="fp32"), **options)
+        learner.learn(incs[0])
+        grown = learner.graph_
+        report = learner.learn(incs[1])
+        cut = learner.latents_.cut
+        # increment 1: 7 per new class, 7 replayed of each old class (balanced) -> 28 rows; half of each
+        # class rounded up -> 4 x 4
+        assert report.info["replayed"] == 14 and report.info["recomputed_from"] == 34
+        assert report.info["trained_on"] == (28 if frac == 1 else 16)
+        spent[init, frac] = report.cost.flops - encode_flops(grown, cut, 14)
+        work = Workload(n_train=14, n_classes=4, n_memory=8, n_seen=20, cut=cut)
+        assert 0 < spent[init, frac] <= make_strategy("evo_latent", **options).price(learner.graph_, work)
+    assert spent["ridge", 1.0] > spent["fresh", 1.0] > spent["fresh", 0.5]
+    for bad in (0, 1.5, "half", True):
+        with pytest.raises(ConfigError, match="subsample must be a fraction in"):
+            make_strategy("evo_latent", subsample=bad)
+
+
 def test_evo_latent_without_a_store_is_refused() -> None:
     learner = Learner(evo.zoo.load("small_cnn"), strategy="evo_latent", progress=False, taps="features")
     with pytest.raises(EvoError, match="latent store"):

@@ -5,10 +5,12 @@ The latent store (`evo.learn.latent`, given to the Learner as `latents=`) holds 
 image's activation at the cut. Nothing below the cut runs here: the increment's part was encoded
 once when it arrived (in a search, once per round for all candidates). The strategy
 
-1. fits a provisional ridge head on the training set's features (so new classes start sensible),
+1. starts the head from a provisional ridge solve on the training set's features (so new classes
+   start sensible; `head_init: ridge`) or from a random draw (`fresh`, which skips that pass),
 2. trains everything above the cut (or its last `trainable` blocks) with cross-entropy on the
-   increment plus `replay` × as many stored latents, drawn class-balanced over the old classes,
-   with light Gaussian noise on the latents (`noise` × the batch's std),
+   increment plus `replay` × as many stored latents, drawn class-balanced over the old classes
+   (or a class-stratified `subsample` of those), with light Gaussian noise on the latents
+   (`noise` × the batch's std),
 3. recomputes G = ΦᵀΦ and B = ΦᵀY over every live stored latent plus the increment with the
    trained layers, and solves the head (λ by GCV) — the joint ridge solve on the evolved features
    over all data the store holds, not a refit from the exemplar memory.
@@ -61,8 +63,11 @@ class EvoLatent(Evo):
         `gcv_evals`: cap of the GCV walk for the recomputed head (it starts at the last λ, where it
         usually stops after three evaluations); the provisional head before training uses that λ.
         `head_init`: what the head starts training from: 'ridge', the provisional closed-form head, or
-        'fresh', a random init (as a fresh classifier in a joint fine-tune). Either way the committed
-        head is the ridge solve recomputed after training."""
+        'fresh', a random init (as a fresh classifier in a joint fine-tune; no provisional pass is paid).
+        Either way the committed head is the ridge solve recomputed after training.
+        `subsample`: the fraction of each class's training rows (increment and replay alike) that
+        training sees, drawn class-stratified once per increment: a cheaper pass that still spreads
+        over every class seen (the statistics are recomputed over everything either way)."""
 
         epochs: int = 2
         lr: float = 1e-3
@@ -78,6 +83,7 @@ class EvoLatent(Evo):
         seed: int = 0
         warmup: float = 0.0
         head_init: str = "ridge"
+        subsample: float = 1.0
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -91,6 +97,9 @@ class EvoLatent(Evo):
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
                     also = f" or {BALANCED!r}" if name == "replay" else ""
                     raise ConfigError(f"evo_latent option {name} must be a finite number >= 0{also}; got {v!r}")
+            f = self.subsample
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+                raise ConfigError(f"evo_latent option subsample must be a fraction in (0, 1]; got {f!r}")
             if isinstance(self.gcv_evals, bool) or not isinstance(self.gcv_evals, int) or self.gcv_evals < 3:
                 raise ConfigError(f"evo_latent option gcv_evals must be an int >= 3; got {self.gcv_evals!r}")
             self.train_config()
@@ -119,10 +128,14 @@ class EvoLatent(Evo):
         train_rows = LatentRows.concat(increment, replay)
         train_labels = np.concatenate([ctx.labels, replay.labels(ctx.classes)]).astype(np.int64)
         cfg = self.options.train_config()
-        # 1. a provisional head for every class, from the training set's features
-        above = self._solve_into(above, layout, head, train_rows, train_labels, ctx, fresh=True)[0]
-        if self.options.head_init == "fresh":
-            above = _random_head(above, cfg.seed + ctx.index)
+        # 1. the head training starts from: a provisional ridge solve for every class, or a random draw
+        if self.options.head_init == "fresh":  # nothing of a provisional solve would survive: skip its pass
+            above = _random_head(above, cfg.seed + ctx.index, len(ctx.classes))
+        else:
+            above = self._solve_into(above, layout, head, train_rows, train_labels, ctx, fresh=True)[0]
+        if self.options.subsample < 1:
+            keep = stratified(train_labels, self.options.subsample, self.options.seed + 7919 * ctx.index + 1)
+            train_rows, train_labels = train_rows.subset(keep), train_labels[keep]
         # 2. train above the cut
         net = above.to_module()
         stats = fit(net, above, train_rows, train_labels, self._augment(cfg.seed), cfg, ctx.meter,
@@ -136,7 +149,7 @@ class EvoLatent(Evo):
         out = merge_above(graph, above)
         out.meta.update({k: above.meta[k] for k in ("head_scale", LAYOUT_KEY)})
         info.update(train_steps=stats["steps"], train_flops=stats["flops"], stopped_by_cap=stats["stopped_by_cap"],
-                    replayed=len(replay), recomputed_from=len(every), cut=cut,
+                    replayed=len(replay), trained_on=len(train_labels), recomputed_from=len(every), cut=cut,
                     exact_head=True)  # the joint solve over everything the store holds
         return Result(out, feats, info)
 
@@ -230,8 +243,9 @@ class EvoLatent(Evo):
 
     def price(self, graph: ArchGraph, work: Workload) -> int:
         """Above the cut only (the pass below it is paid once per round): the provisional head over the
-        training set, training steps on increment + replay (capped by `max_flops`), the statistics
-        recomputed over increment + every stored latent, and the memory's features (full forward)."""
+        training set (`head_init: ridge`), training steps on the (subsampled) increment + replay
+        (capped by `max_flops`), the statistics recomputed over increment + every stored latent, and
+        the exemplar memory's features (a full forward; the increment's come from the recompute)."""
         if work.cut is None:
             raise ConfigError("strategy 'evo_latent' needs a latent store; add `latents:` to the search space")
         g = self.prepare(graph) if work.first else graph
@@ -243,26 +257,40 @@ class EvoLatent(Evo):
         # 'balanced' is priced at its bound, every stored latent (what it replays in a class-incremental stream)
         r = stored if self.options.replay == BALANCED else min(stored, int(round(self.options.replay * n)))
         cfg = self.options.train_config()
-        train = cfg.epochs * (n + r) * step_flops_per_image(above, cfg.trainable)
+        provisional = n + r if self.options.head_init == "ridge" else 0
+        trained = min(n + r, math.ceil(self.options.subsample * (n + r)) + work.n_classes)  # ceil per class
+        train = cfg.epochs * trained * step_flops_per_image(above, cfg.trainable)
         if cfg.max_flops is not None:
             train = min(train, cfg.max_flops)
         d = layout_width(g, layout)
         solves = (ridge_flops(n + r, d, work.n_classes, 0)
                   + ridge_flops(n + stored, d, work.n_classes, self.options.gcv_evals))
-        memory = g.flops(batch=1) * (n + work.n_memory)
-        return int(fwd * (2 * n + r + stored) + train + solves + memory)
+        memory = g.flops(batch=1) * work.n_memory
+        return int(fwd * (provisional + n + stored) + train + solves + memory)
 
 
-def _random_head(graph: ArchGraph, seed: int) -> ArchGraph:
-    """`graph` with its final Linear drawn as torch's nn.Linear default (uniform ±1/√fan_in), seeded."""
+def _random_head(graph: ArchGraph, seed: int, n_classes: int) -> ArchGraph:
+    """`graph` with its final Linear for `n_classes` drawn as torch's nn.Linear default (uniform
+    ±1/√fan_in), seeded."""
     out = graph.copy()
     w = out.params(out.head)["weight"]
+    if w.shape[0] != n_classes:
+        raise ConfigError(f"the head predicts {w.shape[0]} classes but the increment has {n_classes} classes so far; "
+                          "grow the head (add_classes) before learning")
     gen = torch.Generator().manual_seed(seed)
     fresh = {"weight": uniform_fan_in(tuple(w.shape), w.shape[1], gen).to(w.dtype)}
     if "bias" in out.params(out.head):
         fresh["bias"] = uniform_fan_in((w.shape[0],), w.shape[1], gen).to(w.dtype)
     out.set_params(out.head, **fresh)
     return out
+
+
+def stratified(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted row indices: `fraction` of each class's rows (rounded up, so every class keeps one), seeded."""
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(idx)[: math.ceil(fraction * len(idx))]
+            for idx in (np.flatnonzero(labels == c) for c in np.unique(labels))]
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
 
 
 def _start_lambda(view: RidgeHead) -> float:
