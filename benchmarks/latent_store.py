@@ -94,7 +94,7 @@ def main(argv=None) -> None:
     def latent(**over):  # --seed seeds the exemplar memory (the Learner) and the strategy (its head, batches, noise)
         return make_strategy("evo_latent", seed=args.seed, **{**opts, **over})
 
-    prepared = Learner(graph, strategy="evo", progress=False).strategy.prepare(graph)
+    prepared = make_strategy("evo", taps=args.taps).prepare(graph)  # the network the head reads: what joint retraining trains
     table, out = [], {"args": {k: str(v) for k, v in vars(args).items()}, "machine": platform.platform()}
     n_train = sum(len(inc.train) for inc in stream)
     print(f"Split Fashion-MNIST: {n_train} training images in 5 increments, {len(stream[4].test)} test images")
