@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from evo.checks import check_memory
 from evo.data.sources import check_source
 from evo.errors import ConfigError, DataError
 from evo.registry import unknown_name
@@ -90,8 +91,8 @@ def _check_input(data: str | os.PathLike, strategy: str | None, memory: int | No
     check_source(data, names=False)
     if strategy is not None and strategy not in BUILTIN_STRATEGIES and "evo.learn.strategies" not in sys.modules:
         raise unknown_name("learning strategy", strategy, BUILTIN_STRATEGIES)
-    if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int) or memory < 1):
-        raise ConfigError(f"Learner memory must be an int >= 1 (exemplar images); got {memory!r}")
+    if memory is not None:
+        check_memory(memory)
 
 
 def _options(strategy: str | None, memory: int | None, head: str | None, saved: dict[str, Any]) -> LearnOptions:

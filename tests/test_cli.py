@@ -105,7 +105,7 @@ def test_learn_refuses_bad_input_without_importing_torch(tmp_path):
     assert proc.stdout.strip() == "[2, 2, 2] False", proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 3 and "Traceback" not in proc.stderr, proc.stderr
-    for line, needle in zip(lines, ["missing", "memory must be an int >= 1", "valid names: evo, "], strict=True):
+    for line, needle in zip(lines, ["missing", "memory (exemplar images) must be an integer >= 1", "valid names: evo, "], strict=True):
         assert line.startswith("evo learn: error: ") and needle in line, line
     assert not (tmp_path / "run").exists()
     from evo.learn import STRATEGIES

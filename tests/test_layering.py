@@ -20,6 +20,7 @@ ROOT = Path(evo.__file__).parent
 # Lowest first. `evo.runs` sits just above the graph: it may import the graph (and errors) only.
 LAYERS: list[set[str]] = [
     {"evo.errors", "evo.fsutil"},
+    {"evo.checks"},
     {"evo.registry"},
     {"evo.graph"},
     {"evo.runs"},

@@ -160,7 +160,7 @@ def test_seed_sets_first_layer() -> None:
     ({"width": True}, r"width.*got True"),
     ({"kernel_size": 2}, r"kernel_size must be an odd int >= 1.*got 2"),
     ({"kernel_size": -1}, r"kernel_size.*got -1"),
-    ({"seed": "a"}, r"seed must be an int >= 0; got 'a'"),
+    ({"seed": "a"}, r"seed must be an integer >= 0; got 'a'"),
     ({"depth": 1}, r"no parameter\(s\) \['depth'\]"),
 ])
 def test_bad_params(params: dict, match: str) -> None:

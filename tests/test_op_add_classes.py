@@ -102,7 +102,7 @@ def test_head_without_bias_gets_one() -> None:
 
 # ---- refusals ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("params,match", [
-    ({"k": 0}, r"k \(number of new classes\) must be an int >= 1; got 0"),
+    ({"k": 0}, r"k \(number of new classes\) must be an integer >= 1; got 0"),
     ({"k": -2}, r"k .*got -2"),
     ({"k": 1.5}, r"k .*got 1.5"),
     ({"k": True}, r"k .*got True"),

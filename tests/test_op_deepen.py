@@ -164,7 +164,7 @@ def test_batch_is_checked() -> None:
     ({"kernel_size": "3"}, r"kernel_size.*got '3'"),
     ({"kernel_size": True}, r"kernel_size.*got True"),
     ({"bn": "yes"}, r"bn must be True or False; got 'yes'"),
-    ({"seed": -1}, r"seed must be an int >= 0; got -1"),
+    ({"seed": -1}, r"seed must be an integer >= 0; got -1"),
     ({"depth": 2}, r"no parameter\(s\) \['depth'\].*kernel_size"),
 ])
 def test_bad_params(params: dict, match: str) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from evo.checks import check_int
 from evo.errors import ConfigError, DataError
 
 ArrayLike = Tensor | np.ndarray
@@ -33,14 +34,6 @@ DEFAULT_RIDGE_GRID = tuple(10.0**k for k in range(-4, 7))
 GCV_MAX_EVALS = 16  # the λ walk's evaluation cap (pricing charges it in full)
 GCV_MIN_RESIDUAL_DOF = 1.0  # below one residual degree of freedom the fit interpolates: GCV scores inf
 RSS_ROUNDING = 8 * float(np.finfo(np.float64).eps)  # RSS from G and B is trusted above this × n · tr(A)/λ
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not ok or value < low or (high is not None and value >= high):
-        upper = f" and < {high}" if high is not None else ""
-        raise ConfigError(f"{name} must be an integer >= {low}{upper}; got {value!r}")
-    return int(value)
 
 
 def as_features(features: ArrayLike, name: str = "features") -> Tensor:
@@ -106,9 +99,9 @@ class RandomProjection:
     activation: str = "relu"
 
     def __post_init__(self) -> None:
-        _check_int("RandomProjection in_dim", self.in_dim, 1)
-        _check_int("RandomProjection out_dim", self.out_dim, 1)
-        _check_int("RandomProjection seed", self.seed, 0, 2**63)
+        check_int("RandomProjection in_dim", self.in_dim, 1)
+        check_int("RandomProjection out_dim", self.out_dim, 1)
+        check_int("RandomProjection seed", self.seed, 0, 2**63)
         if self.activation not in ACTIVATIONS:
             raise ConfigError(
                 f"RandomProjection activation must be one of {_ACTIVATION_CODES}; got {self.activation!r}"
@@ -215,7 +208,7 @@ class RidgeHead:
             raise ConfigError(f"sign must be 1 or -1; got {sign!r}")
         x = as_features(features)
         if n_classes is not None:
-            n_classes = _check_int("n_classes", n_classes, 1)
+            n_classes = check_int("n_classes", n_classes, 1)
             if n_classes < self.n_classes_:
                 raise ConfigError(
                     f"n_classes={n_classes} is below the {self.n_classes_} classes already fitted; "
@@ -246,7 +239,7 @@ class RidgeHead:
     def add_classes(self, n_classes: int) -> RidgeHead:
         """Grow the class count without data (matches the graph's `add_classes` op)."""
         self._require_fitted()
-        n_classes = _check_int("n_classes", n_classes, self.n_classes_)
+        n_classes = check_int("n_classes", n_classes, self.n_classes_)
         self._grow_classes(n_classes)
         self.coef_ = self.intercept_ = None
         return self

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from evo.checks import check_int, check_memory
 from evo.data.dataset import ImageSet, concat
 from evo.data.scenarios import Increment
 from evo.data.transforms import Preprocess
@@ -130,10 +131,8 @@ class Learner:
             raise ConfigError("Learner needs a graph whose output comes from a Linear head; add a final nn.Linear")
         if head not in HEAD_MODES:
             raise ConfigError(f"Learner head must be one of {list(HEAD_MODES)}; got {head!r}")
-        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 1:
-            raise ConfigError(f"Learner memory must be an int >= 1 (exemplar images); got {memory!r}")
-        if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1:
-            raise ConfigError(f"Learner eval_batch_size must be an int >= 1; got {eval_batch_size!r}")
+        check_memory(memory)
+        check_int("Learner eval_batch_size", eval_batch_size)
         SELECTORS.get(selector)
         self.graph, self.memory, self.head, self.selector = graph, memory, head, selector
         self.progress, self.eval_batch_size, self.seed = bool(progress), eval_batch_size, seed

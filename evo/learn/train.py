@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from evo.checks import check_int
 from evo.errors import ConfigError, DataError
 from evo.graph.taps import blocks
 from evo.learn.cost import CostMeter, forward_flops, train_flops
@@ -59,8 +60,8 @@ class TrainConfig:
     warmup: float = 0.0
 
     def __post_init__(self) -> None:
-        _positive_int("epochs", self.epochs, low=0)
-        _positive_int("batch_size", self.batch_size)
+        check_int("epochs", self.epochs, 0)
+        check_int("batch_size", self.batch_size)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {list(OPTIMIZERS)}; got {self.optimizer!r}")
         for name in ("lr", "momentum", "weight_decay"):
@@ -71,8 +72,8 @@ class TrainConfig:
         if not (t in ("all", "head") or (isinstance(t, int) and not isinstance(t, bool) and t >= 0)):
             raise ConfigError(f"trainable must be 'all', 'head' or an int N >= 0 (last N blocks); got {t!r}")
         if self.max_flops is not None:
-            _positive_int("max_flops", self.max_flops)
-        _positive_int("seed", self.seed, low=0)
+            check_int("max_flops", self.max_flops)
+        check_int("seed", self.seed, 0)
         w = self.warmup
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < 1:
             raise ConfigError(f"warmup must be a fraction of the steps in [0, 1); got {w!r}")
@@ -117,11 +118,6 @@ def uniform_fan_in(shape: tuple[int, ...], fan_in: int, generator: torch.Generat
     from in a joint fine-tune, so a strategy's new head rows start where the ceiling's do."""
     bound = 1.0 / math.sqrt(fan_in)
     return (torch.rand(shape, generator=generator) * 2 - 1) * bound
-
-
-def _positive_int(name: str, value: Any, low: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}; got {value!r}")
 
 
 # -- which layers train ---------------------------------------------------------------------------

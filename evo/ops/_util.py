@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from evo.checks import check_int
 from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
 from evo.graph.compile import build_module
@@ -35,5 +36,4 @@ def check_odd_kernel(kernel_size: Any) -> None:
 
 
 def check_seed(seed: Any) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed must be an int >= 0; got {seed!r}")
+    check_int("seed", seed, 0)

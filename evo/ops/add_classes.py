@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from evo.checks import check_int
 from evo.errors import ConfigError, GraphError, InvalidSiteError
 from evo.graph.archgraph import ArchGraph
 from evo.ops.base import GrowthOp, Site, register
@@ -48,8 +49,8 @@ class AddClasses(GrowthOp):
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
         p = super().check_params(params)
         k, names, bias = p["k"], p["names"], p["bias"]
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ConfigError(f"k (number of new classes) must be an int >= 1; got {k!r}")
+        if k is not None:
+            check_int("k (number of new classes)", k)
         if names is not None:
             if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
                 raise ConfigError(f"names must be a non-empty list of class names; got {names!r}")

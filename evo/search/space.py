@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from evo.checks import check_int
 from evo.errors import ConfigError
 
 SCENARIOS = ("class_incremental", "data_incremental", "mixed", "domain_incremental")
@@ -306,7 +307,4 @@ def _latents(doc: Any, training: dict[str, Range]) -> Any:
 
 
 def _positive_int(doc: dict[str, Any], key: str, default: int, minimum: int = 1) -> int:
-    v = doc.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise SpaceError(f"{key} must be an integer >= {minimum}; got {v!r}")
-    return v
+    return check_int(key, doc.get(key, default), minimum, error=SpaceError)

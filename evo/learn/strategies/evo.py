@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
+from evo.checks import check_int
 from evo.data.transforms import Preprocess
 from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
@@ -103,8 +104,7 @@ class Evo(Strategy):
                                                                       or v < 1 for v in p) for p in sp)):
                 raise ConfigError(f"evo option spare must be 'none', 'auto' or (stride, grid) pairs of ints >= 1; "
                                   f"got {sp!r}")
-            if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-                raise ConfigError(f"evo option batch_size must be an int >= 1; got {self.batch_size!r}")
+            check_int("evo option batch_size", self.batch_size)
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from evo.checks import check_int
 from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
 from evo.graph.taps import tap_graph
@@ -100,8 +101,7 @@ class EvoLatent(Evo):
             f = self.subsample
             if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
                 raise ConfigError(f"evo_latent option subsample must be a fraction in (0, 1]; got {f!r}")
-            if isinstance(self.gcv_evals, bool) or not isinstance(self.gcv_evals, int) or self.gcv_evals < 3:
-                raise ConfigError(f"evo_latent option gcv_evals must be an int >= 3; got {self.gcv_evals!r}")
+            check_int("evo_latent option gcv_evals", self.gcv_evals, 3)
             self.train_config()
 
         def train_config(self) -> TrainConfig:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from evo.checks import check_int
 from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
 from evo.learn.device import batch_to
@@ -41,9 +42,7 @@ class EWCOptions(SGDOptions):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
                 raise ConfigError(f"ewc option {name} must be a finite number >= 0; got {v!r}")
         for name in ("fisher_samples", "fisher_batch"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"ewc option {name} must be an int >= 1; got {v!r}")
+            check_int(f"ewc option {name}", getattr(self, name))
 
 
 @register_strategy("ewc")
