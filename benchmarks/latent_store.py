@@ -48,6 +48,13 @@ def _replay(text: str) -> float | str:
     return text if text == "balanced" else float(text)
 
 
+def _levels(text: str) -> list[tuple[int, int]]:
+    try:
+        return [(int(a), int(b)) for a, b in (pair.split(":") for pair in text.split(","))]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected STRIDE:GRID pairs such as 8:4,16:4; got {text!r}") from None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--per-class-train", type=int, default=None)
@@ -68,6 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=1e-4, help="evo_latent's AdamW weight decay")
     p.add_argument("--taps", default="auto", help="the head's taps (evo's `taps` option, e.g. auto+features)")
     p.add_argument("--head-init", default="ridge", choices=("ridge", "fresh"), help="evo_latent's head_init")
+    p.add_argument("--train-taps", default="head", choices=("head", "deepest"),
+                   help="evo_latent's train_taps: the training head reads every tap of the head, or the deepest only")
+    p.add_argument("--levels", type=_levels, default=None,
+                   help="evo's levels for taps auto and auto+features, as STRIDE:GRID pairs, e.g. 8:4,16:4")
     p.add_argument("--replay", type=_replay, default=1.0,
                    help="evo_latent's replay: stored latents per increment image, or 'balanced'")
     p.add_argument("--subsample", type=float, default=1.0,
@@ -87,14 +98,15 @@ def main(argv=None) -> None:
                                         source_opts={k: v for k, v in (("size", args.source_size),
                                                                        ("permute", args.permute)) if v is not None})
     graph = evo.zoo.load("efficientnet_lite0", pretrained=True, input_size=64)
+    levels = {"levels": args.levels} if args.levels else {}
     opts = {"epochs": args.epochs, "lr": args.lr, "warmup": args.warmup, "train_batch_size": args.batch,
             "weight_decay": args.weight_decay, "taps": args.taps, "head_init": args.head_init,
-            "replay": args.replay, "subsample": args.subsample}
+            "replay": args.replay, "subsample": args.subsample, "train_taps": args.train_taps, **levels}
 
     def latent(**over):  # --seed seeds the exemplar memory (the Learner) and the strategy (its head, batches, noise)
         return make_strategy("evo_latent", seed=args.seed, **{**opts, **over})
 
-    prepared = make_strategy("evo", taps=args.taps).prepare(graph)  # the network the head reads: what joint retraining trains
+    prepared = make_strategy("evo", taps=args.taps, **levels).prepare(graph)  # the network the head reads: what joint retraining trains
     table, out = [], {"args": {k: str(v) for k, v in vars(args).items()}, "machine": platform.platform()}
     n_train = sum(len(inc.train) for inc in stream)
     print(f"Split Fashion-MNIST: {n_train} training images in 5 increments, {len(stream[4].test)} test images")

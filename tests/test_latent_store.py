@@ -62,6 +62,19 @@ def _part(increment: int, labels: list[int], classes: list[str], codec: str = "f
 # -- codecs ---------------------------------------------------------------------------------------
 
 
+def _fresh_pass_gram_matches(learner: Learner, incs: list[ImageSet]) -> int:
+    """Assert the learner's head Gram equals a fresh pass of its graph over `incs` (1e-5); return the width."""
+    net = learner.graph_.to_module().eval()
+    fresh = RidgeHead(1.0)
+    for inc in incs:
+        with torch.inference_mode():
+            feats = net.forward_features(learner.preprocess(inc.images))
+        fresh.partial_fit(feats, torch.tensor([learner.classes_.index(inc.classes[i]) for i in inc.labels]), 4)
+    head = learner.strategy.head_
+    assert float((head.gram_ - fresh.gram_).abs().max()) <= 1e-5 * float(fresh.gram_.abs().max())
+    return feats.shape[1]
+
+
 @pytest.mark.parametrize("codec, tol", [("fp32", 0.0), ("fp16", 1e-3), ("int8", 1 / 127)])
 def test_codecs_round_trip_within_their_precision(codec: str, tol: float) -> None:
     z = torch.randn(16, 8, 4, 4) * torch.logspace(-2, 2, 8).view(1, 8, 1, 1)  # channels of very different scale
@@ -189,6 +202,43 @@ def test_a_fresh_head_pays_no_provisional_pass_and_subsample_trains_on_a_stratif
             make_strategy("evo_latent", subsample=bad)
 
 
+def test_train_taps_deepest_trains_through_the_top_and_commits_the_exact_multi_tap_head() -> None:
+    """`train_taps: deepest`: training's own fresh head reads only the deepest tap, so the trained layers
+    differ from training through every tap; the committed head still reads every tap, and its statistics
+    equal a fresh pass over the images. Its price bounds what it spends; it needs a fresh head."""
+    from evo.errors import ConfigError
+    from evo.learn.latent.below import encode_flops
+    from evo.learn.strategies import Workload, make_strategy
+    from evo.learn.tracked import head_taps
+
+    classes = ["a", "b", "c", "d"]
+    incs = [_data(12, classes[:2], 0), _data(12, classes[2:], 1)]
+    taps = [("down_2", 2), ("drop", 1)]
+    weights, runs = {}, [("head", 0), ("deepest", 0), ("deepest", 1)]
+    for train_taps, run in runs:
+        options = dict(taps=taps, epochs=2, lr=1e-2, head_init="fresh", train_taps=train_taps)
+        learner = Learner(evo.zoo.load("small_cnn"), memory=8, strategy="evo_latent", progress=False,
+                          latents=StoreConfig(cut=1, codec="fp32"), **options)
+        learner.learn(incs[0])
+        grown = learner.graph_
+        report = learner.learn(incs[1])
+        g = learner.graph_
+        assert [(t.node, t.grid) for t in head_taps(g)] == taps  # the committed head reads both
+        assert report.info["trained_through"] == (["drop"] if train_taps == "deepest" else ["down_2", "drop"])
+        weights[train_taps, run] = g.params("down_0")["weight"].clone()
+        spent = report.cost.flops - encode_flops(grown, learner.latents_.cut, 24)
+        work = Workload(n_train=24, n_classes=4, n_memory=8, n_seen=24, cut=learner.latents_.cut)
+        assert 0 < spent <= make_strategy("evo_latent", **options).price(g, work)
+    assert not torch.allclose(weights["head", 0], weights["deepest", 0])
+    assert torch.equal(weights["deepest", 0], weights["deepest", 1])  # seeded
+    # the committed head: the joint ridge solve over both taps of the trained layers, exactly
+    assert _fresh_pass_gram_matches(learner, incs) == 32 * 4 + 64  # both taps' columns
+    with pytest.raises(ConfigError, match="train_taps: deepest trains a head of its own; it needs head_init: fresh"):
+        make_strategy("evo_latent", train_taps="deepest")
+    with pytest.raises(ConfigError, match=r"train_taps must be one of \['head', 'deepest'\]"):
+        make_strategy("evo_latent", train_taps="top", head_init="fresh")
+
+
 def test_evo_latent_without_a_store_is_refused() -> None:
     learner = Learner(evo.zoo.load("small_cnn"), strategy="evo_latent", progress=False, taps="features")
     with pytest.raises(EvoError, match="latent store"):
@@ -310,14 +360,7 @@ def test_grown_and_trained_above_the_cut_keeps_exact_statistics() -> None:
     child = learner.with_graph(grown)
     child.learn(incs[1])
     assert child.graph_.shape("down_0")[0] > g.shape("down_0")[0]
-    net = child.graph_.to_module().eval()
-    fresh = RidgeHead(1.0)
-    for inc in incs:
-        with torch.inference_mode():
-            feats = net.forward_features(child.preprocess(inc.images))
-        fresh.partial_fit(feats, torch.tensor([child.classes_.index(inc.classes[i]) for i in inc.labels]), 4)
-    head = child.strategy.head_
-    assert float((head.gram_ - fresh.gram_).abs().max()) <= 1e-5 * float(fresh.gram_.abs().max())
+    _fresh_pass_gram_matches(child, incs)
 
 
 def test_a_cut_at_the_input_stores_the_images_and_trains_every_layer() -> None:

@@ -83,11 +83,11 @@ def check_layout(graph: ArchGraph, cut: str, layout: list[Tap]) -> None:
                           "taps: features")
 
 
-def merge_above(graph: ArchGraph, above: ArchGraph) -> ArchGraph:
-    """`graph` with the tensors of every node of `above` (trained) copied in by name."""
+def merge_above(graph: ArchGraph, above: ArchGraph, skip: tuple[str, ...] = ()) -> ArchGraph:
+    """`graph` with the tensors of every node of `above` (trained) copied in by name, but `skip`'s."""
     out = graph.copy()
     for n in above.nodes():
-        if above.params(n) and n in out:
+        if above.params(n) and n in out and n not in skip:
             out.node(n)["params"] = dict(above.params(n))
     return out
 

@@ -32,7 +32,7 @@ from torch import Tensor
 from evo.checks import check_int
 from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
-from evo.graph.taps import tap_graph
+from evo.graph.taps import Tap, tap_graph
 from evo.learn.cost import matmul_flops, ridge_flops
 from evo.learn.head import RidgeHead
 from evo.learn.latent import LatentRows, LatentStore, check_layout, merge_above, split
@@ -42,6 +42,7 @@ from evo.learn.tracked import LAYOUT_KEY, head_map, head_taps, layout_width, map
 from evo.learn.train import TrainConfig, config_from, fit, step_flops_per_image, uniform_fan_in
 
 HEAD_INITS = ("ridge", "fresh")
+TRAIN_TAPS = ("head", "deepest")
 BALANCED = "balanced"  # `replay`: as many stored latents per old class as the increment has per class
 
 
@@ -68,7 +69,12 @@ class EvoLatent(Evo):
         Either way the committed head is the ridge solve recomputed after training.
         `subsample`: the fraction of each class's training rows (increment and replay alike) that
         training sees, drawn class-stratified once per increment: a cheaper pass that still spreads
-        over every class seen (the statistics are recomputed over everything either way)."""
+        over every class seen (the statistics are recomputed over everything either way).
+        `train_taps`: what the head that training draws reads. 'head': the committed head's own taps.
+        'deepest': only the deepest of them (with `taps: auto+features`, the pooled top), so that the
+        loss reaches every layer above the cut through the top instead of being fitted from a shallow
+        tap; the committed ridge head still reads every tap, now of the trained layers. Needs
+        `head_init: fresh` (the training head is a different layer from the committed one)."""
 
         epochs: int = 2
         lr: float = 1e-3
@@ -85,6 +91,7 @@ class EvoLatent(Evo):
         warmup: float = 0.0
         head_init: str = "ridge"
         subsample: float = 1.0
+        train_taps: str = "head"
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -102,6 +109,12 @@ class EvoLatent(Evo):
             if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
                 raise ConfigError(f"evo_latent option subsample must be a fraction in (0, 1]; got {f!r}")
             check_int("evo_latent option gcv_evals", self.gcv_evals, 3)
+            if self.train_taps not in TRAIN_TAPS:
+                raise ConfigError(f"evo_latent option train_taps must be one of {list(TRAIN_TAPS)}; "
+                                  f"got {self.train_taps!r}")
+            if self.train_taps != "head" and self.head_init != "fresh":
+                raise ConfigError(f"evo_latent option train_taps: {self.train_taps} trains a head of its own; "
+                                  "it needs head_init: fresh")
             self.train_config()
 
         def train_config(self) -> TrainConfig:
@@ -130,17 +143,17 @@ class EvoLatent(Evo):
         cfg = self.options.train_config()
         # 1. the head training starts from: a provisional ridge solve for every class, or a random draw
         if self.options.head_init == "fresh":  # nothing of a provisional solve would survive: skip its pass
-            above = _random_head(above, cfg.seed + ctx.index, len(ctx.classes))
+            trainee = _random_head(self._trainee(above, head), cfg.seed + ctx.index, len(ctx.classes))
         else:
-            above = self._solve_into(above, layout, head, train_rows, train_labels, ctx, fresh=True)[0]
+            trainee = self._solve_into(above, layout, head, train_rows, train_labels, ctx, fresh=True)[0]
         if self.options.subsample < 1:
             keep = stratified(train_labels, self.options.subsample, self.options.seed + 7919 * ctx.index + 1)
             train_rows, train_labels = train_rows.subset(keep), train_labels[keep]
         # 2. train above the cut
-        net = above.to_module()
-        stats = fit(net, above, train_rows, train_labels, self._augment(cfg.seed), cfg, ctx.meter,
+        net = trainee.to_module()
+        stats = fit(net, trainee, train_rows, train_labels, self._augment(cfg.seed), cfg, ctx.meter,
                     progress=ctx.progress, desc=f"evo_latent (increment {ctx.index})")
-        above = above.with_weights(net)
+        above = merge_above(above, trainee.with_weights(net), skip=(above.head,))
         # 3. the statistics again, exactly, over everything the store holds
         every = LatentRows.concat(old, increment)
         every_labels = np.concatenate([old.labels(ctx.classes), ctx.labels]).astype(np.int64)
@@ -150,8 +163,17 @@ class EvoLatent(Evo):
         out.meta.update({k: above.meta[k] for k in ("head_scale", LAYOUT_KEY)})
         info.update(train_steps=stats["steps"], train_flops=stats["flops"], stopped_by_cap=stats["stopped_by_cap"],
                     replayed=len(replay), trained_on=len(train_labels), recomputed_from=len(every), cut=cut,
+                    trained_through=[t.node for t in head_taps(trainee)],
                     exact_head=True)  # the joint solve over everything the store holds
         return Result(out, feats, info)
+
+    def _trainee(self, above: ArchGraph, head: list[Tap]) -> ArchGraph:
+        """The network training runs: `above` itself, or (`train_taps: deepest`) `above` with its head
+        reading only the deepest of `head`'s taps (the trained weights go back to `above` by node name)."""
+        if self.options.train_taps == "head" or len(head) == 1:
+            return above
+        order = {n: i for i, n in enumerate(above.nodes())}
+        return tap_graph(above, [max(head, key=lambda t: order[t.node])])
 
     def _replay(self, old: LatentRows, ctx: Context, n: int) -> LatentRows:
         """`replay` × n stored rows, class-balanced over the old classes (all of a class if it has fewer);
@@ -259,7 +281,7 @@ class EvoLatent(Evo):
         cfg = self.options.train_config()
         provisional = n + r if self.options.head_init == "ridge" else 0
         trained = min(n + r, math.ceil(self.options.subsample * (n + r)) + work.n_classes)  # ceil per class
-        train = cfg.epochs * trained * step_flops_per_image(above, cfg.trainable)
+        train = cfg.epochs * trained * step_flops_per_image(self._trainee(above, head), cfg.trainable)
         if cfg.max_flops is not None:
             train = min(train, cfg.max_flops)
         d = layout_width(g, layout)
