@@ -101,6 +101,28 @@ def test_a_space_without_latents_refuses_evo_latent(tmp_path: Path) -> None:
         parse_space(yaml.safe_load(yaml.safe_dump(doc)))
 
 
+def test_training_options_that_clash_are_judged_together_when_the_space_loads() -> None:
+    """`train_taps: deepest` is valid only with `head_init: fresh`: a space fixing both loads (each key
+    alone would fail), one that can draw the clash names the combination, and a value no combination
+    accepts is named by its key."""
+    doc = json.loads(json.dumps(SPACE))
+    doc["training"].update(taps="auto+features", head_init="fresh", train_taps="deepest")
+    assert parse_space(doc).training["train_taps"].values() == ("deepest",)
+    from evo.search.launch import check_space
+
+    check_space(parse_space(doc))  # and against the model, as `evo launch` checks it
+    doc["training"]["head_init"] = ["fresh", "ridge"]
+    with pytest.raises(SpaceError, match=r"training: .*needs head_init: fresh \(a combination this space can "
+                                         r"draw for evo_latent: .*head_init: ridge.*train_taps: deepest"):
+        parse_space(doc)
+    doc["training"]["head_init"] = "ridge"
+    with pytest.raises(SpaceError, match=r"training.train_taps: .*needs head_init: fresh"):
+        parse_space(doc)
+    doc["training"].update(head_init="fresh", epochs=[1, -1])
+    with pytest.raises(SpaceError, match=r"training.epochs: .*epochs"):
+        parse_space(doc)
+
+
 def test_a_round_part_is_encoded_once_and_reused_after_a_kill(tmp_path: Path) -> None:
     """A resumed round finds its pending part whole and does not pay for the pass below the cut again;
     a part staged on another parent version is encoded again."""

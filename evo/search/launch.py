@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from evo.errors import EvoError
 from evo.runs import Run, RunError, check_new_run_dir
-from evo.search.space import SearchSpace, SpaceError, load_space, parse_space
+from evo.search.space import SearchSpace, SpaceError, check_training, load_space, parse_space
 
 
 def _initial_model(space: SearchSpace):
@@ -85,15 +85,8 @@ def check_space(space: SearchSpace):
     for name in strategies:
         accepted = option_defaults(name)  # an unknown strategy name lists the valid ones
         Learner(graph, memory=space.memory, strategy=name, progress=False)
-        for key, r in space.training.items():
-            if key == "strategy" or key not in accepted:
-                continue
-            for value in r.values():
-                try:
-                    Learner(graph, memory=space.memory, strategy=name, progress=False,
-                            **{key: int(value) if r.integer else value})
-                except EvoError as e:
-                    raise SpaceError(f"training.{key}: {e}") from None
+        check_training(name, {k: r for k, r in space.training.items() if k != "strategy" and k in accepted},
+                       functools.partial(Learner, graph, memory=space.memory, strategy=name, progress=False))
     return graph
 
 

@@ -7,7 +7,10 @@ what it got, so the file can be fixed without reading code.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ from typing import Any
 import yaml
 
 from evo.checks import check_int
-from evo.errors import ConfigError
+from evo.errors import ConfigError, EvoError
 
 SCENARIOS = ("class_incremental", "data_incremental", "mixed", "domain_incremental")
 OBJECTIVES = ("accuracy", "params")
@@ -254,7 +257,7 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
 def _training(training_doc: Any) -> dict[str, Range]:
     """The training ranges, checked against the options of the strategies the space can pick: a key
     none of them has is an error naming it, and each value is judged by every strategy that has it."""
-    from evo.learn.strategies import list_strategies, make_strategy, option_defaults
+    from evo.learn.strategies import list_strategies, option_defaults
 
     if not isinstance(training_doc, dict):
         raise SpaceError("training must map option names (strategy, epochs, lr, ...) to ranges")
@@ -263,7 +266,7 @@ def _training(training_doc: Any) -> dict[str, Range]:
     for name in names:
         if not isinstance(name, str) or name not in list_strategies():
             raise SpaceError(f"training.strategy: unknown strategy {name!r}; valid: {', '.join(list_strategies())}")
-    for key, r in training.items():
+    for key in training:
         if key == "strategy":
             continue
         takers = [name for name in names if key in option_defaults(name)]
@@ -271,13 +274,51 @@ def _training(training_doc: Any) -> dict[str, Range]:
             accepted = sorted({k for name in names for k in option_defaults(name)})
             raise SpaceError(f"training.{key}: no strategy of this space ({', '.join(names)}) has an option "
                              f"{key!r}; their options: {', '.join(accepted)}")
-        for name in takers:
-            for v in r.values():
-                try:
-                    make_strategy(name, **{key: int(v) if r.integer else v})
-                except ConfigError as e:
-                    raise SpaceError(f"training.{key}: {e}") from None
+    for name in names:
+        check_training(name, {k: r for k, r in training.items() if k in option_defaults(name)})
     return training
+
+
+def _value(r: Range, v: Any) -> Any:
+    return int(v) if r.integer else v
+
+
+def check_training(name: str, ranges: dict[str, Range], build: Callable[..., Any] | None = None,
+                   limit: int = 4096) -> None:
+    """Options that are valid alone can still clash (evo_latent's `train_taps: deepest` needs `head_init:
+    fresh`): every combination a trial can draw is built once with `build(**options)` (default: the
+    strategy `name` alone; `check_space` passes a Learner on the model), numeric ranges at their ends,
+    so a bad value or a clash is named before a run starts rather than failing trials. A value no
+    combination accepts is named by its key; otherwise the first clashing combination is. Beyond `limit`
+    combinations only the first `limit` are built: the space stays loadable, and a clash among the rest
+    fails its trials by name."""
+    if build is None:
+        from evo.learn.strategies import make_strategy
+
+        build = functools.partial(make_strategy, name)
+
+    keys = sorted(ranges)
+    accepted: set[tuple[str, str]] = set()  # (key, repr(value)): values may be lists
+    failed: list[tuple[dict[str, Any], EvoError]] = []
+    for combo in itertools.islice(itertools.product(*(ranges[k].values() for k in keys)), limit):
+        options = {k: _value(ranges[k], v) for k, v in zip(keys, combo, strict=True)}
+        try:
+            build(**options)
+            accepted.update((k, repr(v)) for k, v in options.items())
+        except EvoError as e:
+            failed.append((options, e))
+    if not failed:
+        return
+    never = [(k, v) for options, _ in failed for k, v in options.items() if (k, repr(v)) not in accepted]
+    for k, v in never:  # a value wrong on its own comes first: its own message says what is wrong
+        try:
+            build(**{k: v})
+        except EvoError as alone:
+            raise SpaceError(f"training.{k}: {alone}") from None
+    options, e = failed[0]
+    drawn = ", ".join(f"{k}: {v}" for k, v in options.items())
+    raise SpaceError(f"training: {e} (a combination this space can draw for {name}: {drawn}; "
+                     "narrow the ranges so every combination is valid)")
 
 
 def _leaky_strategies(training: dict[str, Range]) -> list[str]:
