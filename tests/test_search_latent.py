@@ -118,7 +118,13 @@ def test_training_options_that_clash_are_judged_together_when_the_space_loads() 
     doc["training"]["head_init"] = "ridge"
     with pytest.raises(SpaceError, match=r"training.train_taps: .*needs head_init: fresh"):
         parse_space(doc)
-    doc["training"].update(head_init="fresh", epochs=[1, -1])
+    doc["training"].update(head_init="fresh", warmup=2.0)  # the wrong key is blamed, not train_taps
+    with pytest.raises(SpaceError, match=r"training.warmup: .*warmup"):
+        parse_space(doc)
+    doc["training"].pop("warmup")
+    # many combinations: a value wrong on its own is still found (pairwise, no cap)
+    doc["training"].update(epochs=[1, -1], strategy="evo_latent", **{k: [0.1, 0.2, 0.3, 0.4] for k in (
+        "noise", "subsample", "weight_decay")}, lr=[1e-4, 1e-3, 1e-2, 1e-1], gcv_evals=[3, 4, 5, 6], replay=[1, 2, 3, 4])
     with pytest.raises(SpaceError, match=r"training.epochs: .*epochs"):
         parse_space(doc)
 

@@ -283,42 +283,66 @@ def _value(r: Range, v: Any) -> Any:
     return int(v) if r.integer else v
 
 
-def check_training(name: str, ranges: dict[str, Range], build: Callable[..., Any] | None = None,
-                   limit: int = 4096) -> None:
+def check_training(name: str, ranges: dict[str, Range], build: Callable[..., Any] | None = None) -> None:
     """Options that are valid alone can still clash (evo_latent's `train_taps: deepest` needs `head_init:
-    fresh`): every combination a trial can draw is built once with `build(**options)` (default: the
-    strategy `name` alone; `check_space` passes a Learner on the model), numeric ranges at their ends,
-    so a bad value or a clash is named before a run starts rather than failing trials. A value no
-    combination accepts is named by its key; otherwise the first clashing combination is. Beyond `limit`
-    combinations only the first `limit` are built: the space stays loadable, and a clash among the rest
-    fails its trials by name."""
+    fresh`), so they are judged together: each value of each key is built beside each value of every
+    other key, the remaining keys at their first value (pairwise: about (keys × values)² / 2 builds, each
+    cheap; numeric ranges at their ends), with `build(**options)` (default: the strategy `name`;
+    `check_space` passes a Learner on the model). A bad value or a two-option clash is thus named before
+    a run starts rather than failing trials; a clash of three options or more still fails its trials by
+    name. The culprit is a value no build accepted whose build passes once it is swapped back (for an
+    accepted value of its key, else the strategy's default): named by its key when it fails on its own
+    too, else with the combination it clashes in; with no culprit, the first failing combination."""
     if build is None:
         from evo.learn.strategies import make_strategy
 
         build = functools.partial(make_strategy, name)
 
     keys = sorted(ranges)
-    accepted: set[tuple[str, str]] = set()  # (key, repr(value)): values may be lists
+    values = {k: [_value(ranges[k], v) for v in ranges[k].values()] for k in keys}
+    base = {k: vs[0] for k, vs in values.items()}
+    combos = [base, *({**base, k: v} for k in keys for v in values[k][1:]),
+              *({**base, a: va, b: vb} for a, b in itertools.combinations(keys, 2)
+                for va in values[a][1:] for vb in values[b][1:])]
+    accepted: dict[str, list[Any]] = {k: [] for k in keys}
     failed: list[tuple[dict[str, Any], EvoError]] = []
-    for combo in itertools.islice(itertools.product(*(ranges[k].values() for k in keys)), limit):
-        options = {k: _value(ranges[k], v) for k, v in zip(keys, combo, strict=True)}
+    for options in combos:
         try:
             build(**options)
-            accepted.update((k, repr(v)) for k, v in options.items())
         except EvoError as e:
             failed.append((options, e))
+            continue
+        for k, v in options.items():
+            if all(repr(v) != repr(a) for a in accepted[k]):  # repr: values may be lists
+                accepted[k].append(v)
     if not failed:
         return
-    never = [(k, v) for options, _ in failed for k, v in options.items() if (k, repr(v)) not in accepted]
-    for k, v in never:  # a value wrong on its own comes first: its own message says what is wrong
-        try:
-            build(**{k: v})
-        except EvoError as alone:
-            raise SpaceError(f"training.{k}: {alone}") from None
-    options, e = failed[0]
+    key, options, e = _culprit(failed, accepted, build)
+    if key is not None:
+        raise SpaceError(f"training.{key}: {e}")
     drawn = ", ".join(f"{k}: {v}" for k, v in options.items())
     raise SpaceError(f"training: {e} (a combination this space can draw for {name}: {drawn}; "
                      "narrow the ranges so every combination is valid)")
+
+
+def _culprit(failed: list[tuple[dict[str, Any], EvoError]], accepted: dict[str, list[Any]],
+             build: Callable[..., Any]) -> tuple[str | None, dict[str, Any], EvoError]:
+    """(key, options, error) of the first value to blame (see `check_training`); key None for a clash."""
+    for options, e in failed:
+        for k, v in options.items():
+            if any(repr(v) == repr(a) for a in accepted[k]):
+                continue
+            swapped = {**options, k: accepted[k][0]} if accepted[k] else {o: x for o, x in options.items() if o != k}
+            try:
+                build(**swapped)
+            except EvoError:
+                continue
+            try:
+                build(**{k: v})
+            except EvoError:
+                return k, options, e  # wrong on its own
+            return None, options, e  # wrong only beside the others' values
+    return None, *failed[0]
 
 
 def _leaky_strategies(training: dict[str, Range]) -> list[str]:
