@@ -73,6 +73,10 @@ class Range:
         """Every value a trial can take (the interval's ends for a numeric range)."""
         return self.choices if self.choices is not None else (self.low, self.high)
 
+    def trial_values(self) -> list[Any]:
+        """`values()` as a trial receives them: ints for an integer range."""
+        return [int(v) if self.integer else v for v in self.values()]
+
     def suggest(self, trial, name: str) -> Any:
         if self.choices is not None:
             return self.choices[0] if len(self.choices) == 1 else trial.suggest_categorical(name, list(self.choices))
@@ -182,9 +186,9 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
             raise SpaceError(f"operators.{op_name}: unknown parameter(s) {bad}; allowed: {', '.join(sorted(allowed))}")
         operators[op_name] = {k: Range.parse(f"operators.{op_name}.{k}", v) for k, v in params.items()}
         for k, r in operators[op_name].items():  # let the operator itself judge each value
-            for v in r.values():
+            for v in r.trial_values():
                 try:
-                    get_op(op_name).check_params({k: int(v) if r.integer else v})
+                    get_op(op_name).check_params({k: v})
                 except ConfigError as e:
                     raise SpaceError(f"operators.{op_name}.{k}: {e}") from None
 
@@ -256,7 +260,8 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
 
 def _training(training_doc: Any) -> dict[str, Range]:
     """The training ranges, checked against the options of the strategies the space can pick: a key
-    none of them has is an error naming it, and each value is judged by every strategy that has it."""
+    none of them has is an error naming it, and each strategy judges its keys' values together
+    (`check_training`)."""
     from evo.learn.strategies import list_strategies, option_defaults
 
     if not isinstance(training_doc, dict):
@@ -279,10 +284,6 @@ def _training(training_doc: Any) -> dict[str, Range]:
     return training
 
 
-def _value(r: Range, v: Any) -> Any:
-    return int(v) if r.integer else v
-
-
 def check_training(name: str, ranges: dict[str, Range], build: Callable[..., Any] | None = None) -> None:
     """Options that are valid alone can still clash (evo_latent's `train_taps: deepest` needs `head_init:
     fresh`), so they are judged together: each value of each key is built beside each value of every
@@ -299,12 +300,12 @@ def check_training(name: str, ranges: dict[str, Range], build: Callable[..., Any
         build = functools.partial(make_strategy, name)
 
     keys = sorted(ranges)
-    values = {k: [_value(ranges[k], v) for v in ranges[k].values()] for k in keys}
+    values = {k: ranges[k].trial_values() for k in keys}
     base = {k: vs[0] for k, vs in values.items()}
     combos = [base, *({**base, k: v} for k in keys for v in values[k][1:]),
               *({**base, a: va, b: vb} for a, b in itertools.combinations(keys, 2)
                 for va in values[a][1:] for vb in values[b][1:])]
-    accepted: dict[str, list[Any]] = {k: [] for k in keys}
+    accepted: dict[str, dict[str, Any]] = {k: {} for k in keys}  # key → repr(value) → value (values may be lists)
     failed: list[tuple[dict[str, Any], EvoError]] = []
     for options in combos:
         try:
@@ -313,8 +314,7 @@ def check_training(name: str, ranges: dict[str, Range], build: Callable[..., Any
             failed.append((options, e))
             continue
         for k, v in options.items():
-            if all(repr(v) != repr(a) for a in accepted[k]):  # repr: values may be lists
-                accepted[k].append(v)
+            accepted[k].setdefault(repr(v), v)
     if not failed:
         return
     key, options, e = _culprit(failed, accepted, build)
@@ -325,14 +325,15 @@ def check_training(name: str, ranges: dict[str, Range], build: Callable[..., Any
                      "narrow the ranges so every combination is valid)")
 
 
-def _culprit(failed: list[tuple[dict[str, Any], EvoError]], accepted: dict[str, list[Any]],
+def _culprit(failed: list[tuple[dict[str, Any], EvoError]], accepted: dict[str, dict[str, Any]],
              build: Callable[..., Any]) -> tuple[str | None, dict[str, Any], EvoError]:
     """(key, options, error) of the first value to blame (see `check_training`); key None for a clash."""
     for options, e in failed:
         for k, v in options.items():
-            if any(repr(v) == repr(a) for a in accepted[k]):
+            if repr(v) in accepted[k]:
                 continue
-            swapped = {**options, k: accepted[k][0]} if accepted[k] else {o: x for o, x in options.items() if o != k}
+            swapped = ({**options, k: next(iter(accepted[k].values()))} if accepted[k]
+                       else {o: x for o, x in options.items() if o != k})
             try:
                 build(**swapped)
             except EvoError:
