@@ -266,3 +266,24 @@ def test_the_standard_candidates_hold_no_duplicate_of_the_fast_path() -> None:
         labels[str(strategies)] = [label for label, _ in driver._enqueued(base, "search")]
     assert labels["['evo', 'evo_latent']"] == ["no-growth fast path", "train above the latent cut"]
     assert labels["evo_latent"] == ["no-growth fast path"]
+
+
+def test_training_nothing_above_the_cut_is_run_as_the_fast_path(tmp_path: Path) -> None:
+    """`evo_latent` with `trainable: head` (or 0) changes no feature: the statistics it recomputes from the
+    store are the fast path's, so the training would be paid for nothing. The search reads it as `evo`
+    (what the committed version records) and never runs or prices it beside the fast path."""
+    from evo.learn.strategies import canonical_training
+
+    for trainable in ("head", 0):
+        same = canonical_training({"strategy": "evo_latent", "trainable": trainable, "epochs": 2, "taps": "features"})
+        assert same == {"strategy": "evo", "taps": "features"}
+    for training in ({"strategy": "evo_latent", "trainable": 1}, {"strategy": "evo_latent"}):
+        assert canonical_training(training) == training
+    doc = {**json.loads(json.dumps(SPACE)), "operators": {}, "max_ops": 0, "trials": 3,
+           "training": {"strategy": ["evo", "evo_latent"], "epochs": 1, "taps": "features", "trainable": ["head", 0]}}
+    run, results, _ = _drive(tmp_path, doc)
+    for r in results:
+        ran = [t for t in r.trials if t["state"] == "COMPLETE"]
+        assert [t["candidate"]["training"]["strategy"] for t in ran] == ["evo"], r.trials
+        assert all("duplicate of trial" in t["fail_reason"] for t in r.trials if t["state"] == "PRUNED")
+    assert {run.version_meta(v)["training"]["strategy"] for v in run.versions()[1:]} == {"evo"}

@@ -46,6 +46,7 @@ from evo.learn.strategies.base import (
     Strategy,
     Workload,
     head_growth_flops,
+    option_defaults,
     register_strategy,
     sub_state,
     tensor_state,
@@ -187,6 +188,16 @@ class Evo(Strategy):
         if head_taps(old) != head_taps(new) or self.layout(new) != layout:
             return False
         return features_agree(old, new, layout, images, preprocess, meter, self.options.batch_size)
+
+    @classmethod
+    def computes(cls, options: Mapping[str, Any]) -> str:
+        """`evo` for a training subclass whose `trainable` is 'head' or 0: it changes no feature, so the
+        head it commits is at best `evo`'s exact solve over everything seen. `evo_tune` refits it from the
+        memory plus the increment (that solve without the lost images); `evo_latent` recomputes it from
+        the store (the same solve, less any evicted latent). Either way the training is paid for nothing,
+        and the search runs, prices and deduplicates the candidate as the fast path."""
+        trainable = options.get("trainable", option_defaults(cls.name).get("trainable", "all"))
+        return "evo" if trainable in ("head", 0) and not isinstance(trainable, bool) else cls.name
 
     # -- cost -----------------------------------------------------------------------------------
 

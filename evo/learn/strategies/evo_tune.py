@@ -9,9 +9,7 @@ why the search keeps the plain `evo` fast path as a candidate in every round.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
 from evo.graph.archgraph import ArchGraph
 from evo.learn.strategies.base import (
@@ -19,7 +17,6 @@ from evo.learn.strategies.base import (
     Result,
     Workload,
     head_growth_flops,
-    option_defaults,
     register_strategy,
 )
 from evo.learn.strategies.evo import Evo
@@ -53,15 +50,6 @@ class EvoTune(Evo):
 
         def train_config(self) -> TrainConfig:
             return config_from(self)
-
-    @classmethod
-    def computes(cls, options: Mapping[str, Any]) -> str:
-        """`evo` where only the final layer trains (`trainable` 'head' or 0): the features do not change,
-        and the refit replaces that layer with a ridge solve from the memory plus the increment, which
-        `evo`'s exact solve over everything seen dominates (it is that solve without the lost images) at
-        a fraction of the cost."""
-        trainable = options.get("trainable", option_defaults(cls.name)["trainable"])
-        return "evo" if trainable in ("head", 0) else cls.name
 
     def price(self, graph: ArchGraph, work: Workload) -> int:
         """The fast path, fine-tuning on increment + memory (capped by `max_flops`), then the features
