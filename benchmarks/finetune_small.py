@@ -10,7 +10,9 @@ memory limit, no search), so nothing but the recipe is measured:
 - `tuned`: the same network with blocks N onwards and the head conv fine-tuned through a fresh linear
   classifier: AdamW, one-cycle, label smoothing 0.1, BN statistics frozen, and optionally flips (per
   image) and a random shift of up to 6 px (one per batch); then the same two ridge heads on the tuned network (the taps below block N stay
-  frozen).
+  frozen); and a trained twin: the frozen network's pooled features and taps plus the tuned pooled
+  features, side by side in one ridge head (what a trained copy of the top grown beside the frozen one
+  would give the closed-form head).
 
 Test accuracy is on 100 test images per class. Per seed the training images differ.
 
@@ -130,10 +132,16 @@ def run_seed(net: EfficientNetLite0, seed: int, per_class: int, recipes: list[st
     (xtr, ytr), (xte, yte) = pick(train, per_class), pick(test, 100)
     torch.manual_seed(seed)
 
+    frozen = features(net, xtr, TAPS), features(net, xte, TAPS)
+
     def heads(m):
         ftr, fte = features(m, xtr, TAPS), features(m, xte, TAPS)
-        return {"pooled": ridge_accuracy(ftr[:, :1280], ytr, fte[:, :1280], yte)[0],
-                "pooled + taps": ridge_accuracy(ftr, ytr, fte, yte)[0]}
+        out = {"pooled": ridge_accuracy(ftr[:, :1280], ytr, fte[:, :1280], yte)[0],
+               "pooled + taps": ridge_accuracy(ftr, ytr, fte, yte)[0]}
+        if m is not net:  # a trained twin of the top beside the frozen network: the head reads both
+            out["frozen pooled + taps + tuned pooled"] = ridge_accuracy(
+                torch.cat([frozen[0], ftr[:, :1280]], 1), ytr, torch.cat([frozen[1], fte[:, :1280]], 1), yte)[0]
+        return out
 
     row = {"frozen": heads(net)}
     print(seed, "frozen", row["frozen"], flush=True)
