@@ -401,3 +401,16 @@ def test_the_store_scale_benchmark_runs_and_compression_costs_the_head_little(tm
         assert abs(row["accuracy_vs_fp32_points"]) <= 100 / 60 + 1e-9  # at most one test image of 60
     assert out["codecs"]["int8"]["bytes_on_disk"] < out["codecs"]["fp16"]["bytes_on_disk"] < out["codecs"]["fp32"]["bytes_on_disk"]
     assert (tmp_path / "int8" / "part-4").is_dir()  # the store was kept where --dir said
+
+
+@pytest.mark.parametrize(("doc", "named"), [
+    ({"cut": -1}, "latents.cut"), ({"cut": ""}, "latents.cut"), ({"codec": "fp8"}, "codec"),
+    ({"budget_mb": 0}, "latents.budget_mb"), ({"budget_mb": float("nan")}, "latents.budget_mb"),
+    ({"seed": "x"}, "latents.seed"), ({"seed": -1}, "latents.seed"), ({"seed": 1.5}, "latents.seed"),
+    ({"size": 3}, "unknown key"), ("yes", "'none' or a mapping"),
+])
+def test_a_bad_store_config_is_named_before_anything_is_written(doc, named) -> None:
+    """Every field is checked when the space loads; a bad eviction seed used to pass and crash mid-run,
+    at the first eviction, with a TypeError from numpy."""
+    with pytest.raises(EvoError, match=named):
+        StoreConfig.parse(doc)

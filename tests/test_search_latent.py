@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from evo.errors import EvoError
 from evo.learn.latent import StoreConfig, open_store, read_part
 from evo.runs import Run
 from evo.search import SpaceError, parse_space
@@ -287,3 +288,16 @@ def test_training_nothing_above_the_cut_is_run_as_the_fast_path(tmp_path: Path) 
         assert [t["candidate"]["training"]["strategy"] for t in ran] == ["evo"], r.trials
         assert all("duplicate of trial" in t["fail_reason"] for t in r.trials if t["state"] == "PRUNED")
     assert {run.version_meta(v)["training"]["strategy"] for v in run.versions()[1:]} == {"evo"}
+
+
+@pytest.mark.parametrize(("cut", "named"), [("no_such_node", "not a block output"), (1000, "no block output at stride")])
+def test_a_cut_the_model_lacks_is_refused_before_the_run_folder_exists(tmp_path: Path, cut, named) -> None:
+    """The cut is resolved in the model when the space is checked: before, the run folder and version 0
+    were written and round 0 then failed on it."""
+    from evo.search.launch import launch
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({**json.loads(json.dumps(SPACE)), "latents": {"cut": cut, "codec": "fp16"}}))
+    with pytest.raises(EvoError, match=named):
+        launch(space, run_dir=tmp_path / "run", say=lambda s: None)
+    assert not (tmp_path / "run").exists()

@@ -71,12 +71,17 @@ def resume(run_dir: str | os.PathLike, ray_address: str | None = None, storage: 
 
 def check_space(space: SearchSpace):
     """Validate what a space names before anything is written or started: the model (returned, loaded),
-    the data stream, the memory and every training option against the strategies that read it."""
+    the latent store's cut in it, the data stream, the memory and every training option against the
+    strategies that read it."""
     from evo.learn import Learner
     from evo.learn.strategies import option_defaults
     from evo.search.scenario import stream_for
 
     graph = _initial_model(space)
+    if space.latents is not None:  # a cut the model lacks would otherwise fail once round 0 has begun
+        from evo.learn.latent import cut_node, split
+
+        split(graph, cut_node(graph, space.latents.cut))
     stream = stream_for(space)
     if len(stream) == 0:
         raise SpaceError("scenario: the stream has no increment; check increments and the source's classes")

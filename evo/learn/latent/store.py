@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from evo.checks import check_int
 from evo.errors import ConfigError
 from evo.learn.latent.codec import bytes_per_row, check_codec
 from evo.learn.latent.part import PART_FILE, LatentError, Part, read_part, write_part
@@ -40,7 +41,7 @@ STORE_DIR = "latents"  # inside a version folder; also the run-level folder of p
 class StoreConfig:
     """`cut`: a stride (the last block output at that stride), a block output's name, or "input" (the
     preprocessed images themselves, nothing frozen); below it the network is frozen. `codec`: fp32, fp16
-    or int8. `budget_mb`: live bytes kept (None: unbounded)."""
+    or int8. `budget_mb`: live bytes kept (None: unbounded). `seed`: which rows eviction drops."""
 
     cut: int | str = 8
     codec: str = "fp16"
@@ -55,6 +56,7 @@ class StoreConfig:
         b = self.budget_mb
         if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b < math.inf):
             raise ConfigError(f"latents.budget_mb must be a positive number or null; got {b!r}")
+        check_int("latents.seed (the seed of class-balanced eviction)", self.seed, 0)
 
     @classmethod
     def parse(cls, doc: Any, where: str = "latents") -> StoreConfig | None:
