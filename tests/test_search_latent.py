@@ -301,3 +301,24 @@ def test_a_cut_the_model_lacks_is_refused_before_the_run_folder_exists(tmp_path:
     with pytest.raises(EvoError, match=named):
         launch(space, run_dir=tmp_path / "run", say=lambda s: None)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("training", "named"), [
+    ({"taps": "bogus"}, "training.taps: taps must be"),
+    ({"taps": [["nosuch", 1]]}, "training.taps: tap node 'nosuch' is not in the graph"),
+    ({"taps": [["stem_2", 2]]}, "training.taps: each tap must be a node name or a \\(node, grid\\) pair"),
+    ({"taps": [[["stem_2", 2]]]}, "below the latent cut"),  # in a space a list is a choice: one value, one tap
+])
+def test_taps_the_model_or_the_cut_cannot_serve_are_refused_before_the_run_folder_exists(
+        tmp_path: Path, training, named) -> None:
+    """Taps are resolved in the model when the space is checked (before: the run folder and version 0
+    were written, then round 0 failed), and evo_latent's taps must lie at or above the cut."""
+    from evo.search.launch import launch
+
+    doc = {**json.loads(json.dumps(SPACE)), "latents": {"cut": "relu", "codec": "fp16"}}
+    doc["training"] = {**doc["training"], **training}
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(doc))
+    with pytest.raises(EvoError, match=named):
+        launch(space, run_dir=tmp_path / "run", say=lambda s: None)
+    assert not (tmp_path / "run").exists()

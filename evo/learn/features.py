@@ -62,6 +62,8 @@ def parse_taps(graph: ArchGraph, taps: str | Sequence[Tap | tuple[str, int] | st
                           f"got {taps!r}")
     out = []
     for t in taps:
+        if not isinstance(t, (Tap, str)) and not (isinstance(t, Sequence) and len(t) == 2):
+            raise ConfigError(f"each tap must be a node name or a (node, grid) pair; got {t!r} in {taps!r}")
         tap = t if isinstance(t, Tap) else Tap(t) if isinstance(t, str) else Tap(*t)
         if tap.node not in graph:
             raise ConfigError(f"tap node {tap.node!r} is not in the graph; pick one of its nodes, e.g. "

@@ -73,15 +73,16 @@ def check_space(space: SearchSpace):
     """Validate what a space names before anything is written or started: the model (returned, loaded),
     the latent store's cut in it, the data stream, the memory and every training option against the
     strategies that read it."""
-    from evo.learn import Learner
     from evo.learn.strategies import option_defaults
     from evo.search.scenario import stream_for
 
     graph = _initial_model(space)
+    cut = None
     if space.latents is not None:  # a cut the model lacks would otherwise fail once round 0 has begun
         from evo.learn.latent import cut_node, split
 
-        split(graph, cut_node(graph, space.latents.cut))
+        cut = cut_node(graph, space.latents.cut)
+        split(graph, cut)
     stream = stream_for(space)
     if len(stream) == 0:
         raise SpaceError("scenario: the stream has no increment; check increments and the source's classes")
@@ -89,10 +90,27 @@ def check_space(space: SearchSpace):
     strategies = list(choices.values()) if choices is not None else ["evo"]
     for name in strategies:
         accepted = option_defaults(name)  # an unknown strategy name lists the valid ones
-        Learner(graph, memory=space.memory, strategy=name, progress=False)
-        check_training(name, {k: r for k, r in space.training.items() if k != "strategy" and k in accepted},
-                       functools.partial(Learner, graph, memory=space.memory, strategy=name, progress=False))
+        build = functools.partial(_on_the_model, graph, space.memory, name, cut)  # built at least once
+        check_training(name, {k: r for k, r in space.training.items() if k != "strategy" and k in accepted}, build)
     return graph
+
+
+def _on_the_model(graph, memory: int, name: str, cut: str | None, **options):
+    """A Learner of `name` with `options` on the model, its taps resolved in it (a tap node the model
+    lacks fails here, not in round 0), and, for a strategy that trains above the latent cut, every tap
+    its statistics cover checked to lie at or above the cut."""
+    from evo.learn import Learner
+    from evo.learn.tracked import head_taps
+
+    learner = Learner(graph, memory=memory, strategy=name, progress=False, **options)
+    strategy = learner.strategy
+    prepared = strategy.prepare(graph)
+    if cut is not None and strategy.needs_latents:
+        from evo.learn.latent import check_layout
+
+        head = head_taps(prepared)
+        check_layout(prepared, cut, head + strategy.spare(prepared, head))
+    return learner
 
 
 def _connect(address: str | None, num_cpus: int | None, dashboard: bool, say: Callable[[str], None]):

@@ -75,8 +75,11 @@ def split(graph: ArchGraph, cut: str) -> tuple[ArchGraph, ArchGraph]:
 
 def check_layout(graph: ArchGraph, cut: str, layout: list[Tap]) -> None:
     """Every tap the statistics cover must be computable from the cut's activation."""
-    below = nx.ancestors(graph.g, cut)
-    bad = [t.node for t in layout if t.node in below]
+    if cut in graph:
+        below = nx.ancestors(graph.g, cut)
+        bad = [t.node for t in layout if t.node in below]
+    else:  # taps that read only layers below the cut leave the cut out of the tapped graph
+        bad = [t.node for t in layout]
     if bad:
         raise ConfigError(f"the head reads {bad}, below the latent cut {cut!r}: its statistics could not be "
                           "recomputed from the stored latents; move the cut down (a smaller stride) or use "
