@@ -140,7 +140,15 @@ class Run:
 
     @property
     def config(self) -> dict[str, Any]:
-        return json.loads((self.path / "config.json").read_text())
+        """The run's configuration (config.json, written atomically at creation)."""
+        path = self.path / "config.json"
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise RunError(f"{path} is unreadable ({e}); restore it from a backup or start a new run") from None
+        if not isinstance(doc, dict):
+            raise RunError(f"{path} is not a run configuration (a JSON object); restore it or start a new run")
+        return doc
 
     @property
     def journal_path(self) -> Path:
@@ -369,6 +377,9 @@ def check_new_run_dir(path: Path) -> None:
     """A new run needs a missing or empty folder; a file or a non-empty folder is refused."""
     if path.exists() and not path.is_dir():
         raise RunError(f"--run-dir {path} is a file; name a new folder for the run")
+    above = next((p for p in path.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise RunError(f"--run-dir {path} lies under {above}, which is a file; name a folder elsewhere")
     if path.is_dir() and any(path.iterdir()):
         hint = f"continue it with `evo resume {path}` or " if is_run(path) else ""
         raise RunError(f"run folder {path} already exists and is not empty; {hint}choose another --run-dir")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -361,7 +362,22 @@ def test_run_dir_naming_a_file(tmp_path):
     data = _digits_folder(tmp_path / "d", [0, 1], n=3)
     _one_line_error(_evo("learn", "small_cnn", "--data", str(data), "--run-dir", str(f)), "is a file")
     _one_line_error(_evo("launch", str(_space(tmp_path)), "--run-dir", str(f)), "is a file")
+    _one_line_error(_evo("launch", str(_space(tmp_path)), "--run-dir", str(f / "sub")), "which is a file")
     assert f.read_text() == "x"
+
+
+def test_resume_of_a_run_whose_config_is_damaged(learned_run, tmp_path):
+    """A search run's damaged config.json is named in one line, and nothing is written (it was a
+    JSONDecodeError, or for a JSON list a wrong 'made by evo learn')."""
+    run = tmp_path / "run"
+    shutil.copytree(learned_run, run)
+    marker = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**marker, "kind": "search"}))
+    for damage in ("{", "[1]"):
+        (run / "config.json").write_text(damage)
+        before = sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*"))
+        _one_line_error(_evo("resume", str(run)), "config.json")
+        assert sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*")) == before
 
 
 def test_resume_of_a_learn_run(learned_run):

@@ -77,6 +77,15 @@ def test_shipped_spaces_parse(name):
     (lambda d: d["training"].update(epochs=[1, -1]), "training.epochs:.*epochs"),
     (lambda d: d["training"].update(strategy="evo", epochs=1), "training.epochs: no strategy of this space \\(evo\\)"),
     (lambda d: d.update(training={"strategy": "lwf", "temperature": 0}), "training.temperature:.*> 0"),
+    # found by a bad-input sweep: each used to be accepted, or to fail only once the run had begun
+    (lambda d: d["budget"].update(joint_epochs="x"), "budget.joint_epochs"),
+    (lambda d: d["budget"].update(joint_epochs=-1), "budget.joint_epochs"),
+    (lambda d: d["scenario"].update(per_class_test=0), "scenario.per_class_test"),
+    (lambda d: d["training"].update(lr={"low": 0.001, "high": 0.01, "log": "false"}), "log must be true or false"),
+    (lambda d: d["model"].update(pretrained="no"), "model.pretrained must be true or false"),
+    (lambda d: d.update(name="../escaped"), "name must be a plain name"),
+    (lambda d: d.update(name="/tmp/abs"), "name must be a plain name"),
+    (lambda d: d.update(description=[["a"] * 3] * 3), "description must be a string"),
 ])
 def test_malformed_space_names_the_key(edit, message):
     doc = json.loads(json.dumps(TINY))
@@ -112,6 +121,9 @@ def test_invalid_yaml_says_where(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("name: x\nscenario: [unclosed\n")
     with pytest.raises(SpaceError, match="not valid YAML at line"):
+        load_space(p)
+    p.write_bytes(b"\xff\xfe" + bytes(range(256)))
+    with pytest.raises(SpaceError, match="not a UTF-8 text file"):
         load_space(p)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,9 @@ class Range:
             lo, hi = spec["low"], spec["high"]
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)) or lo > hi:
                 raise SpaceError(f"{key}: low and high must be numbers with low <= high; got {lo!r}, {hi!r}")
-            log = bool(spec.get("log", False))
+            log = spec.get("log", False)
+            if not isinstance(log, bool):
+                raise SpaceError(f"{key}: log must be true or false; got {log!r}")
             if log and lo <= 0:
                 raise SpaceError(f"{key}: a log range needs low > 0; got {lo!r}")
             return cls(low=lo, high=hi, log=log, integer=isinstance(lo, int) and isinstance(hi, int))
@@ -131,7 +134,9 @@ def load_space(path: str | Path) -> SearchSpace:
     if not p.is_file():
         raise SpaceError(f"search space {p} not found; the shipped ones are in search_spaces/")
     try:
-        doc = yaml.safe_load(p.read_text())
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SpaceError(f"{p} is not a UTF-8 text file; a search space is YAML (see search_spaces/)") from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}" if where else ""
@@ -167,6 +172,18 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
                          "options, such as small_cnn's width, go under model.options)")
     if not isinstance(model.get("options", {}), dict):
         raise SpaceError(f"model.options must map a zoo model's option names to values; got {model['options']!r}")
+    if not isinstance(model.get("pretrained", True), bool):
+        raise SpaceError(f"model.pretrained must be true or false; got {model['pretrained']!r}")
+    if "per_class_test" in scenario and scenario["per_class_test"] is not None:
+        check_int("scenario.per_class_test (test images per class: each round is scored on them)",
+                  scenario["per_class_test"], 1, error=SpaceError)
+    for key in ("name", "description"):
+        if key in doc and not isinstance(doc[key], str):
+            raise SpaceError(f"{key} must be a string; got {type(doc[key]).__name__}")
+    name = doc.get("name")
+    if isinstance(name, str) and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise SpaceError(f"name must be a plain name (letters, digits, '.', '_', '-'): it names the run folder "
+                         f"runs/NAME; got {name!r}")
 
     ops_doc = doc.get("operators") or {}
     if not isinstance(ops_doc, dict):
@@ -202,6 +219,9 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
     amount = budget_doc[kinds[0]]
     if not isinstance(amount, (int, float)) or isinstance(amount, bool) or not math.isfinite(amount) or amount <= 0:
         raise SpaceError(f"budget.{kinds[0]} must be a positive number; got {amount!r}")
+    if "joint_epochs" in budget_doc:
+        check_int("budget.joint_epochs (the epochs that joint retraining, the budget's yardstick, is priced at)",
+                  budget_doc["joint_epochs"], 1, error=SpaceError)
 
     objective = doc.get("objective", "accuracy")
     objective = tuple(objective) if isinstance(objective, list) else (objective,)
