@@ -121,6 +121,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0; got {text!r}")
+    return value
+
+
 def _site_text(site: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in site.items())
 
@@ -261,7 +272,7 @@ def _active_parsers(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--fps", type=float, default=2.0, help="videos: frames sampled per second (default 2)")
     pr.add_argument("--detector", default="content", help="videos: shot detector, content (PySceneDetect) or histogram")
     pr.add_argument("--threshold", type=float, default=None, help="videos: shot-cut threshold (default: the detector's)")
-    pr.add_argument("--smooth", type=int, default=0, help="videos: average each shot with this many neighbours a side")
+    pr.add_argument("--smooth", type=_count, default=0, help="videos: average each shot with this many neighbours a side")
     pr.add_argument("--aggregate", choices=("proba", "features"), default="proba",
                     help="videos: mean of frame probabilities (default) or of features before the head")
     pr.add_argument("--strip", default=None, help="videos: save a PNG strip of keyframes captioned with their labels")
@@ -279,7 +290,7 @@ def _active_parsers(sub: argparse._SubParsersAction) -> None:
     su = sub.add_parser("suggest", help="rank unlabelled images by how much labelling them is worth")
     su.add_argument("run_dir")
     su.add_argument("--pool", required=True, nargs="+", help="folder(s) or files of unlabelled images")
-    su.add_argument("-k", type=int, default=20)
+    su.add_argument("-k", type=_count, default=20)
     su.add_argument("--strategy", default="margin", choices=QUERIES.names())
     su.add_argument("--seed", type=int, default=0)
 
@@ -301,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--random-init", action="store_true", help="zoo models: skip pretrained weights")
     ins.add_argument("--layers", action=argparse.BooleanOptionalAction, default=True,
                      help="print the per-layer table (default: yes)")
-    ins.add_argument("--max-sites", type=int, default=4, help="sites to list per operator")
+    ins.add_argument("--max-sites", type=_count, default=4, help="sites to list per operator")
     for name, help_text in (("launch", "start a growth search from a search-space YAML"),
                             ("resume", "continue a run after a crash or kill")):
         sp = sub.add_parser(name, help=help_text)
@@ -341,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "forgetting, and the video strips (default: yes)")
     rp.add_argument("--video", action="append", default=[], metavar="FILE",
                     help="also show this video's shots with the latest model's labels (repeatable)")
-    rp.add_argument("--videos", type=int, default=3, metavar="N",
+    rp.add_argument("--videos", type=_count, default=3, metavar="N",
                     help="a run learnt from videos: show N of its held-out clips (default 3; 0: none)")
     _active_parsers(sub)
     _add_serve_parser(sub)

@@ -86,6 +86,7 @@ def test_shipped_spaces_parse(name):
     (lambda d: d.update(name="../escaped"), "name must be a plain name"),
     (lambda d: d.update(name="/tmp/abs"), "name must be a plain name"),
     (lambda d: d.update(description=[["a"] * 3] * 3), "description must be a string"),
+    (lambda d: d["scenario"].update(source=5), "scenario.source is required and is a name or a path"),
 ])
 def test_malformed_space_names_the_key(edit, message):
     doc = json.loads(json.dumps(TINY))

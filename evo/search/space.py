@@ -161,8 +161,11 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
     if kind not in SCENARIOS:
         raise SpaceError(f"scenario.kind must be one of {', '.join(SCENARIOS)}; got {kind!r}")
     scenario["kind"] = kind
-    if "source" not in scenario:
-        raise SpaceError("scenario.source is required (e.g. fashion-mnist, digits, a folder or a CSV path)")
+    src = scenario.get("source")
+    names = src if isinstance(src, list) and kind == "domain_incremental" else [src]
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise SpaceError("scenario.source is required and is a name or a path (e.g. fashion-mnist, digits, a folder "
+                         f"or a CSV path; a list of them for domain_incremental); got {src!r}")
     model = dict(doc["model"])
     if not isinstance(model.get("name"), str):
         raise SpaceError("model.name is required: a zoo model (e.g. efficientnet_lite0) or a saved model folder")
