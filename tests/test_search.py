@@ -126,6 +126,11 @@ def test_invalid_yaml_says_where(tmp_path):
     p.write_bytes(b"\xff\xfe" + bytes(range(256)))
     with pytest.raises(SpaceError, match="not a UTF-8 text file"):
         load_space(p)
+    laughs = ["a: &a [x, x, x, x, x, x, x, x, x, x]"] + [
+        f"{k}: &{k} [*{j}, *{j}, *{j}, *{j}, *{j}, *{j}, *{j}, *{j}, *{j}, *{j}]" for j, k in zip("abcde", "bcdef", strict=True)]
+    p.write_text("\n".join(laughs) + "\n")  # 700 bytes that expand to a million values
+    with pytest.raises(SpaceError, match="expands to more than"):
+        load_space(p)
 
 
 def test_bad_storage_url_and_unreachable_ray():

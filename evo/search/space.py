@@ -141,7 +141,28 @@ def load_space(path: str | Path) -> SearchSpace:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}" if where else ""
         raise SpaceError(f"{p} is not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    _check_size(doc, p)
     return parse_space(doc, source=str(p))
+
+
+MAX_SPACE_VALUES = 100_000  # a search space is a page of settings; far more values is an expansion bomb
+
+
+def _check_size(doc: Any, path: Path) -> None:
+    """Refuse a document that expands to more than MAX_SPACE_VALUES values (YAML aliases of aliases
+    grow tenfold per level and would be written out in full to the run's config.json), counted
+    without expanding it."""
+    stack, seen = [doc], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_SPACE_VALUES:
+            raise SpaceError(f"{path} expands to more than {MAX_SPACE_VALUES:,} values (YAML aliases of aliases?); "
+                             "a search space is a page of settings: write the values out")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
