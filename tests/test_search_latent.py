@@ -280,6 +280,10 @@ def test_training_nothing_above_the_cut_is_run_as_the_fast_path(tmp_path: Path) 
         assert same == {"strategy": "evo", "taps": "features"}
     for training in ({"strategy": "evo_latent", "trainable": 1}, {"strategy": "evo_latent"}):
         assert canonical_training(training) == training
+    # after growth the store's recompute stays exact where evo would rebuild from the memory (review)
+    grown = {"strategy": "evo_latent", "trainable": "head"}
+    assert canonical_training(grown, grown=True) == grown
+    assert canonical_training({"strategy": "evo_tune", "trainable": 0}, grown=True) == {"strategy": "evo"}
     doc = {**json.loads(json.dumps(SPACE)), "operators": {}, "max_ops": 0, "trials": 3,
            "training": {"strategy": ["evo", "evo_latent"], "epochs": 1, "taps": "features", "trainable": ["head", 0]}}
     run, results, _ = _drive(tmp_path, doc)
@@ -307,7 +311,9 @@ def test_a_cut_the_model_lacks_is_refused_before_the_run_folder_exists(tmp_path:
     ({"taps": "bogus"}, "training.taps: taps must be"),
     ({"taps": [["nosuch", 1]]}, "training.taps: tap node 'nosuch' is not in the graph"),
     ({"taps": [["stem_2", 2]]}, "training.taps: each tap must be a node name or a \\(node, grid\\) pair"),
-    ({"taps": [[["stem_2", 2]]]}, "below the latent cut"),  # in a space a list is a choice: one value, one tap
+    # in a space a list is a choice: one value, one tap; the tapped model then ends before the cut
+    ({"taps": [[["stem_2", 2]]]}, "latents.cut 'relu': the head's taps read only layers below it"),
+    ({"taps": [[["stem_2", 2], ["cat", 1]]]}, "a head tap below the cut, bypasses it"),
 ])
 def test_taps_the_model_or_the_cut_cannot_serve_are_refused_before_the_run_folder_exists(
         tmp_path: Path, training, named) -> None:
@@ -322,3 +328,21 @@ def test_taps_the_model_or_the_cut_cannot_serve_are_refused_before_the_run_folde
     with pytest.raises(EvoError, match=named):
         launch(space, run_dir=tmp_path / "run", say=lambda s: None)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_cut_is_found_where_the_driver_finds_it() -> None:
+    """At version 0 the driver resolves the cut on the model as the strategies tap it (the network past
+    the deepest tap dropped), so on Lite0 `cut: 8` with a tap on the stride-8 stage's last block is that
+    block: valid, and not refused because the untapped model's stride-8 output lies above the tap."""
+    from evo.learn.latent import cut_node
+    from evo.search.candidate import growth_base
+    from evo.search.launch import check_space
+
+    root = Path(__file__).resolve().parents[1]
+    doc = yaml.safe_load((root / "search_spaces" / "fashion_latent.yaml").read_text())
+    doc["scenario"].update(per_class_train=4, per_class_test=2)
+    doc["training"]["taps"] = [[["blocks_3_project_bn", 4]]]
+    space = parse_space(doc)
+    graph = check_space(space)
+    assert cut_node(graph, 8) != "blocks_3_project_bn"  # the untapped model's stride-8 output lies above the tap
+    assert cut_node(growth_base(graph, {"increment": None}, space), 8) == "blocks_3_project_bn"

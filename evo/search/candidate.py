@@ -112,7 +112,8 @@ def suggest_candidate(trial, space: SearchSpace, parent: ArchGraph, min_ops: int
     from evo.learn.strategies import canonical_training
 
     # what the knobs amount to: a fine-tune of nothing but the head is the fast path, and is deduplicated as such
-    training = canonical_training({k: r.suggest(trial, f"train_{k}") for k, r in space.training.items()})
+    training = canonical_training({k: r.suggest(trial, f"train_{k}") for k, r in space.training.items()},
+                                  grown=bool(growth))
     cand = Candidate(growth, training)
     trial.set_user_attr("candidate", cand.to_dict())
     return cand, graph

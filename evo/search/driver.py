@@ -503,7 +503,7 @@ def cheapest_training(grown, inc, parent_meta: dict[str, Any], cand: Candidate, 
         if key == "strategy" or len(rng.values()) < 2:
             continue
         for value in rng.values():
-            if canonical_training({**best, key: value})["strategy"] != best.get("strategy", "evo"):
+            if canonical_training({**best, key: value}, bool(cand.growth))["strategy"] != best.get("strategy", "evo"):
                 continue
             p = price({**best, key: value})
             if p < best_price:

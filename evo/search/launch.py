@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from evo.errors import EvoError
 from evo.runs import Run, RunError, check_new_run_dir
 from evo.search.space import SearchSpace, SpaceError, check_training, load_space, parse_space
 
@@ -28,6 +30,9 @@ def launch(space_path: str | os.PathLike, run_dir: str | os.PathLike | None = No
     Everything is validated (the space, its data sources, model and training options, the storage
     URL) before the run folder is created or Ray is started, so bad input leaves nothing behind."""
     space = load_space(space_path)
+    if not run_dir and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", space.name):
+        raise SpaceError(f"{space_path}: name {space.name!r} would name the run folder runs/NAME; use a plain name "
+                         "(letters, digits, '.', '_', '-') or give --run-dir")
     path = Path(run_dir) if run_dir else Path("runs") / space.name
     check_new_run_dir(path)
     graph = check_space(space)
@@ -71,41 +76,52 @@ def resume(run_dir: str | os.PathLike, ray_address: str | None = None, storage: 
 
 def check_space(space: SearchSpace):
     """Validate what a space names before anything is written or started: the model (returned, loaded),
-    the latent store's cut in it, the data stream, the memory and every training option against the
-    strategies that read it."""
-    from evo.learn.strategies import option_defaults
+    the data stream, the memory, every training option against the strategies that read it (taps
+    resolved in the model), and the latent store's cut, found where the driver finds it."""
+    from evo.learn.strategies import STRATEGIES, option_defaults
     from evo.search.scenario import stream_for
 
     graph = _initial_model(space)
-    cut = None
-    if space.latents is not None:  # a cut the model lacks would otherwise fail once round 0 has begun
-        from evo.learn.latent import cut_node, split
-
-        cut = cut_node(graph, space.latents.cut)
-        split(graph, cut)
     stream = stream_for(space)
     if len(stream) == 0:
         raise SpaceError("scenario: the stream has no increment; check increments and the source's classes")
     choices = space.training.get("strategy")
     strategies = list(choices.values()) if choices is not None else ["evo"]
+    ranges = {}
     for name in strategies:
         accepted = option_defaults(name)  # an unknown strategy name lists the valid ones
-        build = functools.partial(_on_the_model, graph, space.memory, name, cut)  # built at least once
-        check_training(name, {k: r for k, r in space.training.items() if k != "strategy" and k in accepted}, build)
+        ranges[name] = {k: r for k, r in space.training.items() if k != "strategy" and k in accepted}
+        check_training(name, ranges[name], functools.partial(_on_the_model, graph, space.memory, name, None))
+    if space.latents is not None:  # a cut the model lacks would otherwise fail once round 0 has begun
+        from evo.learn.latent import cut_node, split
+        from evo.search.candidate import growth_base
+
+        base = growth_base(graph, {"increment": None}, space)  # what the driver resolves the cut on
+        try:
+            cut = cut_node(base, space.latents.cut)
+        except EvoError:
+            cut_node(graph, space.latents.cut)  # not in the model at all: that error says so
+            raise SpaceError(f"latents.cut {space.latents.cut!r}: the head's taps read only layers below it (the "
+                             "network past the deepest tap is dropped); move the cut down or tap above it") from None
+        split(base, cut)
+        for name in strategies:
+            if STRATEGIES.get(name).needs_latents:
+                check_training(name, ranges[name], functools.partial(_on_the_model, graph, space.memory, name, cut))
     return graph
 
 
 def _on_the_model(graph, memory: int, name: str, cut: str | None, **options):
     """A Learner of `name` with `options` on the model, its taps resolved in it (a tap node the model
-    lacks fails here, not in round 0), and, for a strategy that trains above the latent cut, every tap
-    its statistics cover checked to lie at or above the cut."""
+    lacks fails here, not in round 0), and, given the latent `cut`, every tap its statistics cover
+    checked to lie at or above it (unless these options amount to another strategy's work, which
+    then runs instead: `Strategy.computes`)."""
     from evo.learn import Learner
     from evo.learn.tracked import head_taps
 
     learner = Learner(graph, memory=memory, strategy=name, progress=False, **options)
     strategy = learner.strategy
     prepared = strategy.prepare(graph)
-    if cut is not None and strategy.needs_latents:
+    if cut is not None and type(strategy).computes(options) == name:
         from evo.learn.latent import check_layout
 
         head = head_taps(prepared)

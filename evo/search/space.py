@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +52,9 @@ class Range:
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)) or lo > hi:
                 raise SpaceError(f"{key}: low and high must be numbers with low <= high; got {lo!r}, {hi!r}")
             log = spec.get("log", False)
-            if not isinstance(log, bool):
+            if log not in (True, False):  # 0 and 1 too, as earlier versions accepted (runs keep their space)
                 raise SpaceError(f"{key}: log must be true or false; got {log!r}")
+            log = bool(log)
             if log and lo <= 0:
                 raise SpaceError(f"{key}: a log range needs low > 0; got {lo!r}")
             return cls(low=lo, high=hi, log=log, integer=isinstance(lo, int) and isinstance(hi, int))
@@ -201,13 +201,8 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
     if "per_class_test" in scenario and scenario["per_class_test"] is not None:
         check_int("scenario.per_class_test (test images per class: each round is scored on them)",
                   scenario["per_class_test"], 1, error=SpaceError)
-    for key in ("name", "description"):
-        if key in doc and not isinstance(doc[key], str):
-            raise SpaceError(f"{key} must be a string; got {type(doc[key]).__name__}")
-    name = doc.get("name")
-    if isinstance(name, str) and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise SpaceError(f"name must be a plain name (letters, digits, '.', '_', '-'): it names the run folder "
-                         f"runs/NAME; got {name!r}")
+    if doc.get("description") is not None and not isinstance(doc["description"], str):
+        raise SpaceError(f"{source}: description must be text; got {doc['description']!r:.80}")
 
     ops_doc = doc.get("operators") or {}
     if not isinstance(ops_doc, dict):
@@ -243,9 +238,10 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
     amount = budget_doc[kinds[0]]
     if not isinstance(amount, (int, float)) or isinstance(amount, bool) or not math.isfinite(amount) or amount <= 0:
         raise SpaceError(f"budget.{kinds[0]} must be a positive number; got {amount!r}")
-    if "joint_epochs" in budget_doc:
-        check_int("budget.joint_epochs (the epochs that joint retraining, the budget's yardstick, is priced at)",
-                  budget_doc["joint_epochs"], 1, error=SpaceError)
+    je = budget_doc.get("joint_epochs", 1)
+    if isinstance(je, bool) or not isinstance(je, (int, float)) or not 0 < je < math.inf:
+        raise SpaceError("budget.joint_epochs (the epochs joint retraining, the budget's yardstick, is priced at) "
+                         f"must be a positive number; got {je!r}")
 
     objective = doc.get("objective", "accuracy")
     objective = tuple(objective) if isinstance(objective, list) else (objective,)

@@ -56,8 +56,8 @@ def is_cut(graph: ArchGraph, node: str) -> bool:
 def split(graph: ArchGraph, cut: str) -> tuple[ArchGraph, ArchGraph]:
     """(below, above): input → cut, and cut (as the input) → output."""
     if not is_cut(graph, cut):
-        raise LatentError(f"latent cut {cut!r} no longer separates the model's input from its output (a branch "
-                          "crosses it); grow above the cut only")
+        raise LatentError(f"latent cut {cut!r} does not separate the model's input from its output: a branch, "
+                          "or a head tap below the cut, bypasses it; grow and tap above the cut only")
     below_nodes = nx.ancestors(graph.g, cut)
     below = graph.copy()
     for n in [n for n in below.nodes() if n not in below_nodes and n != cut]:

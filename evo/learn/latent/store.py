@@ -64,7 +64,7 @@ class StoreConfig:
         if doc is None or doc == "none":
             return None
         if not isinstance(doc, Mapping):
-            raise ConfigError(f"{where} must be 'none' or a mapping {{cut, codec, budget_mb}}; got {doc!r}")
+            raise ConfigError(f"{where} must be 'none' or a mapping {{cut, codec, budget_mb, seed}}; got {doc!r}")
         known = {"cut", "codec", "budget_mb", "seed"}
         bad = sorted(set(doc) - known)
         if bad:

@@ -119,9 +119,10 @@ class Strategy:
         raise NotImplementedError(f"strategy {self.name!r} does not price its work; implement price()")
 
     @classmethod
-    def computes(cls, options: Mapping[str, Any]) -> str:
-        """The strategy whose computation these options amount to: this one, unless they leave it nothing
-        to do beyond another's (the search then runs, prices and deduplicates it as that one)."""
+    def computes(cls, options: Mapping[str, Any], grown: bool = False) -> str:
+        """The strategy whose computation these options amount to (on a graph that `grown` says growth
+        changed): this one, unless they leave it nothing to do beyond another's (the search then runs,
+        prices and deduplicates it as that one)."""
         return cls.name
 
     def same_result(self, old: ArchGraph, new: ArchGraph, images: np.ndarray, preprocess: Preprocess,
@@ -193,12 +194,12 @@ def option_defaults(name: str) -> dict[str, Any]:
     return {f.name: (f.default if f.default is not MISSING else None) for f in fields(STRATEGIES.get(name).Options)}
 
 
-def canonical_training(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """`settings` (a candidate's training values) as the strategy that they amount to
-    (`Strategy.computes`), keeping only the options it reads: two settings that compute the same thing
-    then read the same, and the committed version records what ran."""
+def canonical_training(settings: Mapping[str, Any], grown: bool = False) -> dict[str, Any]:
+    """`settings` (a candidate's training values; `grown`: the candidate grows) as the strategy that they
+    amount to (`Strategy.computes`), keeping only the options it reads: two settings that compute the
+    same thing then read the same, and the committed version records what ran."""
     name, options = split_settings(settings)
-    same = STRATEGIES.get(name).computes(options)
+    same = STRATEGIES.get(name).computes(options, grown)
     if same == name:
         return dict(settings)
     read = option_defaults(same)

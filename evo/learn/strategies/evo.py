@@ -190,14 +190,19 @@ class Evo(Strategy):
         return features_agree(old, new, layout, images, preprocess, meter, self.options.batch_size)
 
     @classmethod
-    def computes(cls, options: Mapping[str, Any]) -> str:
+    def computes(cls, options: Mapping[str, Any], grown: bool = False) -> str:
         """`evo` for a training subclass whose `trainable` is 'head' or 0: it changes no feature, so the
-        head it commits is at best `evo`'s exact solve over everything seen. `evo_tune` refits it from the
-        memory plus the increment (that solve without the lost images); `evo_latent` recomputes it from
-        the store (the same solve, less any evicted latent). Either way the training is paid for nothing,
-        and the search runs, prices and deduplicates the candidate as the fast path."""
+        head it commits is a ridge solve on the features `evo` reads, which `evo`'s exact solve over
+        everything seen dominates. `evo_tune` refits it from the memory plus the increment (that solve
+        without the lost images); `evo_latent` recomputes it from the store (that solve over the stored,
+        compressed latents, less any evicted). The training is paid for nothing, and the search runs,
+        prices and deduplicates the candidate as the fast path. Not after growth for a strategy on a
+        latent store: where growth changed a tapped feature, `evo` rebuilds its statistics from the
+        memory, while the store's recompute stays exact over everything seen."""
         trainable = options.get("trainable", option_defaults(cls.name).get("trainable", "all"))
-        return "evo" if trainable in ("head", 0) and not isinstance(trainable, bool) else cls.name
+        if trainable not in ("head", 0) or isinstance(trainable, bool) or (grown and cls.needs_latents):
+            return cls.name
+        return "evo"
 
     # -- cost -----------------------------------------------------------------------------------
 
