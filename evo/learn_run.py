@@ -126,6 +126,10 @@ def _learn(graph, state, meta, data, opts: LearnOptions, allow_duplicates: bool,
     fresh = meta.get("increment") is None
     learner = Learner(graph, memory=opts.memory, strategy=opts.strategy, head=opts.head, progress=progress,
                       **options)  # an unknown strategy, a bad memory or head is refused here
+    if learner.strategy.needs_latents:
+        raise ConfigError(f"strategy {opts.strategy!r} trains on a latent store, which `evo learn` does not keep; "
+                          "use it in a growth search (`latents:` in the space, as in search_spaces/fashion_latent.yaml) "
+                          "or from Python (evo.learn.Learner(..., latents=StoreConfig(...)))")
     side = int(graph.input_shape[1])
     train, test = load_source(data, names=False, size=(side, side))  # resized to the model as read
     if train.skipped:

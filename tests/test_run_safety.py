@@ -228,6 +228,7 @@ def test_launch_validates_everything_before_creating_the_run(tmp_path, edits, ne
 
 
 @pytest.mark.parametrize("args,needle", [(["--memory", "-5"], "memory"), (["--strategy", "magic"], "magic"),
+                                         (["--strategy", "evo_latent"], "does not keep"),
                                          (["--head", "sideways"], "head")])
 def test_learn_validates_options_before_creating_the_run(tmp_path, args, needle):
     data = _digits_folder(tmp_path / "d", [0, 1], n=5)
