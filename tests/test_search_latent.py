@@ -346,3 +346,14 @@ def test_the_cut_is_found_where_the_driver_finds_it() -> None:
     graph = check_space(space)
     assert cut_node(graph, 8) != "blocks_3_project_bn"  # the untapped model's stride-8 output lies above the tap
     assert cut_node(growth_base(graph, {"increment": None}, space), 8) == "blocks_3_project_bn"
+
+
+def test_a_store_budget_below_one_latent_per_class_is_refused_when_the_space_is_checked() -> None:
+    """Such a budget evicts every latent (found by a bad-input sweep: accepted, and accuracy fell)."""
+    from evo.search.launch import check_space
+
+    doc = {**json.loads(json.dumps(SPACE)), "latents": {"cut": 1, "codec": "fp16", "budget_mb": 1e-6}}
+    with pytest.raises(SpaceError, match="fewer than one latent per class"):
+        check_space(parse_space(doc))
+    doc["latents"]["budget_mb"] = 1.0
+    check_space(parse_space(doc))

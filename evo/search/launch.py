@@ -104,10 +104,25 @@ def check_space(space: SearchSpace):
             raise SpaceError(f"latents.cut {space.latents.cut!r}: the head's taps read only layers below it (the "
                              "network past the deepest tap is dropped); move the cut down or tap above it") from None
         split(base, cut)
+        _check_store_budget(space, base, cut, stream)
         for name in strategies:
             if STRATEGIES.get(name).needs_latents:
                 check_training(name, ranges[name], functools.partial(_on_the_model, graph, space.memory, name, cut))
     return graph
+
+
+def _check_store_budget(space: SearchSpace, base, cut: str, stream) -> None:
+    """A byte budget must hold at least one latent per class of the stream, or eviction empties the
+    store and every recompute would rest on the increment alone."""
+    from evo.learn.latent import bytes_per_row
+
+    budget = space.latents.budget_bytes
+    row = bytes_per_row(tuple(base.shape(cut)), space.latents.codec)
+    n_classes = len(stream[len(stream) - 1].classes_so_far)
+    if budget is not None and budget < row * n_classes:
+        raise SpaceError(f"latents.budget_mb {space.latents.budget_mb:g} holds fewer than one latent per class "
+                         f"({n_classes} classes × {row:,} bytes at cut {cut!r}, {space.latents.codec}); raise it to at "
+                         f"least {row * n_classes / 2**20:.3g} (many per class: the store then evicts class-balanced)")
 
 
 def _on_the_model(graph, memory: int, name: str, cut: str | None, **options):
