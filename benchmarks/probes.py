@@ -191,8 +191,43 @@ def probes() -> list[Probe]:
         Probe("launch an unreachable Ray address", lambda w: ["launch", _space(w), "--run-dir", new(w),
                                                               "--ray-address", "127.0.0.1:1"]),
         Probe("launch --num-cpus 0", lambda w: ["launch", _space(w), "--num-cpus", "0"]),
+        # found by the 2026-12-04 sweep of search-space options (each was a traceback, a run folder left
+        # behind, or silently accepted)
+        Probe("launch joint_epochs 'x'", lambda w: ["launch", _space(w, budget={"fraction_of_joint": 2.0,
+                                                                              "joint_epochs": "x"}), "--run-dir", new(w)]),
+        Probe("launch per_class_test 0", lambda w: ["launch", _space(w, scenario__per_class_test=0), "--run-dir", new(w)]),
+        Probe("launch a range's log 'false'", lambda w: ["launch", _space(w, training={
+            "strategy": ["evo_tune"], "lr": {"low": 0.001, "high": 0.01, "log": "false"}}), "--run-dir", new(w)]),
+        Probe("launch a binary space file", lambda w: ["launch", _file(w, "binary.yaml", bytes(range(256)) * 4),
+                                                       "--run-dir", new(w)]),
+        Probe("launch a YAML alias bomb", lambda w: ["launch", _file(w, "laughs.yaml", _laughs()), "--run-dir", new(w)]),
+        Probe("launch --run-dir under a file", lambda w: ["launch", _space(w), "--run-dir",
+                                                          _file(w, "afile.txt", "x") + "/sub"]),
+        Probe("launch a latent seed 'x'", lambda w: ["launch", _space(w, **_latent({"seed": "x"})), "--run-dir", new(w)]),
+        Probe("launch a cut the model lacks", lambda w: ["launch", _space(w, **_latent({"cut": "nosuch"})),
+                                                         "--run-dir", new(w)]),
+        Probe("launch a store budget of 1 byte", lambda w: ["launch", _space(w, **_latent({"budget_mb": 1e-6})),
+                                                            "--run-dir", new(w)]),
+        Probe("launch taps naming a missing node", lambda w: ["launch", _space(w, training={
+            "strategy": ["evo"], "taps": [[["nosuch", 1]]]}), "--run-dir", new(w)]),
+        Probe("learn --strategy evo_latent", lambda w: ["learn", "small_cnn", "--data", data(w), "--strategy",
+                                                        "evo_latent", "--run-dir", new(w)]),
+        Probe("report --videos -1", lambda w: ["report", run(w), "--videos", "-1"]),
         Probe("unknown command", lambda w: ["frobnicate"]),
     ]
+
+
+def _latent(latents: dict) -> dict:
+    """`_space` edits for a space with a latent store (evo_latent above the cut) with `latents` changed."""
+    return {"latents": {"cut": 1, "codec": "fp16", **latents},
+            "training": {"strategy": ["evo", "evo_latent"], "taps": "features", "epochs": 1}}
+
+
+def _laughs() -> str:
+    """700 bytes of YAML aliases of aliases that expand to a million values."""
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"{k}: &{k} [{', '.join([f'*{j}'] * 10)}]" for j, k in zip("abcde", "bcdef", strict=True)]
+    return "\n".join(lines) + "\n"
 
 
 def _mkdir(p: Path) -> Path:
