@@ -99,15 +99,24 @@ def say(text: str) -> None:
     print(printable(text), flush=True)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
-    return value
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= `low`."""
+    what = "a positive integer" if low == 1 else f"an integer >= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}; got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {what}; got {value}")
+        return value
+
+    return parse
+
+
+positive_int = _int_at_least(1)
+_count = _int_at_least(0)  # a number of things to show or use: 0 means none
 
 
 def _seconds(text: str) -> float:
@@ -118,17 +127,6 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected seconds such as 12.5s; got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0 seconds; got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    """argparse type: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0; got {text!r}")
     return value
 
 
