@@ -28,6 +28,7 @@ import fcntl
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -371,6 +372,16 @@ def _link_files(src: Path, dst: Path) -> None:
             os.link(f, dst / f.name)
         except OSError:
             shutil.copy2(f, dst / f.name)
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a name that is one folder under runs/, nothing more
+
+
+def check_run_name(name: str, where: str, error: type[EvoError] = RunError) -> None:
+    """A name that becomes the folder runs/NAME must be one plain folder name: no path, nothing hidden."""
+    if not RUN_NAME.fullmatch(name):
+        raise error(f"{where}: name {name!r} would name the run folder runs/NAME; use a plain name "
+                       "(letters, digits, '.', '_', '-') or give --run-dir")
 
 
 def check_new_run_dir(path: Path) -> None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import functools
 import math
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from evo.errors import EvoError
-from evo.runs import Run, RunError, check_new_run_dir
+from evo.runs import Run, RunError, check_new_run_dir, check_run_name
 from evo.search.space import SearchSpace, SpaceError, check_training, load_space, parse_space
 
 
@@ -30,9 +29,8 @@ def launch(space_path: str | os.PathLike, run_dir: str | os.PathLike | None = No
     Everything is validated (the space, its data sources, model and training options, the storage
     URL) before the run folder is created or Ray is started, so bad input leaves nothing behind."""
     space = load_space(space_path)
-    if not run_dir and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", space.name):
-        raise SpaceError(f"{space_path}: name {space.name!r} would name the run folder runs/NAME; use a plain name "
-                         "(letters, digits, '.', '_', '-') or give --run-dir")
+    if not run_dir:
+        check_run_name(space.name, str(space_path), SpaceError)
     path = Path(run_dir) if run_dir else Path("runs") / space.name
     check_new_run_dir(path)
     graph = check_space(space)
@@ -105,7 +103,7 @@ def check_space(space: SearchSpace):
                              "network past the deepest tap is dropped); move the cut down or tap above it") from None
         split(base, cut)
         _check_store_budget(space, base, cut, stream)
-        for name in strategies:
+        for name in strategies:  # again with the cut: the first pass named bad values before growth_base met them
             if STRATEGIES.get(name).needs_latents:
                 check_training(name, ranges[name], functools.partial(_on_the_model, graph, space.memory, name, cut))
     return graph

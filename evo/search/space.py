@@ -238,7 +238,7 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
     amount = budget_doc[kinds[0]]
     if not isinstance(amount, (int, float)) or isinstance(amount, bool) or not math.isfinite(amount) or amount <= 0:
         raise SpaceError(f"budget.{kinds[0]} must be a positive number; got {amount!r}")
-    je = budget_doc.get("joint_epochs", 1)
+    je = budget_doc.get("joint_epochs", 1)  # absent: pricing's default (evo.search.pricing.DEFAULT_JOINT_EPOCHS)
     if isinstance(je, bool) or not isinstance(je, (int, float)) or not 0 < je < math.inf:
         raise SpaceError("budget.joint_epochs (the epochs joint retraining, the budget's yardstick, is priced at) "
                          f"must be a positive number; got {je!r}")
