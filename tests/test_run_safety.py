@@ -214,6 +214,8 @@ def _space(tmp_path: Path, **edits) -> Path:
     ({"scenario__source": "magic"}, "magic"),
     ({"model__name": "no_such_model"}, "no_such_model"),
     ({"training": {"strategy": ["evo_tune"], "lr": -1.0}}, "lr"),
+    ({"training": {"strategy": ["evo_tune"], "trainable": [1, 40]}}, r"trainable: 40 is more blocks .*\(5: stem"),
+    ({"budget": {"fraction_of_joint": 1e-6}}, "budget.fraction_of_joint 1e-06 buys .* round 0"),
 ])
 def test_launch_validates_everything_before_creating_the_run(tmp_path, edits, needle):
     import ray

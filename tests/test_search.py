@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -141,6 +142,34 @@ def test_bad_storage_url_and_unreachable_ray():
 
 
 # ---- a real round ------------------------------------------------------------------------------
+
+
+def test_a_budget_round_0_cannot_afford_is_refused_before_the_run_exists_and_one_it_can_runs(ray_cluster, tmp_path,
+                                                                                                 monkeypatch):
+    """The pre-flight floor is the driver's own admission line: one FLOP less is refused with nothing
+    written (it used to fail round 0 after the run folder and version 0 existed), and the driver itself,
+    unchecked, cannot run round 0 there either; at the floor, round 0 commits."""
+    import evo.search.launch
+    from evo.search.driver import BudgetError
+    from evo.search.launch import check_space, first_round_floor, launch
+    from evo.search.scenario import stream_for
+
+    space = load_space(_write(tmp_path, TINY))
+    name, need, _ = first_round_floor(space, check_space(space), stream_for(space), None)
+    assert name == "evo"  # the closed-form fast path is this space's cheapest candidate
+    with pytest.raises(SpaceError, match=r"budget.flops .*round 0.*raise budget.flops to at least"):
+        launch(_write(tmp_path, {**TINY, "budget": {"flops": need - 1}}), run_dir=tmp_path / "short", say=lambda s: None)
+    assert not (tmp_path / "short").exists()
+    with monkeypatch.context() as m:  # without the pre-flight check: round 0 fails in the driver
+        m.setattr(evo.search.launch, "_check_first_round_budget", lambda *a: None)
+        with pytest.raises(BudgetError, match="no candidate fits"):
+            launch(_write(tmp_path, {**TINY, "budget": {"flops": need - 1}}), run_dir=tmp_path / "unchecked",
+                   say=lambda s: None)
+    assert Run.open(tmp_path / "unchecked").versions() == [0]
+    with contextlib.suppress(BudgetError):  # round 1 costs more (the memory, more classes): it may stop there
+        launch(_write(tmp_path, {**TINY, "budget": {"flops": need}}), run_dir=tmp_path / "run", say=lambda s: None)
+    run = Run.open(tmp_path / "run")
+    assert run.versions()[:2] == [0, 1] and run.version_meta(1)["increment"] == 0
 
 
 def test_launch_commits_versions_within_budget(ray_cluster, tmp_path):

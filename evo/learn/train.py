@@ -130,7 +130,12 @@ def trainable_nodes(graph, trainable: str | int) -> set[str]:
         return {n for n in graph.nodes() if graph.params(n)}
     if trainable == "head":
         return head
-    chosen = blocks(graph)[-trainable:] if trainable else []
+    found = blocks(graph)
+    if trainable > len(found):  # would silently mean "all": a value meant for another model, or a typo
+        span = f": {found[0][0]} … {found[-1][0]}" if found else ""
+        raise ConfigError(f"trainable: {trainable} is more blocks than the network it trains has ({len(found)}{span}); "
+                          f"use 'all' to train every layer, or N <= {len(found)}")
+    chosen = found[-trainable:] if trainable else []
     return head | {n for _, names in chosen for n in names}
 
 

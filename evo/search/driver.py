@@ -511,6 +511,30 @@ def cheapest_training(grown, inc, parent_meta: dict[str, Any], cand: Candidate, 
     return (changed, best_price) if changed else None
 
 
+def cheapest_without_growth(base, inc, parent_meta: dict[str, Any], space: SearchSpace, seen_before: int,
+                            cut: str | None) -> tuple[str, int] | None:
+    """(strategy, price) of the cheapest no-growth candidate the space can draw this round: each strategy
+    at its standard recipe (`_recipe_params`, the knobs it leaves sampled at their first value), then at
+    its cheapest knobs (`cheapest_training`). Growth only adds compute, so a round whose budget is below
+    this fails for sure; `evo launch` prices round 0 with it before anything is written. None when no
+    strategy can be priced (the space's checks name why)."""
+    from evo.learn.strategies import canonical_training
+
+    strategy = space.training.get("strategy")
+    priced = []
+    for name in (["evo"] if strategy is None else strategy.values()):
+        drawn = {k: r.trial_values()[0] for k, r in space.training.items()}
+        recipe = {k.removeprefix("train_"): v for k, v in _recipe_params(space, {"train_strategy": name}).items()}
+        cand = Candidate([], canonical_training({**drawn, **recipe, "strategy": name}))
+        try:
+            price = pricing.candidate_flops(base, inc, parent_meta, cand, space, seen_before, cut=cut)
+            cheaper = cheapest_training(base, inc, parent_meta, cand, space, seen_before, cut)
+        except EvoError:
+            continue
+        priced.append((cand.training.get("strategy", "evo"), min(price, cheaper[1]) if cheaper else price))
+    return min(priced, key=lambda p: p[1]) if priced else None
+
+
 PROBE_IMAGES = 8  # increment images on which the driver compares a frozen candidate's features with its
 # parent's before admitting it (a changed layer shows on every image; the worker's own check, on 64
 # exemplars, `evo.learn.strategies.evo.VERIFY_IMAGES`, decides whether statistics are kept)

@@ -75,7 +75,8 @@ def resume(run_dir: str | os.PathLike, ray_address: str | None = None, storage: 
 def check_space(space: SearchSpace):
     """Validate what a space names before anything is written or started: the model (returned, loaded),
     the data stream, the memory, every training option against the strategies that read it (taps
-    resolved in the model), and the latent store's cut, found where the driver finds it."""
+    resolved in the model), the latent store's cut, found where the driver finds it, and that round 0's
+    budget fits its cheapest candidate."""
     from evo.learn.strategies import STRATEGIES, option_defaults
     from evo.search.scenario import stream_for
 
@@ -85,7 +86,7 @@ def check_space(space: SearchSpace):
         raise SpaceError("scenario: the stream has no increment; check increments and the source's classes")
     choices = space.training.get("strategy")
     strategies = list(choices.values()) if choices is not None else ["evo"]
-    ranges = {}
+    ranges, cut = {}, None
     for name in strategies:
         accepted = option_defaults(name)  # an unknown strategy name lists the valid ones
         ranges[name] = {k: r for k, r in space.training.items() if k != "strategy" and k in accepted}
@@ -106,7 +107,41 @@ def check_space(space: SearchSpace):
         for name in strategies:  # again with the cut: the first pass named bad values before growth_base met them
             if STRATEGIES.get(name).needs_latents:
                 check_training(name, ranges[name], functools.partial(_on_the_model, graph, space.memory, name, cut))
+    _check_first_round_budget(space, graph, stream, cut)
     return graph
+
+
+def _check_first_round_budget(space: SearchSpace, graph, stream, cut: str | None) -> None:
+    """A budget that round 0's cheapest candidate does not fit would fail that round once the run
+    folder and version 0 exist: refused here instead (`first_round_floor`)."""
+    floor = first_round_floor(space, graph, stream, cut)
+    if floor is not None and floor[1] > floor[2]:
+        name, need, budget = floor
+        kind, amount = space.budget
+        raise SpaceError(f"budget.{kind} {amount:g} buys {budget:.3g} FLOPs in round 0, and its cheapest candidate "
+                         f"({name}, no growth{', with the pass below the cut' if cut else ''}) needs {need:.3g}: no "
+                         f"candidate would fit; raise budget.{kind} to at least {amount * need / budget:.3g}")
+
+
+def first_round_floor(space: SearchSpace, graph, stream, cut: str | None) -> tuple[str, int, float] | None:
+    """(strategy, FLOPs, budget): what round 0's cheapest candidate costs, the shared pass below the cut
+    included, priced as the driver prices it (the same held-out split, base graph and prices), and the
+    round's budget in FLOPs. None when no strategy of the space can be priced."""
+    from evo.learn.latent.below import encode_flops
+    from evo.search import pricing
+    from evo.search.candidate import growth_base
+    from evo.search.driver import cheapest_without_growth
+    from evo.search.scenario import validation_split
+
+    inc, _ = validation_split(stream, 0, space.validation_per_class)
+    meta = {"increment": None}
+    base = growth_base(graph, meta, space)
+    cheapest = cheapest_without_growth(base, inc, meta, space, 0, cut)
+    if cheapest is None:
+        return None
+    name, price = cheapest
+    need = price + (encode_flops(base, cut, len(inc.train)) if cut is not None else 0)
+    return name, need, pricing.budget_flops(space, pricing.joint_flops(graph, stream, 0, space), graph)
 
 
 def _check_store_budget(space: SearchSpace, base, cut: str, stream) -> None:
@@ -127,7 +162,8 @@ def _on_the_model(graph, memory: int, name: str, cut: str | None, **options):
     """A Learner of `name` with `options` on the model, its taps resolved in it (a tap node the model
     lacks fails here, not in round 0), and, given the latent `cut`, every tap its statistics cover
     checked to lie at or above it (unless these options amount to another strategy's work, which
-    then runs instead: `Strategy.computes`)."""
+    then runs instead: `Strategy.computes`). It is priced once on the model, which checks the options
+    that depend on it (`trainable: N` must not exceed its blocks)."""
     from evo.learn import Learner
     from evo.learn.tracked import head_taps
 
@@ -139,6 +175,10 @@ def _on_the_model(graph, memory: int, name: str, cut: str | None, **options):
 
         head = head_taps(prepared)
         check_layout(prepared, cut, head + strategy.spare(prepared, head))
+    if cut is not None or not strategy.needs_latents:  # pricing reads the model: `trainable: N` > its blocks
+        from evo.learn.strategies import Workload
+
+        strategy.price(prepared, Workload(n_train=1, n_classes=max(2, len(graph.classes)), cut=cut))
     return learner
 
 
