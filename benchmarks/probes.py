@@ -210,6 +210,11 @@ def probes() -> list[Probe]:
                                                             "--run-dir", new(w)]),
         Probe("launch taps naming a missing node", lambda w: ["launch", _space(w, training={
             "strategy": ["evo"], "taps": [[["nosuch", 1]]]}), "--run-dir", new(w)]),
+        # found by the 2026-12-04 session-23 review of the sweep's open items
+        Probe("launch trainable 40 on a 5-block net", lambda w: ["launch", _space(w, training={
+            "strategy": ["evo_tune"], "trainable": [1, 40]}), "--run-dir", new(w)]),
+        Probe("launch a budget round 0 cannot afford", lambda w: ["launch", _space(w, budget={"flops": 1000}),
+                                                                  "--run-dir", new(w)]),
         Probe("learn --strategy evo_latent", lambda w: ["learn", "small_cnn", "--data", data(w), "--strategy",
                                                         "evo_latent", "--run-dir", new(w)]),
         Probe("report --videos -1", lambda w: ["report", run(w), "--videos", "-1"]),
