@@ -144,30 +144,36 @@ def test_bad_storage_url_and_unreachable_ray():
 # ---- a real round ------------------------------------------------------------------------------
 
 
-def test_a_budget_round_0_cannot_afford_is_refused_before_the_run_exists_and_one_it_can_runs(ray_cluster, tmp_path,
-                                                                                                 monkeypatch):
-    """The pre-flight floor is the driver's own admission line: one FLOP less is refused with nothing
-    written (it used to fail round 0 after the run folder and version 0 existed), and the driver itself,
-    unchecked, cannot run round 0 there either; at the floor, round 0 commits."""
+def test_a_budget_a_round_cannot_afford_is_refused_before_the_run_exists_and_round_0s_line_is_the_drivers(
+        ray_cluster, tmp_path, monkeypatch):
+    """Round 0's pre-flight floor is the driver's own admission line: one FLOP under it, the driver itself
+    (unchecked) cannot run round 0 and stops with only version 0 written; at it, round 0 commits. A fixed
+    budget under any round's floor is refused naming that round, with nothing written (it used to fail
+    in that round, after the run folder existed)."""
     import evo.search.launch
     from evo.search.driver import BudgetError
-    from evo.search.launch import check_space, first_round_floor, launch
+    from evo.search.launch import check_space, launch, round_floor
     from evo.search.scenario import stream_for
 
     space = load_space(_write(tmp_path, TINY))
-    name, need, _ = first_round_floor(space, check_space(space), stream_for(space), None)
-    assert name == "evo"  # the closed-form fast path is this space's cheapest candidate
-    with pytest.raises(SpaceError, match=r"budget.flops .*round 0.*raise budget.flops to at least"):
-        launch(_write(tmp_path, {**TINY, "budget": {"flops": need - 1}}), run_dir=tmp_path / "short", say=lambda s: None)
+    graph, stream = check_space(space), stream_for(space)
+    floors = [round_floor(space, graph, stream, None, i) for i in range(len(stream))]
+    assert [f[0] for f in floors] == ["evo"] * len(stream)  # the closed-form fast path is the cheapest candidate
+    first = floors[0][1]
+    dearest = max(range(len(floors)), key=lambda i: floors[i][1])
+    with pytest.raises(SpaceError, match=rf"budget.flops .* in round {dearest},.*raise budget.flops to at least"):
+        launch(_write(tmp_path, {**TINY, "budget": {"flops": floors[dearest][1] - 1}}), run_dir=tmp_path / "short",
+               say=lambda s: None)
     assert not (tmp_path / "short").exists()
     with monkeypatch.context() as m:  # without the pre-flight check: round 0 fails in the driver
-        m.setattr(evo.search.launch, "_check_first_round_budget", lambda *a: None)
+        m.setattr(evo.search.launch, "_check_round_budgets", lambda *a: None)
         with pytest.raises(BudgetError, match="no candidate fits"):
-            launch(_write(tmp_path, {**TINY, "budget": {"flops": need - 1}}), run_dir=tmp_path / "unchecked",
+            launch(_write(tmp_path, {**TINY, "budget": {"flops": first - 1}}), run_dir=tmp_path / "unchecked",
                    say=lambda s: None)
-    assert Run.open(tmp_path / "unchecked").versions() == [0]
-    with contextlib.suppress(BudgetError):  # round 1 costs more (the memory, more classes): it may stop there
-        launch(_write(tmp_path, {**TINY, "budget": {"flops": need}}), run_dir=tmp_path / "run", say=lambda s: None)
+        assert Run.open(tmp_path / "unchecked").versions() == [0]
+        # a later round's floor is a lower bound (growth and learned held-out images price higher): it may stop
+        with contextlib.suppress(BudgetError):
+            launch(_write(tmp_path, {**TINY, "budget": {"flops": first}}), run_dir=tmp_path / "run", say=lambda s: None)
     run = Run.open(tmp_path / "run")
     assert run.versions()[:2] == [0, 1] and run.version_meta(1)["increment"] == 0
 

@@ -75,8 +75,8 @@ def resume(run_dir: str | os.PathLike, ray_address: str | None = None, storage: 
 def check_space(space: SearchSpace):
     """Validate what a space names before anything is written or started: the model (returned, loaded),
     the data stream, the memory, every training option against the strategies that read it (taps
-    resolved in the model), the latent store's cut, found where the driver finds it, and that round 0's
-    budget fits its cheapest candidate."""
+    resolved in the model), the latent store's cut, found where the driver finds it, and that each
+    round's budget fits its cheapest candidate."""
     from evo.learn.strategies import STRATEGIES, option_defaults
     from evo.search.scenario import stream_for
 
@@ -107,41 +107,60 @@ def check_space(space: SearchSpace):
         for name in strategies:  # again with the cut: the first pass named bad values before growth_base met them
             if STRATEGIES.get(name).needs_latents:
                 check_training(name, ranges[name], functools.partial(_on_the_model, graph, space.memory, name, cut))
-    _check_first_round_budget(space, graph, stream, cut)
+    _check_round_budgets(space, graph, stream, cut)
     return graph
 
 
-def _check_first_round_budget(space: SearchSpace, graph, stream, cut: str | None) -> None:
-    """A budget that round 0's cheapest candidate does not fit would fail that round once the run
-    folder and version 0 exist: refused here instead (`first_round_floor`)."""
-    floor = first_round_floor(space, graph, stream, cut)
-    if floor is not None and floor[1] > floor[2]:
+def _check_round_budgets(space: SearchSpace, graph, stream, cut: str | None) -> None:
+    """A budget that a round's cheapest candidate does not fit fails that round once the run folder
+    exists, and a run cannot be resumed with another budget: refused here instead (`round_floor`).
+    A fixed budget (`flops`, `seconds`) is checked in every round, where memory and classes make the
+    fast path dearer each round; `fraction_of_joint` in round 0 only, since later its yardstick is the
+    grown parent, unknown until then."""
+    kind, amount = space.budget
+    for index in range(len(stream) if kind != "fraction_of_joint" else 1):
+        floor = round_floor(space, graph, stream, cut, index)
+        if floor is None:
+            return
         name, need, budget = floor
-        kind, amount = space.budget
-        raise SpaceError(f"budget.{kind} {amount:g} buys {budget:.3g} FLOPs in round 0, and its cheapest candidate "
-                         f"({name}, no growth{', with the pass below the cut' if cut else ''}) needs {need:.3g}: no "
-                         f"candidate would fit; raise budget.{kind} to at least {amount * need / budget:.3g}")
+        if need > budget:
+            raise SpaceError(f"budget.{kind} {amount:g} buys {budget:.3g} FLOPs in round {index}, and its cheapest "
+                             f"candidate ({name}, no growth{', with the pass below the cut' if cut else ''}) needs "
+                             f"{need:.3g}: no candidate would fit; raise budget.{kind} to at least "
+                             f"{_round_up(amount * need / budget)}")
 
 
-def first_round_floor(space: SearchSpace, graph, stream, cut: str | None) -> tuple[str, int, float] | None:
-    """(strategy, FLOPs, budget): what round 0's cheapest candidate costs, the shared pass below the cut
-    included, priced as the driver prices it (the same held-out split, base graph and prices), and the
-    round's budget in FLOPs. None when no strategy of the space can be priced."""
+def _round_up(x: float, digits: int = 3) -> str:
+    """`x` rounded up to `digits` significant digits: advice that a reader can copy and that suffices."""
+    step = 10 ** (math.floor(math.log10(x)) - digits + 1)
+    return f"{math.ceil(x / step) * step:.{digits}g}"
+
+
+def round_floor(space: SearchSpace, graph, stream, cut: str | None, index: int = 0) -> tuple[str, int, float] | None:
+    """(strategy, FLOPs, budget): what round `index`'s cheapest candidate costs at least, the shared pass
+    below the cut included, priced as the driver prices it (the same held-out split, prices and budget),
+    and the round's budget in FLOPs. Round 0 is priced on the driver's own base graph; a later round on
+    what round 0 commits without growth (growth, and the held-out images a version learns, only add to
+    a later round's prices), which is known only where every strategy of the space prepares the model
+    alike. None where it is not known, or no strategy of the space can be priced."""
     from evo.learn.latent.below import encode_flops
     from evo.search import pricing
     from evo.search.candidate import growth_base
     from evo.search.driver import cheapest_without_growth
     from evo.search.scenario import validation_split
 
-    inc, _ = validation_split(stream, 0, space.validation_per_class)
-    meta = {"increment": None}
-    base = growth_base(graph, meta, space)
-    cheapest = cheapest_without_growth(base, inc, meta, space, 0, cut)
+    base = growth_base(graph, {"increment": None}, space)
+    if index > 0 and base is graph:  # the strategies prepare the model differently: round 0's winner decides
+        return None
+    inc, _ = validation_split(stream, index, space.validation_per_class)
+    meta = {"increment": None if index == 0 else index - 1}
+    seen_before = sum(len(stream[j].train) for j in range(index))
+    cheapest = cheapest_without_growth(base, inc, meta, space, seen_before, cut)
     if cheapest is None:
         return None
     name, price = cheapest
     need = price + (encode_flops(base, cut, len(inc.train)) if cut is not None else 0)
-    return name, need, pricing.budget_flops(space, pricing.joint_flops(graph, stream, 0, space), graph)
+    return name, need, pricing.budget_flops(space, pricing.joint_flops(graph, stream, index, space), graph)
 
 
 def _check_store_budget(space: SearchSpace, base, cut: str, stream) -> None:
