@@ -1,14 +1,15 @@
 """`evo report RUN`: a run's pictures as one self-contained HTML page, its PNGs and a short summary.md.
 
 The folder (default RUN/report/) is built in a temp folder beside it and renamed into place, so a
-reader never sees half a report; an older report there is replaced only if it looks like one of ours
-(index.html and summary.md, nothing but .png/.html/.md files). Nothing else in the run is written.
+reader never sees half a report; an older report there is replaced only if evo wrote it (its marker,
+`.evo-report.json`, lists exactly the files it holds). Nothing else in the run is written.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import json
 import os
 import shutil
 import tempfile
@@ -57,15 +58,23 @@ def write_report(run: str | os.PathLike, out: str | os.PathLike | None = None, p
                           "`pip install 'evo[analysis]'`")
     r = analysis.open_run(run)
     out = Path(out) if out is not None else r.path / "report"
-    _check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    _check_replaceable(out, legacy_ok=out.resolve() == (r.path / "report").resolve())
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise _unwritable(out, e) from None
     staging.chmod(0o755)  # mkdtemp makes it private; a report is for reading
     try:
         sections, summary = _build(r, staging, predict, say, videos or [], max_videos)
-        (staging / "index.html").write_text(_html(r.path.name, sections, summary, staging))
-        (staging / "summary.md").write_text(_markdown(r.path.name, summary, sections))
-        _swap(staging, out)
+        try:
+            (staging / "index.html").write_text(_html(r.path.name, sections, summary, staging))
+            (staging / "summary.md").write_text(_markdown(r.path.name, summary, sections))
+            written = sorted(p.name for p in staging.iterdir())
+            (staging / REPORT_MARKER).write_text(json.dumps({"written_by": "evo report", "files": written}))
+            _swap(staging, out)
+        except OSError as e:
+            raise _unwritable(out, e) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     say(f"report: {out / 'index.html'} ({len(sections)} sections)")
@@ -246,15 +255,33 @@ def _cell(x: object) -> str:
 # ---- atomic replace -----------------------------------------------------------------------------------
 
 _OURS = {".png", ".html", ".md"}
+REPORT_MARKER = ".evo-report.json"  # names the files evo wrote into a report folder: all it will replace
 
 
-def _check_replaceable(out: Path) -> None:
+def _unwritable(out: Path, e: OSError) -> ReportError:
+    return ReportError(f"cannot write the report folder {out} ({e.strerror or e}); pass --out to a folder you can write")
+
+
+def _check_replaceable(out: Path, legacy_ok: bool = False) -> None:
+    """An existing `out` is replaced only if evo wrote it: its marker lists exactly the files it holds
+    (a user's file added since, or a folder that merely looks like a report, is never deleted). Reports
+    written before the marker existed are recognised only as a run's own `report/` folder, which is
+    evo's (index.html, summary.md, nothing but .png/.html/.md files)."""
     if not out.exists():
         return
-    ours = out.is_dir() and (out / "index.html").is_file() and (out / "summary.md").is_file() \
-        and all(p.is_file() and p.suffix in _OURS for p in out.iterdir())
+    if not out.is_dir():
+        raise ReportError(f"{out} is a file; pass --out to a new folder")
+    files = {p.name for p in out.iterdir()}
+    try:
+        listed = json.loads((out / REPORT_MARKER).read_text()).get("files")
+        ours = isinstance(listed, list) and files == {REPORT_MARKER, *listed} \
+            and all((out / f).is_file() and not (out / f).is_symlink() for f in listed)
+    except (OSError, ValueError, AttributeError, TypeError):
+        ours = legacy_ok and {"index.html", "summary.md"} <= files \
+            and all(p.is_file() and not p.is_symlink() and p.suffix in _OURS for p in out.iterdir())
     if not ours:
-        raise ReportError(f"{out} exists and is not an evo report folder; pass --out to a new folder, or move it away")
+        raise ReportError(f"{out} exists and is not an evo report folder (or holds files evo did not write there); "
+                          "pass --out to a new folder, or move it away")
 
 
 def _swap(staging: Path, out: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sqlite3
@@ -17,7 +18,7 @@ from test_search import ROOT, TINY
 
 from evo import analysis
 from evo.cli import main
-from evo.report import ReportError, write_report
+from evo.report import REPORT_MARKER, ReportError, write_report
 from evo.runs import RunError
 
 FIGURES = {"lineage.png", "architecture.png", "accuracy_matrix.png", "forgetting.png", "candidates.png", "spend.png",
@@ -117,7 +118,8 @@ def test_report_writes_page_pngs_and_summary_elsewhere_without_touching_the_run(
     out = write_report(run_dir, out=tmp_path / "rep", say=lambda s: None)
     assert _tree(run_dir) == before
     files = {p.name for p in out.iterdir()}
-    assert files == FIGURES | {"index.html", "summary.md"}
+    assert files == FIGURES | {"index.html", "summary.md", REPORT_MARKER}  # the marker lists what evo wrote
+    assert set(json.loads((out / REPORT_MARKER).read_text())["files"]) == files - {REPORT_MARKER}
     page = (out / "index.html").read_text()
     assert page.count('src="data:image/png;base64,') == len(FIGURES) and "http" not in page.replace(
         "http-equiv", "")
@@ -176,6 +178,32 @@ def test_cli_report_default_folder_replace_and_refusals(run_dir, tmp_path, capsy
     assert "not an evo report folder" in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     assert main(["report", str(tmp_path / "mine")]) == 2
+
+
+def test_report_replaces_only_a_folder_evo_wrote_and_names_an_unwritable_one(run_dir, tmp_path, capsys):
+    """A folder that merely looks like a report (index.html, summary.md, other .png/.md files) is a user's:
+    replacing it deleted their files (sweep, 2026-12-04). Evo's marker must list exactly what is there."""
+    site = tmp_path / "mysite"
+    site.mkdir()
+    for name, text in {"index.html": "<h1>home</h1>", "summary.md": "notes", "thesis.md": "important",
+                       "family_photo.png": "png"}.items():
+        (site / name).write_text(text)
+    assert main(["report", str(run_dir), "--no-predict", "--out", str(site)]) == 2
+    assert "not an evo report folder" in capsys.readouterr().err
+    assert {p.name for p in site.iterdir()} == {"index.html", "summary.md", "thesis.md", "family_photo.png"}
+    out = tmp_path / "rep"
+    assert main(["report", str(run_dir), "--no-predict", "--out", str(out)]) == 0
+    assert main(["report", str(run_dir), "--no-predict", "--out", str(out)]) == 0  # its own: replaced
+    (out / "notes.md").write_text("added by the user")
+    assert main(["report", str(run_dir), "--no-predict", "--out", str(out)]) == 2
+    assert (out / "notes.md").read_text() == "added by the user"
+    (tmp_path / "afile").write_text("x")
+    capsys.readouterr()
+    for bad in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        assert main(["report", str(run_dir), "--no-predict", "--out", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and str(bad) in err
+    assert (tmp_path / "afile").read_text() == "x"
 
 
 def test_report_on_an_evo_learn_run(tmp_path):
@@ -259,5 +287,6 @@ def test_report_on_a_run_that_has_learned_nothing_yet(run_dir, tmp_path):
     shutil.copy(run_dir / "config.json", run)
     shutil.copytree(run_dir / "versions" / "0", run / "versions" / "0")
     out = write_report(run, say=lambda s: None)
-    assert {p.name for p in out.iterdir()} == {"lineage.png", "architecture.png", "index.html", "summary.md"}
+    assert {p.name for p in out.iterdir()} == {"lineage.png", "architecture.png", "index.html", "summary.md",
+                                               REPORT_MARKER}
     assert "has not learned an increment yet" in (out / "summary.md").read_text()
