@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -168,7 +171,8 @@ def _unchanged(eng):
 @pytest.mark.parametrize("case", ["malformed json", "not an object", "no tasks", "task without image",
                                   "task not a task", "unfetchable image", "two choices", "unknown project",
                                   "no choices in config", "no image in config", "update with bad image",
-                                  "annotation without result", "missing action"])
+                                  "annotation without result", "missing action", "5000-digit project",
+                                  "deeply nested body", "5000-digit number", "list ids"])
 def test_bad_input_is_refused_clearly_and_changes_nothing(served, case):
     client, eng = served
     hook(client, "ANNOTATION_CREATED", 801, 2, "Coat")
@@ -194,6 +198,12 @@ def test_bad_input_is_refused_clearly_and_changes_nothing(served, case):
         "annotation without result": ("/webhook", None, {"action": "ANNOTATION_CREATED", "project": {"id": 1},
                                                          "task": task(4), "annotation": {"id": 804}}),
         "missing action": ("/webhook", None, {"project": {"id": 1}}),
+        "5000-digit project": ("/setup", None, {"project": "9" * 5000, "schema": CONFIG}),
+        "deeply nested body": ("/setup", b'{"project": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None),
+        "5000-digit number": ("/setup", b'{"project": ' + b"9" * 5000 + b"}", None),
+        "list ids": ("/webhook", None, {"action": "ANNOTATIONS_CREATED", "project": {"id": 1},
+                                        "annotation": [{"id": 805, "task": [4], "result": []}],
+                                        "task": [{"id": [4], "data": {"image": "/data/upload/1/4.png"}}]}),
     }[case]
     path, raw, doc = post
     r = client.post(path, content=raw, headers={"content-type": "application/json"}) if raw is not None \
@@ -203,7 +213,9 @@ def test_bad_input_is_refused_clearly_and_changes_nothing(served, case):
     assert msg and "Traceback" not in msg and len(msg.splitlines()) == 1
     expect = {"malformed json": "not valid JSON", "task without image": "has no image",
               "unfetchable image": "HTTP 404", "two choices": "allows one", "unknown project": "not connected",
-              "no choices in config": "no <Choice", "no image in config": "no <Image"}.get(case)
+              "no choices in config": "no <Choice", "no image in config": "no <Image",
+              "5000-digit project": "'project' must be", "deeply nested body": "too deeply", "5000-digit number": "too long",
+              "list ids": "integer 'task'"}.get(case)
     if expect:
         assert expect in msg, msg
     assert _unchanged(eng) == state
@@ -367,3 +379,108 @@ def test_no_request_body_gets_a_500(served):
             assert (len(eng.list()), eng.model_version) == before
 
     check()
+
+
+@contextlib.contextmanager
+def uvicorn_serving(app):
+    """`app` behind a real uvicorn server (the TestClient cannot show what uvicorn does to a connection)."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def test_an_unexpected_error_is_a_clean_500_over_real_http(run_dir, monkeypatch):
+    """One JSON line, and the connection stays open (Starlette's catch-all handler re-raised to uvicorn
+    after replying, and uvicorn then closed the connection: clients saw 'Connection reset by peer')."""
+    import http.client
+
+    backend = open_backend(run_dir)
+
+    def broken(*_) -> dict:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(backend, "setup", broken)
+    try:
+        with uvicorn_serving(create_app(backend)) as url:
+            conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=10)
+            for _ in range(2):  # the second request goes over the same connection
+                conn.request("POST", "/setup", body=b'{"project": "1.1"}', headers={"content-type": "application/json"})
+                r = conn.getresponse()
+                assert r.status == 500 and r.getheader("content-type") == "application/json"
+                assert json.loads(r.read()) == {"error": "/setup: internal error (RuntimeError); see the evo serve log"}
+                time.sleep(0.2)  # time for a close to arrive
+            conn.close()
+    finally:
+        backend.close(), backend.engine.close()
+
+
+def _save(img: Image.Image, path, **opts):
+    img.save(path, **opts)
+    return path.read_bytes()
+
+
+def test_the_server_decodes_images_as_evo_predict_does(tmp_path):
+    """A correction from Label Studio learns the pixels `evo predict` sees: 16-bit grey is scaled, not
+    saturated; transparency lies over white; EXIF rotation is applied."""
+    from evo.active.images import as_image
+    from evo.serve.images import decode_image
+
+    ramp = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
+    rgba = np.zeros((48, 64, 4), np.uint8)
+    rgba[..., 0], rgba[:, :32, 3] = 200, 255  # left half opaque red, right half transparent
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    files = {"grey16.png": _save(Image.fromarray(ramp), tmp_path / "grey16.png"),
+             "rgba.png": _save(Image.fromarray(rgba, "RGBA"), tmp_path / "rgba.png"),
+             "rotated.jpg": _save(Image.fromarray(rgba[..., :3]), tmp_path / "rotated.jpg", exif=exif)}
+    for name, data in files.items():
+        served, cli = decode_image(data, name), as_image(tmp_path / name)
+        assert served.dtype == np.uint8 and np.array_equal(served, cli), name
+    assert decode_image(files["grey16.png"], "g").max() == 255 and decode_image(files["grey16.png"], "g").min() == 0
+    assert (decode_image(files["rgba.png"], "t")[:, 32:] == 255).all()
+    assert decode_image(files["rotated.jpg"], "r").shape == (64, 48, 3)
+
+
+def test_huge_images_are_refused_in_one_line_or_read_smaller(served, tmp_path, run_dir, capsys):
+    """A 17 KB PNG claiming 12000x12000 pixels is refused before decoding (it took gigabytes), with no
+    Pillow warning; a JPEG over the limit is read at a reduced scale instead."""
+    import warnings
+
+    from evo.cli import main
+    from evo.data.sources._images import MAX_PIXELS
+    from evo.serve.images import decode_image
+
+    client, eng = served
+    huge = tmp_path / "huge.png"
+    Image.new("1", (12000, 12000)).save(huge)
+    before = _unchanged(eng)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        uri = "data:image/png;base64," + base64.b64encode(huge.read_bytes()).decode()
+        r = client.post("/predict", json={"tasks": [{"id": 1, "data": {"image": uri}}], "project": "1.1"})
+        assert r.status_code == 422 and "12000x12000" in r.json()["error"] and "downscale" in r.json()["error"]
+        r = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 1},
+                                          "annotation": annotation(1301, 0, "Coat"), "task": {"id": 1, "data": {"image": uri}}})
+        assert r.status_code == 422 and "12000x12000" in r.json()["error"]
+        assert main(["predict", str(run_dir), str(huge)]) == 2
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "12000x12000" in err and "downscale" in err
+    assert _unchanged(eng) == before
+    big = tmp_path / "big.jpg"
+    Image.new("L", (9000, 8000), 90).save(big)  # 72 MP
+    small = decode_image(big.read_bytes(), "big.jpg")
+    assert small.shape == (4000, 4500, 3) and small.shape[0] * small.shape[1] <= MAX_PIXELS

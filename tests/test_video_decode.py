@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pytest
 
@@ -55,6 +57,24 @@ def test_fps_sampling(video):
     _, times, _, _ = read_clip(path, Sampling(mode="fps", fps=4, detector=None))
     assert len(times) == pytest.approx(truth[-1].end * 4, abs=1)
     assert np.allclose(np.diff(times), 0.25, atol=0.041)
+
+
+def test_fps_above_the_videos_rate_samples_every_frame_once(video):
+    """The rate is capped at the video's own: 1e9 fps used to walk a target every nanosecond (a hang)."""
+    path, _ = video
+
+    def hung(*_):
+        raise TimeoutError("fps=1e9 sampling did not finish in 10 s")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        _, times, _, _ = read_clip(path, Sampling(mode="fps", fps=1e9, detector=None))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    n = probe(path).frames
+    assert len(times) == n and np.allclose(times, np.arange(n) / 25)
 
 
 @pytest.mark.parametrize("detector", ["content", "histogram"])

@@ -14,6 +14,7 @@ from PIL import Image
 
 from evo.active.errors import CorrectionError
 from evo.data.sources._images import _UNREADABLE, IMAGE_EXTENSIONS, decode, natural_key
+from evo.errors import DataError
 
 MAX_LABEL = 200
 
@@ -25,7 +26,9 @@ def as_image(image: Any) -> np.ndarray:
         if not path.is_file():
             raise CorrectionError(f"image {path} does not exist or is not a file; pass an image file or array")
         try:
-            return decode(path, None)
+            return decode(path, None, f"image {path}")
+        except DataError as e:  # readable, but refused (too many pixels)
+            raise CorrectionError(str(e)) from None
         except _UNREADABLE as e:
             raise CorrectionError(f"image {path} is unreadable or corrupt ({e}); pass a valid PNG/JPEG file") from None
     if hasattr(image, "detach"):

@@ -52,17 +52,17 @@ def create_app(backend: Backend, token: str | None = None) -> FastAPI:
             return _error(Unauthorized(f"{request.url.path}: this evo backend needs its token: send "
                                        "'Authorization: Bearer <token>', or in Label Studio set the model's "
                                        "authentication to Basic with the token as password"))
-        return await call_next(request)
+        try:
+            return await call_next(request)
+        except Exception as e:  # answered here: Starlette's exception_handler(Exception) re-raises to the
+            # server after replying, and uvicorn then drops the connection; never a traceback to the client
+            log.exception("unexpected error on %s: %s: %s", request.url.path, type(e).__name__, e)
+            return JSONResponse({"error": f"{request.url.path}: internal error ({type(e).__name__}); "
+                                          "see the evo serve log"}, status_code=500)
 
     @app.exception_handler(EvoError)
     async def refused(request: Request, e: EvoError) -> JSONResponse:  # the engine's or the backend's refusal
         return _error(e)
-
-    @app.exception_handler(Exception)
-    async def failed(request: Request, e: Exception) -> JSONResponse:  # never a traceback to the client
-        log.error("unexpected error on %s: %s: %s", request.url.path, type(e).__name__, e)
-        return JSONResponse({"error": f"{request.url.path}: internal error ({type(e).__name__}); "
-                                      "see the evo serve log"}, status_code=500)
 
     async def body(request: Request) -> dict[str, Any]:
         return parse_json(await request.body(), request.url.path)

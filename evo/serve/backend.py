@@ -200,8 +200,12 @@ class Backend:
         if action == "ANNOTATIONS_CREATED":
             if not isinstance(anns, list) or not isinstance(tasks, list):
                 raise BadRequest("/webhook ANNOTATIONS_CREATED: 'annotation' and 'task' must be lists")
-            by_id = {t.get("id"): t for t in tasks if isinstance(t, dict)}
-            pairs = [(a, by_id.get(a.get("task") if isinstance(a, dict) else None)) for a in anns]
+            if not (all(isinstance(t, dict) and P.is_id(t.get("id")) for t in tasks)
+                    and all(P.is_id(a.get("task")) for a in anns if isinstance(a, dict))):
+                raise BadRequest("/webhook ANNOTATIONS_CREATED: every task needs an integer 'id' and every "
+                                 "annotation an integer 'task' (the id of its task in 'task')")
+            by_id = {t["id"]: t for t in tasks}
+            pairs = [(a, by_id.get(a["task"]) if isinstance(a, dict) else None) for a in anns]
         else:
             pairs = [(anns, tasks)]
         return self._annotated(action, conn, pairs)

@@ -18,6 +18,8 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import numpy as np
 
+from evo.data.sources._images import _UNREADABLE, decode
+from evo.errors import DataError
 from evo.serve.errors import ImageFetchError
 
 MAX_IMAGE_BYTES = 32 * 2**20
@@ -25,13 +27,13 @@ TIMEOUT_S = 10.0
 
 
 def decode_image(data: bytes, where: str) -> np.ndarray:
-    """uint8 (H, W, 3) from encoded bytes; anything PIL cannot read is refused, naming `where`."""
-    from PIL import Image, UnidentifiedImageError
-
+    """uint8 (H, W, 3) from encoded bytes, decoded as `evo predict` decodes files (so a correction learns
+    the pixels predictions see); anything unreadable or too large is refused, naming `where`."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        return decode(io.BytesIO(data), None, f"image {where}")
+    except DataError as e:
+        raise ImageFetchError(str(e)) from None
+    except _UNREADABLE as e:
         raise ImageFetchError(f"image {where} is not a readable image file ({type(e).__name__}: {e})") from None
 
 

@@ -26,23 +26,30 @@ def parse_json(body: bytes, endpoint: str) -> dict[str, Any]:
         doc = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRequest(f"{endpoint}: request body is not valid JSON ({e})") from None
+    except (RecursionError, ValueError):  # Python's parser recurses per level and refuses ints over 4300 digits
+        raise BadRequest(f"{endpoint}: request body nests JSON too deeply or holds a number too long to read; "
+                         "Label Studio's payloads do neither") from None
     if not isinstance(doc, dict):
         raise BadRequest(f"{endpoint}: request body must be a JSON object; got {type(doc).__name__}")
     return doc
+
+
+def is_id(value: Any) -> bool:
+    """A Label Studio id: a JSON integer (not a boolean, which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def project_id(value: Any, endpoint: str) -> int:
     """Label Studio's project: "12.1700000000" (ML API), 12, or {"id": 12} (webhooks)."""
     if isinstance(value, dict):
         value = value.get("id")
-    if isinstance(value, bool):
-        value = None
-    if isinstance(value, int) and value >= 0:
+    if is_id(value) and value >= 0:
         return value
-    if isinstance(value, str) and value.split(".")[0].isdigit():
-        return int(value.split(".")[0])
+    head = value.split(".")[0] if isinstance(value, str) else ""
+    if head.isascii() and head.isdigit() and len(head) <= 18:  # an int64 id; int() refuses over 4300 digits
+        return int(head)
     raise BadRequest(f"{endpoint}: 'project' must be Label Studio's project id (e.g. \"12.1700000000\" or "
-                     f"{{\"id\": 12}}); got {value!r}")
+                     f"{{\"id\": 12}}); got {value!r:.100}")
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,7 @@ def parse_task(task: Any, config: ImageChoices, where: str) -> Task:
     if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
         raise BadRequest(f"{where} is not a Label Studio task: it needs an 'id' and a 'data' object")
     tid = task.get("id")
-    if not isinstance(tid, int) or isinstance(tid, bool):
+    if not is_id(tid):
         raise BadRequest(f"{where}: task 'id' must be an integer; got {tid!r}")
     url = task["data"].get(config.data_key)
     if not isinstance(url, str) or not url.strip():
@@ -82,7 +89,7 @@ def parse_annotation(ann: Any, config: ImageChoices, where: str) -> Annotation:
     if not isinstance(ann, dict):
         raise BadRequest(f"{where}: 'annotation' must be an object")
     aid = ann.get("id")
-    if not isinstance(aid, int) or isinstance(aid, bool):
+    if not is_id(aid):
         raise BadRequest(f"{where}: annotation 'id' must be an integer; got {aid!r}")
     if ann.get("was_cancelled"):
         return Annotation(aid, None, "the annotation was skipped")
@@ -111,6 +118,6 @@ def deleted_ids(doc: dict[str, Any]) -> list[int]:
     if not isinstance(anns, list):
         raise BadRequest("/webhook ANNOTATIONS_DELETED: 'annotations' must be a list of {\"id\": ...}")
     ids = [a.get("id") if isinstance(a, dict) else None for a in anns]
-    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+    if not all(is_id(i) for i in ids):
         raise BadRequest(f"/webhook ANNOTATIONS_DELETED: every annotation needs an integer 'id'; got {anns!r:.200}")
     return ids

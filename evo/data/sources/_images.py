@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
+import threading
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -21,6 +25,11 @@ IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
 _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# 8192 x 8192: above nearly every camera's output (48-50 MP phones, 61 MP full frame; larger JPEGs are read
+# at a reduced scale), yet ~200 MB as uint8 RGB, so the few images the server decodes at once fit a small
+# machine; and below Pillow's bomb warning (89 MP), so whatever it would warn about, evo refuses in one line.
+MAX_PIXELS = 8192 * 8192
+_OPEN = threading.Lock()  # catch_warnings swaps process-wide filters: one opener at a time (headers only)
 
 
 def natural_key(name: str) -> list[int | str]:
@@ -60,9 +69,30 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode(path: Path, size: tuple[int, int] | None) -> np.ndarray:
-    """uint8 (H, W, 3); resized to `size` (height, width) when given. Raises on an unreadable file."""
-    with Image.open(path) as img:
+def _open(file: Path | BinaryIO, where: str) -> Image.Image:
+    """Image.open without decoding a pixel; a JPEG over MAX_PIXELS is read at 1/2..1/8 scale (`draft`, free),
+    anything else over it is a DataError: its size is a header's claim, decoding it could take gigabytes."""
+    fix = f"evo reads at most {MAX_PIXELS / 1e6:.0f} MP; downscale it (e.g. to 4096 pixels a side) and retry"
+    with _OPEN, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with evo's message
+        try:
+            img = Image.open(file)
+        except Image.DecompressionBombError as e:
+            raise DataError(f"{where}: {str(e).rstrip('.')}; {fix}") from None
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        step = 2 ** math.ceil(math.log2(math.sqrt(w * h / MAX_PIXELS)))
+        img.draft(None, (max(1, w // step), max(1, h // step)))  # a no-op but for JPEG
+    if img.width * img.height > MAX_PIXELS:
+        img.close()
+        raise DataError(f"{where} is {w}x{h} pixels ({w * h / 1e6:.0f} MP); {fix}")
+    return img
+
+
+def decode(file: Path | BinaryIO, size: tuple[int, int] | None, where: str | None = None) -> np.ndarray:
+    """uint8 (H, W, 3) from a path or an open binary file (`where` names it in errors); resized to `size`
+    (height, width) when given. Raises one of _UNREADABLE (a DataError over MAX_PIXELS)."""
+    with _open(file, where or str(file)) as img:
         img.load()
         rgb = _to_rgb(img)
     if size is not None and (rgb.height, rgb.width) != size:

@@ -29,7 +29,8 @@ MAX_SIDE = 256  # frames larger than this are scaled down (aspect kept) unless `
 class Sampling:
     """How a clip becomes samples.
 
-    mode: 'uniform' (`frames` per clip, evenly spaced), 'fps' (`fps` frames per second) or 'shots'
+    mode: 'uniform' (`frames` per clip, evenly spaced), 'fps' (`fps` frames per second, at most the
+    video's own rate: above it every frame is sampled once) or 'shots'
     (`frames` keyframes per detected shot, evenly spaced inside it). `detector` (a DETECTORS name,
     or None for one shot per clip), `threshold` (None: the detector's default) and `min_shot`
     (seconds) set shot detection. `size` (height, width) fixes the frame size; None keeps the
@@ -123,8 +124,9 @@ class ClipReader:
 
     def _targets(self, last: float | None) -> Iterator[float]:
         s = self.sampling
-        if s.mode == "fps":
-            return (self.start + k / s.fps for k in range(10**12))
+        if s.mode == "fps":  # capped: a faster rate picks no more frames, only walks more targets (1e9 hangs)
+            rate = min(s.fps, self.info.fps)
+            return (self.start + k / rate for k in range(10**12))
         if s.mode == "uniform":
             stop = last if last is not None else self.end
             span = max(stop - self.start, self._period)
