@@ -22,7 +22,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
-from evo.runs import Run, RunError
+from evo.runs import RESTORE, Run, RunError, read_json_object
 
 WEIGHT_OPS = ("conv2d", "linear")
 
@@ -146,7 +146,17 @@ def architecture(run: str | os.PathLike | Run) -> pd.DataFrame:
 
 
 def _graph_doc(run: Run, n: int) -> dict[str, Any]:
-    return json.loads((run.version_dir(n) / "graph.json").read_text())
+    """Version n's graph.json without its weights (the tables read names, ops, attrs and edges), checked
+    for the shape they read: a damaged file is a RunError, not a traceback."""
+    path = run.version_dir(n) / "graph.json"
+    doc = read_json_object(path, "an evo graph", RESTORE)
+    ok = isinstance(doc.get("nodes"), list) and isinstance(doc.get("edges"), list) \
+        and all(isinstance(nd, dict) and isinstance(nd.get("name"), str) and isinstance(nd.get("op"), str)
+                for nd in doc["nodes"]) \
+        and all(isinstance(ed, dict) and {"src", "dst"} <= set(ed) for ed in doc["edges"])
+    if not ok:
+        raise RunError(f"{path} is not an evo graph (nodes with a name and an op, edges with src and dst); {RESTORE}")
+    return doc
 
 
 def _weight_layers(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -159,15 +159,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     videos = [p for p in args.inputs if _is_video(p)]
     images = [p for p in args.inputs if p not in videos]
+    if args.strip and not Path(args.strip).resolve().parent.is_dir():  # known before the videos are decoded
+        raise EvoError(f"--strip {args.strip}: folder {Path(args.strip).parent} does not exist; create it or name "
+                       "a file in an existing folder")
     with Corrections.open(args.run_dir, write=False, version=args.version) as eng:
         found = predict_paths(eng, images) if images else []
         clips = [_predict_video(eng, v, args) for v in videos]
         if args.strip:
+            import io
+
             from evo.data.video.strip import shot_strip
+            from evo.fsutil import write_bytes_atomic
 
             for i, clip in enumerate(clips):
                 target = args.strip if len(clips) == 1 else str(Path(args.strip).with_suffix(f".{i}.png"))
-                shot_strip(clip).save(target)
+                png = io.BytesIO()
+                shot_strip(clip).save(png, format="PNG")
+                write_bytes_atomic(Path(target), png.getvalue())
         if args.json:
             say(json.dumps({"model_version": eng.model_version, "predictions": [
                 {"image": path, "label": p.label, "probability": p.probability,
@@ -202,7 +210,11 @@ def _shot_correction(eng, args: argparse.Namespace):
 @command("correct")
 def cmd_correct(args: argparse.Namespace) -> int:
     from evo.active import Corrections
+    from evo.active.images import as_image, check_label
 
+    if not _is_video(args.image):  # a refused correction leaves the run untouched: no log, no lock file
+        as_image(args.image)
+        check_label(args.label)
     with Corrections.open(args.run_dir) as eng:
         if _is_video(args.image):
             r, shot = _shot_correction(eng, args)
@@ -282,7 +294,7 @@ def _active_parsers(sub: argparse._SubParsersAction) -> None:
     co.add_argument("--at", type=_seconds, default=None, help="videos: correct the shot playing at this time, e.g. 12.5s")
     un = sub.add_parser("undo", help="take one correction back out exactly")
     un.add_argument("run_dir")
-    un.add_argument("id", type=int)
+    un.add_argument("id", type=positive_int)
     cs = sub.add_parser("corrections", help="list a run's corrections")
     cs.add_argument("run_dir")
     su = sub.add_parser("suggest", help="rank unlabelled images by how much labelling them is worth")
@@ -290,7 +302,7 @@ def _active_parsers(sub: argparse._SubParsersAction) -> None:
     su.add_argument("--pool", required=True, nargs="+", help="folder(s) or files of unlabelled images")
     su.add_argument("-k", type=_count, default=20)
     su.add_argument("--strategy", default="margin", choices=QUERIES.names())
-    su.add_argument("--seed", type=int, default=0)
+    su.add_argument("--seed", type=_count, default=0)
 
 
 class _Parser(argparse.ArgumentParser):

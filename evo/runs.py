@@ -67,8 +67,38 @@ ROUNDS_CSV_FIELDS = ["version", "parent", "increment", "accuracy", "forgetting",
 __all__ = ["MARKER", "Run", "RunBusyError", "RunError", "is_run", "write_json_atomic", "write_text_atomic"]
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# meta.json fields that readers index or do arithmetic on: a wrong type there is damage, not data
+_META_FIELDS: dict[str, Any] = {
+    "classes": lambda v: isinstance(v, list),
+    "increment": _is_int,
+    "parent": _is_int,
+    "params": _is_int,
+    "ops": lambda v: isinstance(v, list),
+    "metrics": lambda v: isinstance(v, dict),
+}
+
+
 class RunError(EvoError):
     """A run folder is missing, already exists, or is inconsistent."""
+
+
+RESTORE = "restore the run folder from a backup"
+
+
+def read_json_object(path: Path, what: str, fix: str) -> dict[str, Any]:
+    """A JSON object read from a run's file; unreadable, or not an object: a RunError naming the file, `what`
+    it should hold and the `fix`."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunError(f"{path} is unreadable ({e}); {fix}") from None
+    if not isinstance(doc, dict):
+        raise RunError(f"{path} is not {what} (a JSON object); {fix}")
+    return doc
 
 
 class RunBusyError(RunError):
@@ -142,14 +172,8 @@ class Run:
     @property
     def config(self) -> dict[str, Any]:
         """The run's configuration (config.json, written atomically at creation)."""
-        path = self.path / "config.json"
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise RunError(f"{path} is unreadable ({e}); restore it from a backup or start a new run") from None
-        if not isinstance(doc, dict):
-            raise RunError(f"{path} is not a run configuration (a JSON object); restore it or start a new run")
-        return doc
+        return read_json_object(self.path / "config.json", "a run configuration",
+                                "restore it from a backup or start a new run")
 
     @property
     def journal_path(self) -> Path:
@@ -170,7 +194,11 @@ class Run:
             finally:
                 _HELD[key] -= 1
             return
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunError(f"run folder {self.path} cannot be written ({e.strerror}); `evo {command}` writes to "
+                           "it: make it writable, or work on a copy") from None
         deadline = time.monotonic() + max(wait, 0.0)
         try:
             while True:
@@ -261,7 +289,13 @@ class Run:
         return v[-1] if v else None
 
     def version_meta(self, n: int) -> dict[str, Any]:
-        return json.loads((self.version_dir(n) / "meta.json").read_text())
+        """Version n's meta.json, checked where readers rely on its shape (a damaged file is a RunError)."""
+        path = self.version_dir(n) / "meta.json"
+        doc = read_json_object(path, "a version's metadata", RESTORE)
+        for key, ok in _META_FIELDS.items():
+            if doc.get(key) is not None and not ok(doc[key]):
+                raise RunError(f"{path}: {key!r} has the wrong type ({type(doc[key]).__name__}); {RESTORE}")
+        return doc
 
     def load_version(self, n: int | None = None):
         """(graph, meta, state tensors) of version n (default: the latest)."""
@@ -275,7 +309,10 @@ class Run:
         if n not in self.versions():
             raise RunError(f"run {self.path} has no version {n}; its versions are {self.versions()}")
         d = self.version_dir(n)
-        state = load_file(str(d / STATE_FILE)) if (d / STATE_FILE).is_file() else {}
+        try:
+            state = load_file(str(d / STATE_FILE)) if (d / STATE_FILE).is_file() else {}
+        except Exception as e:  # safetensors raises its own error type for a truncated or foreign file
+            raise RunError(f"{d / STATE_FILE} is damaged ({str(e)[:120]}); {RESTORE}") from None
         return eg.load(d), self.version_meta(n), state
 
     def commit_version(self, graph, meta: dict[str, Any], state: dict[str, torch.Tensor] | None = None,

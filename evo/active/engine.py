@@ -42,11 +42,12 @@ from evo.active.log import CorrectionLog, Row
 from evo.active.queries import QUERIES
 from evo.active.ridge import RankOneHead, weight_needed
 from evo.active.rounds import META_KEY, SIZE_KEY, learned_image
+from evo.checks import check_int
 from evo.data.transforms import Preprocess
 from evo.graph.archgraph import ArchGraph
 from evo.learn.strategies.base import sub_state
 from evo.learn.tracked import apply_map, from_meta, head_map, head_taps
-from evo.runs import Run, RunError
+from evo.runs import STATE_FILE, Run, RunError
 
 INACTIVE_LOGIT = -1e4  # a class without data yet (added by a correction later undone), as add_classes sets it
 
@@ -183,22 +184,22 @@ class Corrections:
     # ---- opening ----------------------------------------------------------------------------------
     @classmethod
     def open(cls, run_dir: str | os.PathLike, write: bool = True, version: int | None = None,
-             **options: Any) -> Corrections:
+             command: str = "correct", **options: Any) -> Corrections:
         """The run's latest version (or `version`, read-only) plus the log replayed.
 
-        `write=True` holds the run's writer lock until `close()`; a search round holding it makes
-        this raise `RunBusyError`. Corrections made on an older version and still live are applied
+        `write=True` holds the run's writer lock until `close()` (recorded as `evo {command}` for
+        whoever else finds the run busy); a search round holding it makes this raise `RunBusyError`. Corrections made on an older version and still live are applied
         again (re-featurised from their stored images) on the first writable open of a newer one.
         """
         path = Path(run_dir)
         run = Run.open(path)  # a RunError for a folder that is not a run
         exit_stack = contextlib.ExitStack()
         try:
-            if write:
-                exit_stack.enter_context(run.lock("correct"))
-            latest = run.latest()
-            if latest is None:
+            if run.latest() is None:  # before the lock, whose file a refused command should not leave
                 raise RunError(f"run {path} has no committed version yet; learn one with `evo learn`")
+            if write:
+                exit_stack.enter_context(run.lock(command))
+            latest = run.latest()
             if version is not None and version not in run.versions():
                 raise RunError(f"run {path} has no version {version}; versions: {run.versions()}")
             if write and version not in (None, latest):
@@ -206,6 +207,13 @@ class Corrections:
                                       f"version {version} can only be read (write=False)")
             n = latest if version is None else version
             graph, meta, state = run.load_version(n)
+            if not state:  # what `_head_statistics` reads: say why it is absent
+                if meta.get("increment") is None:
+                    raise CorrectionError(f"version {n} of {path} is the model before any learning: it has no "
+                                          f"closed-form head to predict or correct with; use a learnt version "
+                                          f"(versions: {run.versions()})")
+                raise RunError(f"{run.version_dir(n) / STATE_FILE} is missing: version {n} keeps its head "
+                               "statistics there; restore the run folder from a backup")
             log = CorrectionLog(path, write)
             exit_stack.callback(log.close)
             eng = cls(graph, state, version=n, log=log, **options)
@@ -351,6 +359,8 @@ class Corrections:
         if isinstance(cid, bool) or not isinstance(cid, (int, np.integer)):
             raise CorrectionError(f"correction id must be an integer; got {cid!r}")
         cid = int(cid)
+        if not 0 < cid < 2**63:  # SQLite's integer range: beyond it no correction can exist
+            raise CorrectionError(f"there is no correction {cid}; list them with `evo corrections RUN`")
         with self._lock:
             st = self._state
             row = self._log.row(cid) if self._log is not None else None
@@ -370,6 +380,7 @@ class Corrections:
         fn = QUERIES.get(strategy)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise CorrectionError(f"k must be an integer >= 1; got {k!r}")
+        check_int("seed", seed, 0, error=CorrectionError)
         paths = None
         if isinstance(pool, (str, os.PathLike)) or (isinstance(pool, (list, tuple)) and pool
                                                      and isinstance(pool[0], (str, os.PathLike))):

@@ -1,4 +1,5 @@
-"""The durable corrections log: `RUN/corrections.sqlite` (SQLite, WAL, synchronous=FULL).
+"""The durable corrections log: `RUN/corrections.sqlite` (SQLite, WAL while a writer has it open, a
+rollback journal at rest so that read-only commands write nothing beside it; synchronous=FULL).
 
 Four tables. `settings`: the engine options the log replays with. `corrections`: one row per correction with the image's content hash and a lossless
 PNG copy. `features`: the head's input features of a correction's image under one model version
@@ -12,6 +13,7 @@ leaves nothing half-applied.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -96,6 +98,10 @@ class CorrectionLog:
         try:
             self._connect(write)
         except sqlite3.DatabaseError as e:
+            if not write and "readonly" in str(e):  # left in WAL mode (a killed writer) in a folder we cannot write
+                raise CorrectionError(f"{self.path} cannot be read without writing beside it (its writer stopped "
+                                      "before closing it); make the run folder writable and run the command "
+                                      "again") from None
             raise CorrectionError(f"{self.path} is not a readable corrections log ({e}); move it away to start "
                                   "a new log, or put back a good copy") from None
 
@@ -116,6 +122,9 @@ class CorrectionLog:
             raise sqlite3.DatabaseError("it has no corrections tables")
 
     def close(self) -> None:
+        if self.write:  # at rest in rollback mode: a read-only open then creates no -wal/-shm files in the run
+            with contextlib.suppress(sqlite3.Error):  # a reader still open keeps WAL until the next writer closes
+                self.db.execute("PRAGMA journal_mode=DELETE")
         self.db.close()
 
     # ---- reading --------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ def open_backend(run_dir: str | os.PathLike, ls_url: str | None = None, ls_key: 
     from evo.serve.engine import Corrections
 
     source = LabelStudioSource(ls_url, ls_key) if ls_url else None
-    engine = Corrections.open(run_dir, write=True)
+    engine = Corrections.open(run_dir, write=True, command="serve")  # other writers are told who holds it
     try:
         return Backend(engine, source, projects_file=Path(run_dir) / PROJECTS_FILE)
     except BaseException:
