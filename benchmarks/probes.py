@@ -218,6 +218,24 @@ def probes() -> list[Probe]:
         Probe("learn --strategy evo_latent", lambda w: ["learn", "small_cnn", "--data", data(w), "--strategy",
                                                         "evo_latent", "--run-dir", new(w)]),
         Probe("report --videos -1", lambda w: ["report", run(w), "--videos", "-1"]),
+        # found by the session-23 sweep of the corrections commands and evo serve (tracebacks, a user's files
+        # deleted, files written by refused or read-only commands)
+        Probe("report --out a user's folder that looks like a report", lambda w: [
+            "report", run(w), "--no-predict", "--out", str(_lookalike(w))], watch=lambda w: [_lookalike(w), w / "run"]),
+        Probe("report --out under a file", lambda w: ["report", run(w), "--no-predict", "--out",
+                                                      _file(w, "afile.txt", "x") + "/sub"]),
+        Probe("status with a truncated meta.json", lambda w: ["status", str(_damaged(w, "meta.json", b'{"incr'))],
+              watch=lambda w: [_damaged(w, "meta.json", b'{"incr')]),
+        Probe("predict with a truncated state.safetensors", lambda w: [
+            "predict", str(_damaged(w, "state.safetensors", b"\x10\x00")), _an_image(w)],
+            watch=lambda w: [_damaged(w, "state.safetensors", b"\x10\x00")]),
+        Probe("correct a zero-byte image", lambda w: ["correct", run(w), _file(w, "zero.png", b""), "--label", "d0"]),
+        Probe("undo a 23-digit id", lambda w: ["undo", run(w), "9" * 23]),
+        Probe("suggest --seed -1", lambda w: ["suggest", run(w), "--pool", str(w / "more"), "--seed", "-1"]),
+        Probe("predict --strip into a missing folder", lambda w: ["predict", run(w), _an_image(w), "--strip",
+                                                                  str(w / "no" / "dir" / "s.png")]),
+        Probe("predict with version 0 (before learning)", lambda w: ["predict", run(w), _an_image(w), "--version", "0"]),
+        Probe("predict a 12000x12000 image", lambda w: ["predict", run(w), _huge(w)]),
         Probe("unknown command", lambda w: ["frobnicate"]),
     ]
 
@@ -233,6 +251,37 @@ def _laughs() -> str:
     lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"{k}: &{k} [{', '.join([f'*{j}'] * 10)}]" for j, k in zip("abcde", "bcdef", strict=True)]
     return "\n".join(lines) + "\n"
+
+
+def _lookalike(w: Path) -> Path:
+    """A user's folder with an index.html and a summary.md beside their own files."""
+    p = w / "mysite"
+    if not p.exists():
+        for name, text in (("index.html", "<h1>home</h1>"), ("summary.md", "notes"), ("thesis.md", "keep me")):
+            _file(w, f"mysite/{name}", text)
+    return p
+
+
+def _damaged(w: Path, name: str, content: bytes) -> Path:
+    """A copy of the reference run with versions/1/`name` replaced by `content`."""
+    import shutil
+
+    p = w / f"damaged-{name}"
+    if not p.exists():
+        shutil.copytree(w / "run", p)
+        (p / "versions" / "1" / name).write_bytes(content)
+    return p
+
+
+def _an_image(w: Path) -> str:
+    return str(sorted((w / "first" / "d0").iterdir())[0])
+
+
+def _huge(w: Path) -> str:
+    p = w / "huge.png"
+    if not p.exists():
+        Image.new("L", (12000, 12000)).save(p)
+    return str(p)
 
 
 def _mkdir(p: Path) -> Path:

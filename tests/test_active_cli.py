@@ -173,6 +173,7 @@ def test_reading_commands_write_nothing_and_a_refused_correction_leaves_no_file(
     (tmp_path / "zero.png").write_bytes(b"")
     before = _tree(run)
     assert main(["correct", str(run), str(tmp_path / "zero.png"), "--label", CLASSES[0]]) == 2
+    assert main(["undo", str(run), "7"]) == 2  # opens the log for writing, then finds no correction 7
     assert _tree(run) == before and not (run / "corrections.sqlite").exists()
     assert main(["correct", str(run), img, "--label", CLASSES[1]]) == 0
     before = _tree(run)

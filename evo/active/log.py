@@ -95,6 +95,7 @@ class CorrectionLog:
     def __init__(self, run_path: Path, write: bool) -> None:
         self.path = Path(run_path) / LOG_FILE
         self.write = write
+        self.created = write and not self.path.exists()  # removed again on close if nothing was committed
         try:
             self._connect(write)
         except sqlite3.DatabaseError as e:
@@ -125,7 +126,12 @@ class CorrectionLog:
         if self.write:  # at rest in rollback mode: a read-only open then creates no -wal/-shm files in the run
             with contextlib.suppress(sqlite3.Error):  # a reader still open keeps WAL until the next writer closes
                 self.db.execute("PRAGMA journal_mode=DELETE")
+        empty = self.created and not self.db.execute(
+            "SELECT 1 FROM ops UNION ALL SELECT 1 FROM corrections LIMIT 1").fetchone()
         self.db.close()
+        if empty:  # this open made the log and nothing was committed to it: a refused command leaves no file
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
     # ---- reading --------------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
