@@ -197,7 +197,7 @@ class Run:
         try:
             fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise RunError(f"run folder {self.path} cannot be written ({e.strerror}); `evo {command}` writes to "
+            raise RunError(f"run folder {self.path} cannot be written ({e.strerror or e}); `evo {command}` writes to "
                            "it: make it writable, or work on a copy") from None
         deadline = time.monotonic() + max(wait, 0.0)
         try:

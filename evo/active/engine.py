@@ -188,8 +188,9 @@ class Corrections:
         """The run's latest version (or `version`, read-only) plus the log replayed.
 
         `write=True` holds the run's writer lock until `close()` (recorded as `evo {command}` for
-        whoever else finds the run busy); a search round holding it makes this raise `RunBusyError`. Corrections made on an older version and still live are applied
-        again (re-featurised from their stored images) on the first writable open of a newer one.
+        whoever else finds the run busy); a search round holding it makes this raise `RunBusyError`.
+        Corrections made on an older version and still live are applied again (re-featurised from
+        their stored images) on the first writable open of a newer one.
         """
         path = Path(run_dir)
         run = Run.open(path)  # a RunError for a folder that is not a run
