@@ -21,6 +21,7 @@ import numpy as np
 
 from evo.checks import check_memory
 from evo.data.sources import check_source
+from evo.data.sources._images import TOO_LARGE
 from evo.errors import ConfigError, DataError
 from evo.registry import unknown_name
 from evo.runs import Run, RunError, check_new_run_dir, is_run
@@ -133,7 +134,9 @@ def _learn(graph, state, meta, data, opts: LearnOptions, allow_duplicates: bool,
     side = int(graph.input_shape[1])
     train, test = load_source(data, names=False, size=(side, side))  # resized to the model as read
     if train.skipped:
-        say(f"skipped {len(train.skipped)} file(s), e.g. {train.skipped[0]}")
+        big = [s for s in train.skipped if s.endswith(f"({TOO_LARGE})")]
+        say(f"skipped {len(train.skipped)} file(s), e.g. {train.skipped[0]}"
+            + (f"; {len(big)} of them {TOO_LARGE} (downscale them to learn them), e.g. {big[0]}" if big else ""))
     seen = state.get(SEEN_KEY, torch.zeros((0, 16), dtype=torch.uint8))
     hashes = image_hashes(train.images)
     repeat = np.isin(_keys(hashes), _keys(seen.numpy())) if len(seen) else np.zeros(len(hashes), bool)

@@ -58,7 +58,8 @@ def write_report(run: str | os.PathLike, out: str | os.PathLike | None = None, p
                           "`pip install 'evo[analysis]'`")
     r = analysis.open_run(run)
     out = Path(out) if out is not None else r.path / "report"
-    _check_replaceable(out, legacy_ok=out.resolve() == (r.path / "report").resolve())
+    legacy_ok = out.resolve() == (r.path / "report").resolve()
+    _check_replaceable(out, legacy_ok)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -72,7 +73,7 @@ def write_report(run: str | os.PathLike, out: str | os.PathLike | None = None, p
             (staging / "summary.md").write_text(_markdown(r.path.name, summary, sections))
             written = sorted(p.name for p in staging.iterdir())
             (staging / REPORT_MARKER).write_text(json.dumps({"written_by": "evo report", "files": written}))
-            _swap(staging, out)
+            _swap(staging, out, legacy_ok)
         except OSError as e:
             raise _unwritable(out, e) from None
     finally:
@@ -262,7 +263,7 @@ def _unwritable(out: Path, e: OSError) -> ReportError:
     return ReportError(f"cannot write the report folder {out} ({e.strerror or e}); pass --out to a folder you can write")
 
 
-def _check_replaceable(out: Path, legacy_ok: bool = False) -> None:
+def _check_replaceable(out: Path, legacy_ok: bool = False, shown: Path | None = None) -> None:
     """An existing `out` is replaced only if evo wrote it: its marker lists exactly the files it holds
     (a user's file added since, or a folder that merely looks like a report, is never deleted). Reports
     written before the marker existed are recognised only as a run's own `report/` folder, which is
@@ -270,7 +271,7 @@ def _check_replaceable(out: Path, legacy_ok: bool = False) -> None:
     if not out.exists():
         return
     if not out.is_dir():
-        raise ReportError(f"{out} is a file; pass --out to a new folder")
+        raise ReportError(f"{shown or out} is a file; pass --out to a new folder")
     files = {p.name for p in out.iterdir()}
     try:
         listed = json.loads((out / REPORT_MARKER).read_text()).get("files")
@@ -280,21 +281,26 @@ def _check_replaceable(out: Path, legacy_ok: bool = False) -> None:
         ours = legacy_ok and {"index.html", "summary.md"} <= files \
             and all(p.is_file() and not p.is_symlink() and p.suffix in _OURS for p in out.iterdir())
     if not ours:
-        raise ReportError(f"{out} exists and is not an evo report folder (or holds files evo did not write there); "
+        raise ReportError(f"{shown or out} exists and is not an evo report folder (or holds files evo did not write there); "
                           "pass --out to a new folder, or move it away")
 
 
-def _swap(staging: Path, out: Path) -> None:
-    """Rename the finished report into place; an older report is moved aside first, then deleted."""
+def _swap(staging: Path, out: Path, legacy_ok: bool) -> None:
+    """Rename the finished report into place; an older report is moved aside first, checked again (the
+    build took minutes, and a file saved into it meanwhile is not evo's), then deleted."""
     old = None
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
         os.replace(out, old / "report")
     try:
+        if old is not None:
+            _check_replaceable(old / "report", legacy_ok, shown=out)
         os.replace(staging, out)
-    except OSError:
+    except (OSError, ReportError):
         if old is not None:
             os.replace(old / "report", out)
+            old.rmdir()
+            old = None
         raise
     finally:
         if old is not None:

@@ -222,3 +222,28 @@ def test_the_initial_version_and_an_unwritable_run_are_named(run, base, capsys):
         assert "cannot be written" in err and err.count("\n") == 1, err
     finally:
         (run / ".evo-lock").rmdir()
+
+
+def test_a_busy_log_is_named_busy_not_damaged(run, base, monkeypatch):
+    """At rest the log is in rollback mode, so a writer's switch to WAL waits for readers; past the wait it
+    is 'busy, run it again', never the damaged-log advice to move it away (which would drop corrections)."""
+    import sqlite3
+
+    import evo.active.log as log_module
+    from evo.active.errors import CorrectionError
+    from evo.active.log import CorrectionLog
+
+    img = str(sorted((base / "pool").glob("*.png"))[0])
+    assert main(["correct", str(run), img, "--label", CLASSES[1]]) == 0
+    monkeypatch.setattr(log_module, "BUSY_MS", 200)
+    reader = sqlite3.connect(run / "corrections.sqlite", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM corrections").fetchone()  # a read transaction holds its shared lock
+    try:
+        with pytest.raises(CorrectionError, match="is busy") as e:
+            CorrectionLog(run, write=True)
+        assert "move it away" not in str(e.value)
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+    CorrectionLog(run, write=True).close()  # free again

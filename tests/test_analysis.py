@@ -206,6 +206,26 @@ def test_report_replaces_only_a_folder_evo_wrote_and_names_an_unwritable_one(run
     assert (tmp_path / "afile").read_text() == "x"
 
 
+def test_a_file_saved_into_the_report_folder_while_it_is_built_is_kept(run_dir, tmp_path, monkeypatch):
+    """The build runs for minutes between the marker's check and the swap: a file saved meanwhile is not
+    evo's, so the old folder is checked again once moved aside, and put back (review of the marker)."""
+    import evo.report
+
+    out = tmp_path / "rep"
+    write_report(run_dir, out=out, predict=False, say=lambda s: None)
+    build = evo.report._build
+
+    def build_and_save(*args, **kwargs):
+        (out / "my-notes.txt").write_text("written during the build")
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(evo.report, "_build", build_and_save)
+    with pytest.raises(ReportError, match="not an evo report folder"):
+        write_report(run_dir, out=out, predict=False, say=lambda s: None)
+    assert (out / "my-notes.txt").read_text() == "written during the build" and (out / "index.html").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]  # no staging or moved-aside folder left
+
+
 def test_report_on_an_evo_learn_run(tmp_path):
     """A run made by `evo learn` from folders: no scenario, so the held-out split of its latest data is used."""
     first = _digit_folder(tmp_path / "a", [0, 1, 2])

@@ -476,3 +476,47 @@ def test_kill_9_during_learn_with_concurrent_readers(tmp_path):
     assert not list(run_dir.rglob(".evo-tmp-*"))  # a later writer removed what the killed ones left
     assert kills >= 1
     (tmp_path / "kills.json").write_text(json.dumps({"kills": kills}))
+
+
+def test_trainable_above_the_block_count_means_every_block_unless_a_space_sets_it(tmp_path):
+    """evo_tune's default `trainable: 2` must still train a model with fewer blocks; a space that sets N
+    above the count is refused (its launch parametrisation above)."""
+    from evo.graph.taps import blocks
+    from evo.learn.train import STRICT_TRAINABLE, trainable_nodes
+
+    g = evo.zoo.load("small_cnn")
+    n = len(blocks(g))
+    assert trainable_nodes(g, n + 5) == trainable_nodes(g, n)
+    token = STRICT_TRAINABLE.set(True)
+    try:
+        with pytest.raises(EvoError, match=rf"trainable: {n + 5} is more blocks .*\({n}: "):
+            trainable_nodes(g, n + 5)
+    finally:
+        STRICT_TRAINABLE.reset(token)
+
+
+def test_a_space_whose_cheapest_candidate_is_another_strategys_is_priced_at_that(tmp_path):
+    """`evo_tune` with `trainable: 0` computes the fast path and is priced as `evo`: the budget floor
+    must count that, or a space the driver can run is refused (review of the floor)."""
+    from evo.search import load_space
+    from evo.search.launch import check_space, round_floor
+    from evo.search.scenario import stream_for
+
+    evo_only = load_space(_space(tmp_path))
+    (tmp_path / "t").mkdir()
+    tune = load_space(_space(tmp_path / "t", training={"strategy": ["evo_tune"], "trainable": [0, 2],
+                                                       "taps": "features"}))
+    floors = []
+    for space in (evo_only, tune):
+        graph, stream = check_space(space), stream_for(space)
+        floors.append([round_floor(space, graph, stream, None, i) for i in range(len(stream))])
+    assert [f[0] for f in floors[1]] == ["evo"] * len(floors[1])
+    assert [f[1] for f in floors[1]] == [f[1] for f in floors[0]]
+
+
+def test_a_huge_image_in_a_folder_is_skipped_with_the_reason(tmp_path, capsys):
+    data = _digits_folder(tmp_path / "d", [0, 1], n=6)
+    Image.new("L", (9000, 8000)).save(data / "d0" / "big.png")
+    assert main(["learn", "small_cnn", "--data", str(data), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "1 of them over evo's 67 MP limit (downscale them to learn them)" in out and "big.png" in out

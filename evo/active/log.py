@@ -89,6 +89,9 @@ class Row:
     undone: str | None
 
 
+BUSY_MS = 10_000  # how long an open or a write waits for another process's transaction
+
+
 class CorrectionLog:
     """SQLite access for the engine; `write=False` opens read-only (a missing log reads as empty)."""
 
@@ -99,6 +102,9 @@ class CorrectionLog:
         try:
             self._connect(write)
         except sqlite3.DatabaseError as e:
+            if "locked" in str(e) or "busy" in str(e):  # another process holds it: nothing is wrong with the log
+                raise CorrectionError(f"{self.path} is busy (another evo command is reading or writing it); run "
+                                      "the command again in a moment") from None
             if not write and "readonly" in str(e):  # left in WAL mode (a killed writer) in a folder we cannot write
                 raise CorrectionError(f"{self.path} cannot be read without writing beside it (its writer stopped "
                                       "before closing it); make the run folder writable and run the command "
@@ -111,12 +117,13 @@ class CorrectionLog:
             self.db = sqlite3.connect(":memory:", check_same_thread=False)
         elif write:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.execute(f"PRAGMA busy_timeout={BUSY_MS}")  # before WAL: switching waits out a reader
             self.db.execute("PRAGMA journal_mode=WAL")
         else:
             self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
                                       check_same_thread=False)
         self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA busy_timeout=10000")
+        self.db.execute(f"PRAGMA busy_timeout={BUSY_MS}")
         if write or not self.path.is_file():
             self.db.executescript(_SCHEMA)
         elif not self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='ops'").fetchone():

@@ -11,6 +11,7 @@ gradients) and multiplied by the steps taken.
 
 from __future__ import annotations
 
+import contextvars
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -123,6 +124,12 @@ def uniform_fan_in(shape: tuple[int, ...], fan_in: int, generator: torch.Generat
 # -- which layers train ---------------------------------------------------------------------------
 
 
+# Set while a search space's own `trainable` value is checked against the model (`evo.search.launch`): there
+# N above the block count is an error; elsewhere it means every block, so that a default such as evo_tune's
+# 2 still trains a one-block model.
+STRICT_TRAINABLE: contextvars.ContextVar[bool] = contextvars.ContextVar("strict_trainable", default=False)
+
+
 def trainable_nodes(graph, trainable: str | int) -> set[str]:
     """Names of the nodes whose parameters train under `trainable` (the head always does)."""
     head = {graph.head} if graph.head else set()
@@ -131,7 +138,7 @@ def trainable_nodes(graph, trainable: str | int) -> set[str]:
     if trainable == "head":
         return head
     found = blocks(graph)
-    if trainable > len(found):  # would silently mean "all": a value meant for another model, or a typo
+    if trainable > len(found) and STRICT_TRAINABLE.get():  # a value set on purpose, meant for another model?
         span = f": {found[0][0]} … {found[-1][0]}" if found else ""
         raise ConfigError(f"trainable: {trainable} is more blocks than the network it trains has ({len(found)}{span}); "
                           f"use 'all' to train every layer, or N <= {len(found)}")

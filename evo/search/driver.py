@@ -514,8 +514,9 @@ def cheapest_training(grown, inc, parent_meta: dict[str, Any], cand: Candidate, 
 def cheapest_without_growth(base, inc, parent_meta: dict[str, Any], space: SearchSpace, seen_before: int,
                             cut: str | None) -> tuple[str, int] | None:
     """(strategy, price) of the cheapest no-growth candidate the space can draw this round: each strategy
-    at its standard recipe (`_recipe_params`, the knobs it leaves sampled at their first value), then at
-    its cheapest knobs (`cheapest_training`). Growth only adds compute, so a round whose budget is below
+    at its standard recipe (`_recipe_params`, the knobs it leaves sampled at their first value) and with
+    each knob at each value the space offers (numeric ranges at their ends, where prices are lowest or
+    highest), each then at its cheapest knobs (`cheapest_training`). Growth only adds compute, so a round whose budget is below
     this fails for sure; `evo launch` prices round 0 with it before anything is written. None when no
     strategy can be priced (the space's checks name why)."""
     from evo.learn.strategies import canonical_training
@@ -524,14 +525,20 @@ def cheapest_without_growth(base, inc, parent_meta: dict[str, Any], space: Searc
     priced = []
     for name in (["evo"] if strategy is None else strategy.values()):
         drawn = {k: r.trial_values()[0] for k, r in space.training.items()}
-        recipe = {k.removeprefix("train_"): v for k, v in _recipe_params(space, {"train_strategy": name}).items()}
-        cand = Candidate([], canonical_training({**drawn, **recipe, "strategy": name}))
-        try:
-            price = pricing.candidate_flops(base, inc, parent_meta, cand, space, seen_before, cut=cut)
-            cheaper = cheapest_training(base, inc, parent_meta, cand, space, seen_before, cut)
-        except EvoError:
-            continue
-        priced.append((cand.training.get("strategy", "evo"), min(price, cheaper[1]) if cheaper else price))
+        recipe = {**drawn, **{k.removeprefix("train_"): v for k, v in
+                              _recipe_params(space, {"train_strategy": name}).items()}, "strategy": name}
+        # the recipe, and each knob at each of its values: one may make it another strategy's (cheaper)
+        # work, which `cheapest_training` skips (evo_tune with `trainable: 0` is the fast path)
+        trainings = [recipe, *({**recipe, k: v} for k, r in space.training.items() if k != "strategy"
+                               for v in r.trial_values())]
+        for training in trainings:
+            cand = Candidate([], canonical_training(training))
+            try:
+                price = pricing.candidate_flops(base, inc, parent_meta, cand, space, seen_before, cut=cut)
+                cheaper = cheapest_training(base, inc, parent_meta, cand, space, seen_before, cut)
+            except EvoError:
+                continue
+            priced.append((cand.training.get("strategy", "evo"), min(price, cheaper[1]) if cheaper else price))
     return min(priced, key=lambda p: p[1]) if priced else None
 
 

@@ -152,6 +152,10 @@ def round_floor(space: SearchSpace, graph, stream, cut: str | None, index: int =
     base = growth_base(graph, {"increment": None}, space)
     if index > 0 and base is graph:  # the strategies prepare the model differently: round 0's winner decides
         return None
+    if index > 0:  # the parent's head predicts the classes seen so far (at most: its price is then a floor)
+        from evo.learn.learner import reset_head
+
+        base = reset_head(base, stream[index - 1].classes_so_far)
     inc, _ = validation_split(stream, index, space.validation_per_class)
     meta = {"increment": None if index == 0 else index - 1}
     seen_before = sum(len(stream[j].train) for j in range(index))
@@ -181,8 +185,8 @@ def _on_the_model(graph, memory: int, name: str, cut: str | None, **options):
     """A Learner of `name` with `options` on the model, its taps resolved in it (a tap node the model
     lacks fails here, not in round 0), and, given the latent `cut`, every tap its statistics cover
     checked to lie at or above it (unless these options amount to another strategy's work, which
-    then runs instead: `Strategy.computes`). It is priced once on the model, which checks the options
-    that depend on it (`trainable: N` must not exceed its blocks)."""
+    then runs instead: `Strategy.computes`). A space's `trainable: N` is priced on the model, which
+    counts the blocks it trains: N above that is an error here (elsewhere it means all of them)."""
     from evo.learn import Learner
     from evo.learn.tracked import head_taps
 
@@ -194,10 +198,15 @@ def _on_the_model(graph, memory: int, name: str, cut: str | None, **options):
 
         head = head_taps(prepared)
         check_layout(prepared, cut, head + strategy.spare(prepared, head))
-    if cut is not None or not strategy.needs_latents:  # pricing reads the model: `trainable: N` > its blocks
+    if "trainable" in options and (cut is not None or not strategy.needs_latents):  # priced on what it trains
         from evo.learn.strategies import Workload
+        from evo.learn.train import STRICT_TRAINABLE
 
-        strategy.price(prepared, Workload(n_train=1, n_classes=max(2, len(graph.classes)), cut=cut))
+        strict = STRICT_TRAINABLE.set(True)  # the space set N: more than the blocks it trains is an error
+        try:
+            strategy.price(prepared, Workload(n_train=1, n_classes=max(2, len(graph.classes)), cut=cut))
+        finally:
+            STRICT_TRAINABLE.reset(strict)
     return learner
 
 

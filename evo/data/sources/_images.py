@@ -6,7 +6,6 @@ import hashlib
 import logging
 import math
 import re
-import threading
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -29,7 +28,11 @@ _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 # at a reduced scale), yet ~200 MB as uint8 RGB, so the few images the server decodes at once fit a small
 # machine; and below Pillow's bomb warning (89 MP), so whatever it would warn about, evo refuses in one line.
 MAX_PIXELS = 8192 * 8192
-_OPEN = threading.Lock()  # catch_warnings swaps process-wide filters: one opener at a time (headers only)
+TOO_LARGE = f"over evo's {MAX_PIXELS / 1e6:.0f} MP limit"  # how `load_images` lists such a skipped file
+
+
+class ImageTooLarge(DataError):
+    """An image whose header claims more than MAX_PIXELS (decoding it could take gigabytes)."""
 
 
 def natural_key(name: str) -> list[int | str]:
@@ -73,19 +76,22 @@ def _open(file: Path | BinaryIO, where: str) -> Image.Image:
     """Image.open without decoding a pixel; a JPEG over MAX_PIXELS is read at 1/2..1/8 scale (`draft`, free),
     anything else over it is a DataError: its size is a header's claim, decoding it could take gigabytes."""
     fix = f"evo reads at most {MAX_PIXELS / 1e6:.0f} MP; downscale it (e.g. to 4096 pixels a side) and retry"
-    with _OPEN, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with evo's message
-        try:
-            img = Image.open(file)
-        except Image.DecompressionBombError as e:
-            raise DataError(f"{where}: {str(e).rstrip('.')}; {fix}") from None
+    # Pillow warns from 89 MP; evo refuses from MAX_PIXELS with its own one-line error, so the warning (two
+    # lines on stderr) adds nothing. Added per call (idempotent: an equal filter is moved, not repeated), since
+    # a `catch_warnings` block around an import would undo a module-level one; `catch_warnings` here would
+    # swap the process-wide filters under other threads.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    try:
+        img = Image.open(file)
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(f"{where}: {str(e).rstrip('.')}; {fix}") from None
     w, h = img.size
     if w * h > MAX_PIXELS:
         step = 2 ** math.ceil(math.log2(math.sqrt(w * h / MAX_PIXELS)))
         img.draft(None, (max(1, w // step), max(1, h // step)))  # a no-op but for JPEG
     if img.width * img.height > MAX_PIXELS:
         img.close()
-        raise DataError(f"{where} is {w}x{h} pixels ({w * h / 1e6:.0f} MP); {fix}")
+        raise ImageTooLarge(f"{where} is {w}x{h} pixels ({w * h / 1e6:.0f} MP); {fix}")
     return img
 
 
@@ -125,6 +131,10 @@ def load_images(
         listed[path] = label
         try:
             arr = decode(path, size)
+        except ImageTooLarge as e:
+            log.warning("skipping %s", e)
+            skipped.append(f"{path} ({TOO_LARGE})")
+            continue
         except _UNREADABLE as e:
             log.warning("skipping unreadable image %s: %s", path, e)
             skipped.append(str(path))

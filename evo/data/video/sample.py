@@ -22,6 +22,7 @@ from evo.data.video.shots import DETECTORS, Shot, make_detector, shots_from_cuts
 from evo.errors import ConfigError
 
 MODES = ("uniform", "fps", "shots")
+MAX_FPS_FLOOR = 240.0  # `fps` sampling is capped at the video's rate, but never below this (see `_targets`)
 MAX_SIDE = 256  # frames larger than this are scaled down (aspect kept) unless `size` is given
 
 
@@ -30,7 +31,7 @@ class Sampling:
     """How a clip becomes samples.
 
     mode: 'uniform' (`frames` per clip, evenly spaced), 'fps' (`fps` frames per second, at most the
-    video's own rate: above it every frame is sampled once) or 'shots'
+    video's own rate or 240: above it every frame is sampled once) or 'shots'
     (`frames` keyframes per detected shot, evenly spaced inside it). `detector` (a DETECTORS name,
     or None for one shot per clip), `threshold` (None: the detector's default) and `min_shot`
     (seconds) set shot detection. `size` (height, width) fixes the frame size; None keeps the
@@ -124,8 +125,9 @@ class ClipReader:
 
     def _targets(self, last: float | None) -> Iterator[float]:
         s = self.sampling
-        if s.mode == "fps":  # capped: a faster rate picks no more frames, only walks more targets (1e9 hangs)
-            rate = min(s.fps, self.info.fps)
+        if s.mode == "fps":  # capped: a faster rate picks no more frames, only walks more targets (1e9 hung);
+            # never below MAX_FPS_FLOOR, since a container's rate may be a guess (none stored: 25) or an average
+            rate = min(s.fps, max(self.info.fps, MAX_FPS_FLOOR))
             return (self.start + k / rate for k in range(10**12))
         if s.mode == "uniform":
             stop = last if last is not None else self.end
