@@ -210,11 +210,7 @@ def _shot_correction(eng, args: argparse.Namespace):
 @command("correct")
 def cmd_correct(args: argparse.Namespace) -> int:
     from evo.active import Corrections
-    from evo.active.images import as_image, check_label
 
-    if not _is_video(args.image):  # a refused correction leaves the run untouched: no log, no lock file
-        as_image(args.image)
-        check_label(args.label)
     with Corrections.open(args.run_dir) as eng:
         if _is_video(args.image):
             r, shot = _shot_correction(eng, args)
