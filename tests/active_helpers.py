@@ -4,6 +4,8 @@ from a folder of Fashion-MNIST PNGs (3 classes), made once per session and copie
 from __future__ import annotations
 
 import shutil
+import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +47,18 @@ def make_run(base: Path, per_class: int = 400) -> Path:
 def copy_run(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+class LiveImages:
+    """Wraps a decoder and records, at each call, how many images it returned earlier are still alive."""
+
+    def __init__(self, decode):
+        self.decode, self.refs, self.most, self._lock = decode, [], 0, threading.Lock()
+
+    def __call__(self, *args, **kwargs):
+        with self._lock:
+            self.most = max(self.most, sum(r() is not None for r in self.refs))
+        out = self.decode(*args, **kwargs)
+        with self._lock:
+            self.refs.append(weakref.ref(out))
+        return out

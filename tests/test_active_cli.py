@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from active_helpers import CLASSES, copy_run, fashion, make_run, write_folder
+from active_helpers import CLASSES, LiveImages, copy_run, fashion, make_run, write_folder
 
 from evo.cli import main
 
@@ -247,3 +247,18 @@ def test_a_busy_log_is_named_busy_not_damaged(run, base, monkeypatch):
         reader.execute("COMMIT")
         reader.close()
     CorrectionLog(run, write=True).close()  # free again
+
+
+def test_predict_and_suggest_on_a_folder_hold_one_decoded_image_at_a_time(run, base, capsys, monkeypatch):
+    """A folder of large photos must not be decoded into memory all at once (it was: 30 here, thousands
+    in a real pool); each image is shrunk to the model's input before the next is read."""
+    import evo.active.engine as engine
+    import evo.active.images as images
+
+    live = LiveImages(images.as_image)
+    monkeypatch.setattr(engine, "as_image", live)
+    monkeypatch.setattr(images, "as_image", live)
+    assert main(["predict", str(run), str(base / "pool"), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["predictions"]) == 30
+    assert main(["suggest", str(run), "--pool", str(base / "pool"), "-k", "5"]) == 0
+    assert len(live.refs) == 60 and live.most == 0

@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from active_helpers import LiveImages
 from fastapi.testclient import TestClient
 from PIL import Image
 from serve_run import KNOWN, fashion, make_run
@@ -484,3 +485,20 @@ def test_huge_images_are_refused_in_one_line_or_read_smaller(served, tmp_path, r
     Image.new("L", (9000, 8000), 90).save(big)  # 72 MP
     small = decode_image(big.read_bytes(), "big.jpg")
     assert small.shape == (4000, 4500, 3) and small.shape[0] * small.shape[1] <= MAX_PIXELS
+
+
+def test_a_large_predict_request_decodes_a_bounded_number_of_images(served, monkeypatch):
+    """/predict decoded every task's image before predicting: 20 tasks of 67 MP took gigabytes. Now a
+    chunk at a time is decoded and shrunk to features; the predictions are the same."""
+    import evo.serve.images as served_images
+    from evo.serve.backend import FETCH_CHUNK
+
+    client, eng = served
+    live = LiveImages(served_images.decode_image)
+    monkeypatch.setattr(served_images, "decode_image", live)
+    imgs = fashion().images[:3 * FETCH_CHUNK + 1]
+    tasks = [{"id": i, "data": {"image": data_uri(im)}} for i, im in enumerate(imgs)]  # data URIs: never cached
+    r = client.post("/predict", json={"tasks": tasks, "project": "1.1"})
+    assert r.status_code == 200, r.text
+    assert [label_of(x) for x in r.json()["results"]] == [p.label for p in eng.predict(imgs)]
+    assert len(live.refs) == len(imgs) and live.most < FETCH_CHUNK

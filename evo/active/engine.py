@@ -37,7 +37,7 @@ from torch import Tensor
 import evo.ops
 from evo.active import local
 from evo.active.errors import CorrectionError
-from evo.active.images import as_image, as_images, check_label, from_png, image_files, sha256, to_png
+from evo.active.images import as_image, check_label, from_png, image_files, image_items, sha256, to_png
 from evo.active.log import CorrectionLog, Row
 from evo.active.queries import QUERIES
 from evo.active.ridge import RankOneHead, weight_needed
@@ -275,12 +275,16 @@ class Corrections:
         return self._state.head.weight
 
     def features(self, images: Any) -> Tensor:
-        """The head's input features (n, d), float32, of images (arrays or paths), with the version's preprocessing."""
-        imgs = as_images(images)
+        """The head's input features (n, d), float32, of images (arrays or paths), with the version's preprocessing.
+
+        Each image is decoded and shrunk to the input size before the next is read, so a folder of large
+        photos needs one decoded photo of memory. The network is fixed for the engine's life (corrections
+        change only the head), so features may be computed outside any lock and given to `predict_features`."""
+        items = image_items(images)
         outs = []
         with torch.inference_mode():
-            for i in range(0, len(imgs), self.options.batch_size):
-                x = torch.cat([self.preprocess(im[None]) for im in imgs[i:i + self.options.batch_size]])
+            for i in range(0, len(items), self.options.batch_size):
+                x = torch.cat([self.preprocess(as_image(im)[None]) for im in items[i:i + self.options.batch_size]])
                 out = self._net.forward_features(x.contiguous(memory_format=torch.channels_last)).float()
                 if not torch.isfinite(out).all():
                     raise CorrectionError("the model produced NaN/inf features for these images; its weights are broken")
@@ -296,8 +300,12 @@ class Corrections:
 
     def predict(self, images: Any) -> list[Prediction]:
         """Label, probability and top-3 for each image: uint8 (N, H, W[, C]) arrays or image paths."""
-        st = self._state  # one snapshot: never a half-updated head
-        proba = torch.softmax(self.logits(self.features(images), st), dim=1)
+        return self.predict_features(self.features(images))
+
+    def predict_features(self, feats: Tensor) -> list[Prediction]:
+        """`predict` from `features(images)`: one snapshot of the head, never a half-updated one."""
+        st = self._state
+        proba = torch.softmax(self.logits(feats, st), dim=1)
         out = []
         for row in proba:
             top = torch.topk(row, min(3, len(row)))

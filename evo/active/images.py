@@ -47,20 +47,31 @@ def as_image(image: Any) -> np.ndarray:
     return np.ascontiguousarray(image[..., :3])
 
 
-def as_images(images: Any) -> list[np.ndarray]:
-    """A batch array (N, H, W) or (N, H, W, C), a path, or a list of arrays/paths, as a list of uint8 (H, W, 3) images."""
+def image_items(images: Any) -> list[Any] | np.ndarray:
+    """The items of a batch array (N, H, W) or (N, H, W, C), a path, or a list of arrays/paths, still
+    undecoded: a caller that decodes them one at a time (`as_image`) holds one decoded image, not a
+    folder of photos, in memory."""
     if hasattr(images, "detach"):
         images = images.detach().cpu().numpy()
     if isinstance(images, np.ndarray):
         if images.ndim not in (3, 4) or len(images) == 0:
             raise CorrectionError(f"images must be a non-empty (N, H, W) or (N, H, W, C) array; got {images.shape}")
-        return [as_image(x) for x in images]
+        return images
     if isinstance(images, (str, os.PathLike)):
-        return [as_image(images)]
-    items = list(images)
+        return [images]
+    try:
+        items = list(images)
+    except TypeError:
+        raise CorrectionError(f"images must be a path, a uint8 batch array or a list of them; got "
+                              f"{type(images).__name__}") from None
     if not items:
         raise CorrectionError("no images given; pass at least one image")
-    return [as_image(x) for x in items]
+    return items
+
+
+def as_images(images: Any) -> list[np.ndarray]:
+    """`image_items(images)` decoded: a list of uint8 (H, W, 3) images."""
+    return [as_image(x) for x in image_items(images)]
 
 
 def image_files(paths: list[str | os.PathLike]) -> list[Path]:

@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import torch
 
 from evo.active.images import as_image, check_label
 from evo.errors import EvoError
@@ -31,6 +32,7 @@ from evo.serve.labelconfig import ImageChoices, parse_label_config
 
 log = logging.getLogger("evo.serve")
 CACHE_BYTES = 256 * 2**20  # decoded uploads kept: a task's image is fetched once for its annotation and predictions
+FETCH_CHUNK = 8  # /predict decodes this many images at a time: memory bounded by the chunk, not the request
 HANDLED = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
 
 
@@ -125,24 +127,17 @@ class Backend:
             conn = Connection(pid, config, conn.source)
         tasks = P.parse_tasks(doc, conn.config)
         t0 = time.perf_counter()
-        images = self._fetch_all(conn, [t.image_url for t in tasks])
+        feats = []
+        for i in range(0, len(tasks), FETCH_CHUNK):  # a chunk's decoded images at a time, each shrunk to features
+            images = self._fetch_all(conn, [t.image_url for t in tasks[i:i + FETCH_CHUNK]])
+            feats.append(self.engine.features(images))
+            del images
         t1 = time.perf_counter()
-        with self._update:
-            preds, version = self._predict_images(images), self.engine.model_version
-        log.info("predict project %d: %d task(s), fetch %.3fs, predict %.3fs (%s)", pid, len(tasks), t1 - t0,
-                 time.perf_counter() - t1, version)
+        with self._update:  # the features do not change with corrections; the head is read once, here
+            preds, version = self.engine.predict_features(torch.cat(feats)), self.engine.model_version
+        log.info("predict project %d: %d task(s), fetch and features %.3fs, predict %.3fs (%s)", pid, len(tasks),
+                 t1 - t0, time.perf_counter() - t1, version)
         return {"results": [self._result(conn.config, p, version) for p in preds], "model_version": version}
-
-    def _predict_images(self, images: list[np.ndarray]) -> list[Any]:
-        """One engine call per image size (Label Studio projects mix sizes; each batch is one array)."""
-        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for i, im in enumerate(images):
-            groups[im.shape].append(i)
-        out: list[Any] = [None] * len(images)
-        for idx in groups.values():
-            for i, p in zip(idx, self.engine.predict(np.stack([images[i] for i in idx])), strict=True):
-                out[i] = p
-        return out
 
     @staticmethod
     def _result(config: ImageChoices, pred: Any, version: str) -> dict[str, Any]:
