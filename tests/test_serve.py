@@ -502,3 +502,31 @@ def test_a_large_predict_request_decodes_a_bounded_number_of_images(served, monk
     assert r.status_code == 200, r.text
     assert [label_of(x) for x in r.json()["results"]] == [p.label for p in eng.predict(imgs)]
     assert len(live.refs) == len(imgs) and live.most < FETCH_CHUNK
+
+
+def test_a_bulk_of_annotations_is_checked_whole_and_decoded_a_chunk_at_a_time(served, monkeypatch):
+    """ANNOTATIONS_CREATED of an import decoded every task's image at once; now a chunk at a time,
+    twice (checked, then applied), and one bad image still refuses the whole bulk before any change."""
+    import evo.serve.images as served_images
+    from evo.serve.backend import FETCH_CHUNK
+
+    client, eng = served
+    imgs = fashion().images[:2 * FETCH_CHUNK + 3]
+    tasks = [{"id": 500 + i, "data": {"image": data_uri(im)}} for i, im in enumerate(imgs)]
+    anns = [{**annotation(1500 + i, 0, "Bag"), "task": 500 + i} for i in range(len(imgs))]
+    bad = [*tasks[:-1], {**tasks[-1], "data": {"image": "data:image/png;base64,bm90IGFuIGltYWdl"}}]
+    before = _unchanged(eng)
+    r = client.post("/webhook", json={"action": "ANNOTATIONS_CREATED", "project": {"id": 1}, "annotation": anns,
+                                      "task": bad})
+    assert r.status_code == 422 and _unchanged(eng) == before
+    live = LiveImages(served_images.decode_image)
+    monkeypatch.setattr(served_images, "decode_image", live)
+    r = client.post("/webhook", json={"action": "ANNOTATIONS_CREATED", "project": {"id": 1}, "annotation": anns,
+                                      "task": tasks})
+    assert r.status_code == 200, r.text
+    assert [c["label"] for c in r.json()["corrections"]] == ["Bag"] * len(imgs)
+    assert len(live.refs) == 2 * len(imgs) and live.most < 2 * FETCH_CHUNK
+    assert all(eng.find(f"labelstudio:1/{1500 + i}") is not None for i in range(len(imgs)))
+    r = client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "project": {"id": 1},
+                                      "annotations": [{"id": 1500 + i} for i in range(len(imgs))]})
+    assert r.status_code == 200 and len(r.json()["undone"]) == len(imgs)

@@ -206,29 +206,41 @@ class Backend:
         return self._annotated(action, conn, pairs)
 
     def _annotated(self, action: str, conn: Connection, pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+        """Every image and label is checked before the model changes. A bulk (more than `FETCH_CHUNK`
+        annotations, e.g. an import of annotated tasks) is fetched twice, a chunk at a time, to bound
+        memory; if an image fails only on the second fetch, the annotations before it stay applied, and
+        Label Studio's retry replaces them with the same corrections (each is keyed by its annotation)."""
         where = f"/webhook {action}"
         parsed = [P.parse_annotation(a, conn.config, where) for a, _ in pairs]
         todo = [(ann, P.parse_task(t, conn.config, f"{where}: task of annotation {ann.id}"))
                 for ann, (_, t) in zip(parsed, pairs, strict=True) if ann.label is not None]
         t0 = time.perf_counter()
-        images = self._fetch_all(conn, [t.image_url for _, t in todo]) if todo else []
+        chunks = [todo[i:i + FETCH_CHUNK] for i in range(0, len(todo), FETCH_CHUNK)]
+        images: list[np.ndarray] = []
+        for chunk in chunks:  # the engine's own checks on every image and label, before anything changes
+            images = self._fetch_all(conn, [t.image_url for _, t in chunk])
+            for (ann, _), image in zip(chunk, images, strict=True):
+                as_image(image), check_label(ann.label)
+        if len(chunks) > 1:
+            images = []
         t1 = time.perf_counter()
-        for (ann, _), image in zip(todo, images, strict=True):  # the engine's own checks, before anything changes
-            as_image(image), check_label(ann.label)
         done: list[dict[str, Any]] = []
-        with self._update:  # everything is validated and fetched: now change the model, one reference swap each
+        with self._update:  # everything is validated: now change the model, one reference swap each
             for ann in parsed:
                 if ann.label is None and (cid := self.engine.find(external_id(conn.project, ann.id))) is not None:
                     self.engine.undo(cid)
                     done.append({"annotation": ann.id, "undone": cid, "reason": ann.reason})
-            for (ann, _), image in zip(todo, images, strict=True):
-                ext = external_id(conn.project, ann.id)
-                old = self.engine.find(ext)
-                if old is not None:  # replaced: its weight must not prop up the new label's
-                    self.engine.undo(old)
-                r = self.engine.correct(image, ann.label, source="labelstudio", external_id=ext)
-                done.append({"annotation": ann.id, "correction": r.id, "label": r.label, "previous": r.previous,
-                             "replaced": old, "holds": r.holds, "seconds": r.seconds})
+            for chunk in chunks:
+                if len(chunks) > 1:  # a bulk is fetched again a chunk at a time: it never sits decoded in memory
+                    images = self._fetch_all(conn, [t.image_url for _, t in chunk])
+                for (ann, _), image in zip(chunk, images, strict=True):
+                    ext = external_id(conn.project, ann.id)
+                    old = self.engine.find(ext)
+                    if old is not None:  # replaced: its weight must not prop up the new label's
+                        self.engine.undo(old)
+                    r = self.engine.correct(image, ann.label, source="labelstudio", external_id=ext)
+                    done.append({"annotation": ann.id, "correction": r.id, "label": r.label, "previous": r.previous,
+                                 "replaced": old, "holds": r.holds, "seconds": r.seconds})
             version = self.engine.model_version
         for d in done:
             log.info("%s project %d annotation %d: %s (fetch %.3fs, update %.3fs, %s)", action, conn.project,
