@@ -40,14 +40,17 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         try:
             return self._items[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable name (a list, a dict) is no name either
             raise unknown_name(self.kind, name, self._items) from None
 
     def names(self) -> list[str]:
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        try:
+            return name in self._items
+        except TypeError:  # unhashable
+            return False
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

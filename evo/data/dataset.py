@@ -7,17 +7,40 @@ between increments without anyone changing it under another's feet.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from evo.checks import check_int
 from evo.errors import ConfigError, DataError
+
+
+def check_size(size: Any, what: str = "size") -> tuple[int, int]:
+    """`size` as (height, width): one positive int is a square side, as a model's input_size is."""
+    def ok(v: Any) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+
+    pair = (size, size) if ok(size) else tuple(size) if isinstance(size, (list, tuple)) else ()
+    if len(pair) != 2 or not all(ok(v) for v in pair):
+        raise ConfigError(f"{what} must be a positive int (a square side) or [height, width] of positive ints; "
+                          f"got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _array(value: Any, what: str) -> np.ndarray:
+    """np.asarray, with a ragged or otherwise unconvertible input named as the DataError it is."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{what} must be one array of equal-sized entries; got {type(value).__name__} that numpy "
+                        f"cannot stack ({e})") from None
 
 
 def to_rgb(images: np.ndarray) -> np.ndarray:
     """Return uint8 (N, H, W, 3): grayscale (N, H, W) or (N, H, W, 1) is repeated, RGBA drops alpha."""
-    images = np.asarray(images)
+    images = _array(images, "images")
     if images.dtype != np.uint8:
         raise DataError(f"images must be uint8 (0..255); got dtype {images.dtype}. Scale and cast first.")
     if images.ndim == 3:
@@ -52,16 +75,21 @@ class ImageSet:
     groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        images, labels = np.asarray(self.images), np.asarray(self.labels)
+        images, labels = _array(self.images, "ImageSet.images"), _array(self.labels, "ImageSet.labels")
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise DataError(
                 f"ImageSet.images must be uint8 (N, H, W, 3); got {images.dtype} {images.shape}. "
                 "Use ImageSet.from_arrays to convert grayscale or RGBA."
             )
+        if len(images) and 0 in images.shape[1:3]:
+            raise DataError(f"ImageSet.images must be at least 1x1 pixels; got shape {images.shape}")
         if labels.ndim != 1 or len(labels) != len(images):
             raise DataError(f"ImageSet.labels must be ({len(images)},); got shape {labels.shape}")
         if labels.size and not np.issubdtype(labels.dtype, np.integer):
             raise DataError(f"ImageSet.labels must be integers; got dtype {labels.dtype}")
+        if isinstance(self.classes, (str, bytes)) or not isinstance(self.classes, Iterable):
+            raise DataError(f"ImageSet.classes must be a list of class names (label i means classes[i]); got "
+                            f"{type(self.classes).__name__} {self.classes!r}")
         classes = [str(c) for c in self.classes]
         if len(set(classes)) != len(classes):
             dup = sorted({c for c in classes if classes.count(c) > 1})
@@ -90,7 +118,16 @@ class ImageSet:
         cls, images: np.ndarray, labels: Sequence[int] | np.ndarray, classes: Sequence[str]
     ) -> ImageSet:
         """Build a set from grayscale, RGB or RGBA uint8 arrays (converted to RGB)."""
-        return cls(to_rgb(images), np.asarray(labels, dtype=np.int64), list(classes))
+        lab = _array(labels, "labels")
+        integral = np.issubdtype(lab.dtype, np.integer) or lab.dtype == np.bool_ or (
+            np.issubdtype(lab.dtype, np.floating) and np.isfinite(lab).all() and (lab == np.round(lab)).all())
+        if lab.size and not integral:
+            raise DataError(f"labels must be integers (label i means classes[i]); got {lab.dtype} values such as "
+                            f"{lab.ravel()[:3].tolist()}")
+        if isinstance(classes, (str, bytes)) or not isinstance(classes, Iterable):
+            raise DataError(f"classes must be a list of class names (label i means classes[i]); got "
+                            f"{type(classes).__name__} {classes!r}")
+        return cls(to_rgb(images), lab.astype(np.int64), list(classes))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -117,7 +154,13 @@ class ImageSet:
 
     def subset(self, indices: Sequence[int] | np.ndarray, classes: Sequence[str] | None = None) -> ImageSet:
         """The samples at `indices` (copied); `classes` may shorten the class list to a prefix."""
-        idx = np.asarray(indices, dtype=np.int64)
+        idx = _array(indices, "subset indices")
+        if idx.dtype == np.bool_ and idx.shape == (len(self),):
+            idx = np.flatnonzero(idx)  # a boolean mask over the samples
+        elif idx.size and not np.issubdtype(idx.dtype, np.integer):
+            raise DataError(f"subset indices must be integers (or a boolean mask of length {len(self)}); got "
+                            f"{idx.dtype} {idx.shape}")
+        idx = idx.astype(np.int64).reshape(-1)
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise DataError(f"subset indices must lie in [0, {len(self)}); got [{idx.min()}, {idx.max()}]")
         return ImageSet(self.images[idx], self.labels[idx], list(classes or self.classes), self.skipped,
@@ -125,6 +168,8 @@ class ImageSet:
 
     def select_classes(self, names: Sequence[str]) -> ImageSet:
         """Only the samples of `names`, relabelled so that label i means `names[i]`."""
+        if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
+            raise ConfigError(f"select_classes takes a list of class names; got {type(names).__name__} {names!r}")
         names = list(names)
         self._check_known(names)
         if set(names) >= set(self.present_classes()):
@@ -150,12 +195,14 @@ class ImageSet:
         """Every image resized to (height, width) with antialiased bilinear; same labels."""
         from evo.data.transforms import resize_uint8
 
+        size = check_size(size, "ImageSet.resized size")
         return ImageSet(resize_uint8(self.images, size), self.labels, self.classes, self.skipped, self.groups)
 
     def permuted(self, seed: int) -> ImageSet:
         """Every image's pixel positions shuffled by one permutation drawn from `seed` (the same for every
         image and every set built with that seed): permuted Fashion-MNIST, a data type with no spatial
         structure left, where pretrained convolutional features are weak."""
+        check_int("ImageSet.permuted seed", seed, 0)
         n, h, w = self.images.shape[:3]
         perm = np.random.default_rng(seed).permutation(h * w)
         flat = self.images.reshape(n, h * w, *self.images.shape[3:])
@@ -174,6 +221,9 @@ def concat(sets: Sequence[ImageSet]) -> ImageSet:
     """Stack sets that share one class list and one image size."""
     if not sets:
         raise DataError("concat needs at least one ImageSet")
+    bad = [type(s).__name__ for s in sets if not isinstance(s, ImageSet)]
+    if bad:
+        raise DataError(f"concat stacks evo.data.ImageSet objects; got {bad}")
     first = sets[0]
     for s in sets[1:]:
         if s.classes != first.classes or s.image_size != first.image_size:
@@ -196,8 +246,12 @@ def holdout_split(data: ImageSet, test_fraction: float, seed: int = 0) -> tuple[
     With `data.groups` set, whole groups are drawn instead of samples (round(fraction * groups) of
     each class's groups, >= 1 on each side), so no group is split.
     """
-    if not 0.0 <= float(test_fraction) < 1.0:
+    if not isinstance(data, ImageSet):
+        raise DataError(f"holdout_split splits an evo.data.ImageSet; got {type(data).__name__}")
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.number)) \
+            or not 0.0 <= float(test_fraction) < 1.0:
         raise ConfigError(f"test_fraction must be in [0, 1); got {test_fraction!r}")
+    check_int("holdout_split seed", seed, 0)
     rng = np.random.default_rng(seed)
     test_idx: list[np.ndarray] = []
     for label in range(len(data.classes)):

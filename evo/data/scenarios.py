@@ -12,13 +12,13 @@ changing a cap such as `per_class_test` never changes the class order.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
 import numpy as np
 
-from evo.data.dataset import ImageSet, concat
+from evo.data.dataset import ImageSet, check_size, concat
 from evo.data.sources import load_source
 from evo.errors import ConfigError, DataError
 
@@ -118,6 +118,9 @@ def _load(source: Source, source_opts: Mapping[str, Any] | None) -> tuple[ImageS
         if source_opts:
             raise ConfigError("source_opts only apply to a source given by name or path")
         return source
+    if source_opts is not None and not isinstance(source_opts, Mapping):
+        raise ConfigError(f"source_opts must be a mapping of option name to value (e.g. {{'size': 32}}); got "
+                          f"{type(source_opts).__name__} {source_opts!r}")
     return load_source(source, **(source_opts or {}))
 
 
@@ -139,6 +142,8 @@ def _order(classes: list[str], order: Sequence[str] | None, rng: np.random.Gener
     """The given class order (a subset is allowed), else a seeded permutation of all classes."""
     if order is None:
         return [classes[i] for i in rng.permutation(len(classes))]
+    if isinstance(order, (str, bytes)) or not isinstance(order, Iterable):
+        raise ConfigError(f"order must be a list of class names; got {type(order).__name__} {order!r}")
     order = [str(c) for c in order]
     unknown = [c for c in order if c not in classes]
     if unknown:
@@ -317,8 +322,15 @@ def domain_incremental(
     sources; `prefix=True` names them "<source>:<class>" (loaded pairs are called "source<i>").
     """
     _check_limits(per_class_train, per_class_test)
-    if isinstance(sources, (str, os.PathLike, tuple)) or len(sources) < 1:
-        raise ConfigError("domain_incremental takes a list of sources, e.g. ['fashion-mnist', 'digits']")
+    if isinstance(sources, (str, os.PathLike, tuple)) or not isinstance(sources, Sequence) or len(sources) < 1:
+        raise ConfigError("domain_incremental takes a list of sources, e.g. ['fashion-mnist', 'digits']; got "
+                          f"{type(sources).__name__} {sources!r}")
+    if source_opts is not None and (isinstance(source_opts, (str, bytes, Mapping))
+                                    or not isinstance(source_opts, Sequence)):
+        raise ConfigError(f"domain_incremental source_opts is a list with one mapping (or None) per source; got "
+                          f"{type(source_opts).__name__} {source_opts!r}")
+    if size is not None:
+        size = check_size(size, "domain_incremental size")
     opts = list(source_opts) if source_opts is not None else [None] * len(sources)
     if len(opts) != len(sources):
         raise ConfigError(f"source_opts needs one entry per source ({len(sources)}); got {len(opts)}")

@@ -96,7 +96,7 @@ class ArchGraph:
     def node(self, name: str) -> dict[str, Any]:
         try:
             return self.g.nodes[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable name
             raise UnknownNameError(f"no node named {name!r} in the graph") from None
 
     def op(self, name: str) -> str:
@@ -125,6 +125,7 @@ class ArchGraph:
         return [u for u, _, _ in sorted(preds, key=lambda e: e[2])]
 
     def consumers(self, name: str) -> list[str]:
+        self.node(name)
         return list(self.g.successors(name))
 
     def nodes(self) -> list[str]:
@@ -196,7 +197,12 @@ class ArchGraph:
             if missing:
                 raise GraphError(f"node {n!r} ({d['op']}) lacks attributes {missing}")
             if kind.build is not None:
-                _check_params(n, _expected_params(d["op"], d["attrs"]), d["params"])
+                try:
+                    expected = _expected_params(d["op"], d["attrs"])
+                except Exception as e:  # noqa: BLE001 - torch refuses the attributes: name the node, not torch
+                    raise GraphError(f"node {n!r} ({d['op']}) has attributes {d['attrs']} that do not build a "
+                                     f"layer: {type(e).__name__}: {e}") from None
+                _check_params(n, expected, d["params"])
             elif d["params"]:
                 raise GraphError(f"node {n!r} ({d['op']}) takes no parameters, has {sorted(d['params'])}")
         if self.g.out_degree(self.output):
@@ -247,8 +253,15 @@ class ArchGraph:
 
     def with_weights(self, module: torch.nn.Module) -> ArchGraph:
         """A copy whose tensors are taken (detached, cloned) from a compiled module, e.g. after training."""
+        if not isinstance(module, torch.nn.Module):
+            raise GraphError(f"with_weights takes the module compiled from this graph (graph.to_module()); got "
+                             f"{type(module).__name__}")
         out = self.copy()
         sd = module.state_dict()
+        missing = [f"{n}.{k}" for n in out.nodes() for k in out.params(n) if f"{n}.{k}" not in sd]
+        if missing:
+            raise GraphError(f"with_weights: the module lacks tensors {missing[:3]} of this graph; pass the module "
+                             "compiled from this graph (graph.to_module())")
         for n in out.nodes():
             ps = out.params(n)
             if ps:

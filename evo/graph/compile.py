@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.fx
 from torch import nn
 
+from evo.errors import DataError
 from evo.graph.layers import KINDS
 
 _INPLACE_KINDS = {"relu", "relu6", "silu", "hardswish", "hardsigmoid"}
@@ -33,6 +35,7 @@ class EvoNet(nn.Module):
         order = graph.nodes()
         consumers_left = {n: graph.g.out_degree(n) for n in order}
         self.input_name = graph.input
+        self.input_shape = tuple(graph.input_shape)
         self.features_name = graph.features
         self.head_name = graph.head
         self.classes = graph.classes
@@ -60,7 +63,21 @@ class EvoNet(nn.Module):
         if device not in (None, "meta"):
             self.to(device)
 
+    def _check_input(self, x: Any) -> None:
+        """Refuse what the first layer would fail on with a torch error: not a float tensor of
+        (batch, *input_shape) layout (the spatial size may differ; pooling adapts)."""
+        if isinstance(x, torch.fx.Proxy):  # being traced: nothing concrete to check
+            return
+        shape = self.input_shape
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim != len(shape) + 1 \
+                or (len(shape) > 1 and x.shape[1] != shape[0]):
+            got = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise DataError(f"this network takes a float tensor of shape (N, {', '.join(map(str, shape))}) (preprocessed "
+                            f"images); got a {got}. Preprocess uint8 images with the version's Preprocess, or call "
+                            "Learner.predict")
+
     def _run(self, x: torch.Tensor, stop: str | None) -> dict[str, torch.Tensor]:
+        self._check_input(x)
         values = {self.input_name: x}
         for name, args, freed in self._plan:
             if name == stop:

@@ -43,6 +43,13 @@ def count_flops(graph, batch: int = 1, backward: bool = False, per_node: bool = 
     `trainable` (node names; default all) prices a step that trains only those nodes: frozen nodes
     get no weight gradient, and nothing before the first trainable node gets an input gradient.
     """
+    from evo.checks import check_int
+    from evo.errors import ConfigError
+
+    check_int("flops batch (images)", batch)
+    if trainable is not None and (isinstance(trainable, (str, bytes)) or not isinstance(trainable, Collection)):
+        raise ConfigError(f"flops trainable must be None (every node) or a collection of node names; got "
+                          f"{type(trainable).__name__} {trainable!r}")
     graph.infer_shapes()
     needs_grad: dict[str, bool] = {}
     nodes: dict[str, int] = {}

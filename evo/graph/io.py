@@ -49,8 +49,13 @@ def graph_from_json(doc: Any, tensors: dict[str, torch.Tensor], where: str = "gr
         if not isinstance(nd, dict) or not isinstance(nd.get("name"), str) or not isinstance(nd.get("op"), str):
             raise GraphError(f"{where}: node #{i} needs string 'name' and 'op'")
         name = nd["name"]
+        if not isinstance(nd.get("attrs", {}), (dict, type(None))):
+            raise GraphError(f"{where}: node #{i} ({name!r}): 'attrs' must be an object; got {nd['attrs']!r}")
+        declared = nd.get("params", [])
+        if not isinstance(declared, list) or not all(isinstance(p, str) for p in declared):
+            raise GraphError(f"{where}: node #{i} ({name!r}): 'params' must be a list of tensor names; got {declared!r}")
         params = {}
-        for p in nd.get("params", []):
+        for p in declared:
             key = f"{name}.{p}"
             if key not in tensors:
                 raise WeightsError(f"weights file lacks tensor {key!r} that {where} declares; the files do not match")
@@ -71,7 +76,11 @@ def graph_from_json(doc: Any, tensors: dict[str, torch.Tensor], where: str = "gr
         if ed["src"] not in graph or ed["dst"] not in graph:
             missing = ed["src"] if ed["src"] not in graph else ed["dst"]
             raise GraphError(f"{where}: edge #{i} {ed['src']!r} -> {ed['dst']!r} is dangling: no node {missing!r}")
-        graph.add_edge(ed["src"], ed["dst"], int(ed.get("index", 0)))
+        index = ed.get("index", 0)
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise GraphError(f"{where}: edge #{i} {ed['src']!r} -> {ed['dst']!r}: 'index' must be an integer >= 0 "
+                             f"(the argument position); got {index!r}")
+        graph.add_edge(ed["src"], ed["dst"], index)
     extra = sorted(set(tensors) - used)
     if extra:
         raise WeightsError(f"weights file has tensors {extra[:5]} that {where} does not declare; the files do not match")
@@ -80,6 +89,9 @@ def graph_from_json(doc: Any, tensors: dict[str, torch.Tensor], where: str = "gr
 
 def save(graph: ArchGraph, directory: str | os.PathLike, extra_files: dict[str, Any] | None = None) -> Path:
     """Write graph.json + weights.safetensors (+ JSON `extra_files`) atomically into `directory`."""
+    if not isinstance(graph, ArchGraph):
+        raise GraphError(f"save writes an evo ArchGraph; got {type(graph).__name__}")
+    _check_dir(directory, "save")
     graph.validate()
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -97,8 +109,15 @@ def save(graph: ArchGraph, directory: str | os.PathLike, extra_files: dict[str, 
     return target
 
 
+def _check_dir(directory: Any, what: str) -> None:
+    if not isinstance(directory, (str, os.PathLike)):
+        raise GraphError(f"{what} needs a model folder path (a str or os.PathLike); got {type(directory).__name__} "
+                         f"{directory!r}")
+
+
 def load(directory: str | os.PathLike) -> ArchGraph:
     """Read a graph saved by `save`; every inconsistency raises GraphError or WeightsError naming the file."""
+    _check_dir(directory, "load")
     d = Path(directory)
     gpath, wpath = d / GRAPH_FILE, d / WEIGHTS_FILE
     for p in (gpath, wpath):

@@ -13,12 +13,13 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
 from torch.nn import functional as F
 
-from evo.errors import TraceError
+from evo.errors import ConfigError, TraceError
 from evo.graph._leaves import is_library_leaf, module_specs
 from evo.graph._static import check_shape_only, concrete_condition, is_tensor, is_tensors, record
 from evo.graph.archgraph import ArchGraph
@@ -363,6 +364,10 @@ def from_module(module: nn.Module, input_shape: Sequence[int] = (3, 224, 224), n
     """Trace `module` with torch.fx and import it (eval-mode semantics, weights cloned)."""
     if not isinstance(module, nn.Module):
         raise TraceError(f"from_module needs an nn.Module, got {type(module).__name__}")
+    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or not input_shape or not all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in input_shape):
+        raise ConfigError(f"from_module input_shape is one image's shape without the batch, positive ints such as "
+                          f"(3, 224, 224); got {input_shape!r}")
     was_training = module.training
     module.eval()
     try:

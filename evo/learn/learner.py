@@ -133,6 +133,7 @@ class Learner:
             raise ConfigError(f"Learner head must be one of {list(HEAD_MODES)}; got {head!r}")
         check_memory(memory)
         check_int("Learner eval_batch_size", eval_batch_size)
+        check_int("Learner seed", seed, 0)
         SELECTORS.get(selector)
         self.graph, self.memory, self.head, self.selector = graph, memory, head, selector
         self.progress, self.eval_batch_size, self.seed = bool(progress), eval_batch_size, seed
@@ -167,6 +168,10 @@ class Learner:
         Returns the report (also appended to `reports_`). On any error the learner is unchanged.
         """
         train, tests = _unpack(data)
+        for what, value in (("corrections", corrections), ("forget", forget)):
+            if value is not None and not isinstance(value, ImageSet):
+                raise DataError(f"learn: {what} must be an evo.data.ImageSet or None; got {type(value).__name__}. "
+                                "Build one with evo.data.ImageSet.from_arrays(images, labels, classes)")
         priority = None
         if corrections is not None and len(corrections):
             train, priority = with_corrections(train, corrections)
@@ -287,6 +292,9 @@ class Learner:
         """
         if self.graph_ is None:
             raise ConfigError("with_graph needs a learner that has learned at least one increment")
+        if not isinstance(graph, ArchGraph):
+            raise ConfigError(f"with_graph needs an ArchGraph (e.g. a grown copy of learner.graph_); got "
+                              f"{type(graph).__name__}")
         if graph.classes != self.classes_:
             raise ConfigError(f"with_graph: the graph's classes {graph.classes[:5]}... differ from the "
                               f"learner's {self.classes_[:5]}...; grow the learner's own graph_")
@@ -404,18 +412,31 @@ class Learner:
         return sd
 
     def load_state_dict(self, state: Mapping[str, Tensor], graph: ArchGraph) -> Learner:
-        """Restore a learner saved as (`graph_`, `state_dict()`): continue learning from that version."""
-        if graph.head is None or not graph.classes:
-            raise ConfigError("load_state_dict needs the saved graph_ (with meta['classes'])")
-        self._reset()
-        if self.memory_ is not None:
+        """Restore a learner saved as (`graph_`, `state_dict()`): continue learning from that version.
+        A state that does not load leaves this learner as it was."""
+        if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise ConfigError("load_state_dict needs the mapping of tensors that Learner.state_dict() returned "
+                              f"(e.g. safetensors.torch.load_file(path)); got {type(state).__name__}")
+        if not isinstance(graph, ArchGraph) or graph.head is None or not graph.classes:
+            raise ConfigError("load_state_dict needs the saved graph_ (an ArchGraph with meta['classes'])")
+        first_index = 0  # saved before it was recorded: counts restart at 0
+        if "learner.increments" in state:
+            n = state["learner.increments"]
+            if n.numel() != 1 or n.is_floating_point() or n.dtype == torch.bool or int(n.flatten()[0]) < 0:
+                raise ConfigError(f"state 'learner.increments' must hold one integer >= 0; got {n.tolist()!r}. "
+                                  "Was the state saved by Learner.state_dict()?")
+            first_index = int(n.flatten()[0])
+        memory = ExemplarMemory(self.memory, self.selector, self.seed) if self.strategy.uses_memory else None
+        if memory is not None:
             mem = {k: v.numpy() for k, v in sub_state("memory", state).items()}
             if mem:
-                self.memory_.load_state_dict(mem)
-        self.strategy.load_state_dict(sub_state("strategy", state))
+                memory.load_state_dict(mem)
+        strategy = self.strategy.clone()  # loaded on a copy: a state that fails to load changes nothing
+        strategy.load_state_dict(sub_state("strategy", state))
+        self._reset()
+        self.strategy, self.memory_ = strategy, memory
         self.graph_, self.classes_ = graph, list(graph.classes)
-        if "learner.increments" in state:  # saved before it was recorded: counts restart at 0
-            self._first_index = int(state["learner.increments"][0])
+        self._first_index = first_index
         return self
 
     def __repr__(self) -> str:
@@ -547,8 +568,9 @@ def _as_images(images: Any) -> np.ndarray:
                         "Convert with np.clip(x, 0, 255).astype(np.uint8) after removing invalid pixels")
     if arr.ndim == 3:
         arr = arr[..., None]
-    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4) or len(arr) == 0:
-        raise DataError(f"images must be a non-empty (N, H, W) or (N, H, W, 1|3|4) array; got shape {arr.shape}")
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4) or len(arr) == 0 or 0 in arr.shape[1:3]:
+        raise DataError(f"images must be a non-empty (N, H, W) or (N, H, W, 1|3|4) array with H, W >= 1; got shape "
+                        f"{arr.shape}")
     if arr.shape[-1] == 4:
         arr = arr[..., :3]
     return arr

@@ -72,6 +72,8 @@ class TrainConfig:
         t = self.trainable
         if not (t in ("all", "head") or (isinstance(t, int) and not isinstance(t, bool) and t >= 0)):
             raise ConfigError(f"trainable must be 'all', 'head' or an int N >= 0 (last N blocks); got {t!r}")
+        if not isinstance(self.channels_last, bool):
+            raise ConfigError(f"channels_last must be True or False; got {self.channels_last!r}")
         if self.max_flops is not None:
             check_int("max_flops", self.max_flops)
         check_int("seed", self.seed, 0)

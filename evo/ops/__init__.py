@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from evo.graph.archgraph import ArchGraph
-from evo.ops.base import OPS, Delta, GrowthOp, Site, register
+from evo.ops.base import OPS, Delta, GrowthOp, Site, check_graph, register
 
 # Importing each operator module registers it.
 from evo.ops import add_branch, add_classes, add_tap, deepen, scale_width, widen  # noqa: E402,F401  isort: skip
@@ -21,12 +21,15 @@ def get_op(name: str) -> GrowthOp:
 
 def sites(graph: ArchGraph, name: str) -> list[Site]:
     """Where operator `name` applies in `graph` (JSON-safe dicts, usable as `site=`)."""
-    return OPS.get(name).sites(graph)
+    op = OPS.get(name)
+    check_graph(graph, op.name)
+    return op.sites(graph)
 
 
 def apply(graph: ArchGraph, name: str, site: Site | None = None, **params: Any) -> ArchGraph:
     """Apply operator `name` at `site` to a copy of `graph`; the parent is left untouched."""
     op = OPS.get(name)
+    check_graph(graph, op.name)
     if site is None:
         found = op.sites(graph)
         if len(found) != 1:

@@ -59,6 +59,7 @@ class GrowthOp:
         return site
 
     def apply(self, graph: ArchGraph, site: Site, **params: Any) -> ArchGraph:
+        check_graph(graph, self.name)
         params = self.check_params(params)
         site = self.check_site(graph, site)
         child = graph.copy()
@@ -72,6 +73,13 @@ class GrowthOp:
         """Parameter and FLOP delta of applying this op, measured on the meta device (exact, no compute)."""
         child = self.apply(graph, site, **params)
         return Delta(child.num_params() - graph.num_params(), child.flops() - graph.flops())
+
+
+def check_graph(graph: Any, op: str) -> None:
+    """Refuse anything but an ArchGraph where an operator reads one (e.g. a torch module or None)."""
+    if not isinstance(graph, ArchGraph):
+        raise ConfigError(f"growth operator {op!r} works on an evo ArchGraph (evo.zoo.load(...) or "
+                          f"evo.graph.from_module(net, (3, H, W))); got {type(graph).__name__}")
 
 
 OPS: Registry[GrowthOp] = Registry("growth operator")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from evo.checks import check_int
 from evo.errors import ConfigError, UnknownNameError
 from evo.graph.archgraph import ArchGraph
 from evo.zoo import efficientnet_lite, small_cnn, torchvision_models  # noqa: F401  registers models
@@ -22,7 +24,14 @@ def load(name: str, pretrained: bool = False, input_size: int | None = None, **k
     entry = MODELS.get(name)
     if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1):
         raise ConfigError(f"input_size for {name} must be a positive integer (pixels); got {input_size!r}")
+    if not isinstance(pretrained, bool):
+        raise ConfigError(f"pretrained for {name} must be True or False; got {pretrained!r}")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    # options every zoo model shares, checked here once rather than left to torch's own errors
+    if "num_classes" in kwargs:
+        check_int(f"zoo model {name!r} option num_classes (head outputs)", kwargs["num_classes"])
+    if "seed" in kwargs:
+        check_int(f"zoo model {name!r} option seed", kwargs["seed"], 0)
     accepted = [n for n, p in inspect.signature(entry.factory).parameters.items()
                 if p.kind is not p.VAR_KEYWORD and n not in ("pretrained", "input_size") and not n.startswith("_")]
     unknown = sorted(set(kwargs) - set(accepted))
@@ -42,6 +51,12 @@ def resolve(spec: str | os.PathLike, input_size: int | None = None, pretrained: 
     """
     import evo.graph as eg
 
+    if not isinstance(spec, (str, os.PathLike)):
+        raise ConfigError(f"a model is a zoo name ({', '.join(list_models())}) or a saved model folder; got "
+                          f"{type(spec).__name__} {spec!r}")
+    if options is not None and not isinstance(options, Mapping):
+        raise ConfigError(f"model options must be a mapping of option name to value (e.g. {{'width': 4}}); got "
+                          f"{type(options).__name__} {options!r}")
     reserved = sorted(set(options or {}) & {"pretrained", "input_size"})
     if reserved:
         raise ConfigError(f"model options {reserved} are set as model.pretrained / model.input_size, not under "

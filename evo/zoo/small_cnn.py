@@ -47,6 +47,9 @@ def small_cnn(pretrained: bool = False, input_size: int = 32, num_classes: int =
               **_: object) -> ArchGraph:
     """Small residual+concat CNN (random init, seeded) for fast tests and examples; `width` channels at full
     resolution (a narrow one runs out of capacity: the setting where growth pays)."""
+    if pretrained:
+        raise ConfigError("small_cnn has no pretrained weights (it is random init, seeded); load it with "
+                          "pretrained=False, or pick a zoo model that ships weights (efficientnet_lite0)")
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ConfigError(f"small_cnn option width must be a positive integer (channels); got {width!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

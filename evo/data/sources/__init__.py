@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from evo.data.dataset import check_size
 from evo.data.sources import (  # noqa: F401  (registers the sources)
     digits,
     fashion_mnist,
@@ -35,6 +36,9 @@ def check_source(source: str | os.PathLike, names: bool = True) -> str | Path:
     torch): a registered source's name (`builtin:NAME`, or a bare name when `names` and no such path
     exists), or a folder or .csv path that exists."""
     builtins = ", ".join(BUILTIN + n for n in builtin_names())
+    if not isinstance(source, (str, os.PathLike)):
+        raise ConfigError(f"a data source is a built-in dataset name ({builtins}) or the path of an image folder or "
+                          f"CSV manifest (a str or os.PathLike); got {type(source).__name__} {source!r}")
     if isinstance(source, str) and source.startswith(BUILTIN):
         name = source[len(BUILTIN):]
         if name not in SOURCES or _takes_path(name):
@@ -89,11 +93,7 @@ def _lists_videos(path: Path) -> bool:
 
 def _size(size: Any) -> tuple[int, int]:
     """`size` as (height, width): one positive int is a square side, as a model's input_size is."""
-    pair = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (list, tuple)) else ()
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
-        raise ConfigError(f"data source option size must be a positive int (a square side) or [height, width] of "
-                          f"positive ints; got {size!r}")
-    return pair
+    return check_size(size, "data source option size")
 
 
 def load_source(source: str | os.PathLike, names: bool = True, **options: Any) -> Split:

@@ -38,6 +38,9 @@ class LwFOptions(SGDOptions):
                 raise ConfigError(f"lwf option {name} must be a finite number >= 0; got {v!r}")
         if self.temperature <= 0:
             raise ConfigError(f"lwf option temperature must be > 0; got {self.temperature!r}")
+        if not isinstance(self.replay, bool):
+            raise ConfigError(f"lwf option replay must be True (also replay the exemplar memory: iCaRL-style) or "
+                              f"False; got {self.replay!r}")
 
 
 def distillation(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
