@@ -192,7 +192,7 @@ def test_graph_methods_refuse_bad_arguments(graph, call):
                          ids=["channels", "uint8", "numpy", "3d"])
 def test_compiled_net_refuses_bad_input(graph, x):
     net = graph.to_module().eval()
-    with pytest.raises(DataError, match=r"\(N, 3, 32, 32\)"):
+    with pytest.raises(DataError, match=r"\(N, 3, H, W\)"):
         net(x)
     with pytest.raises(DataError):
         net.forward_features(x)
@@ -274,3 +274,20 @@ def test_load_state_dict_refuses_bad_state_unchanged(learner, state, graph_ok):
         learner.load_state_dict(state, learner.graph_ if graph_ok else None)
     assert _same(learner, snap)
     assert learner.predict(np.zeros((1, 16, 16, 3), np.uint8))[0][0] in learner.classes_
+
+
+def test_load_state_dict_refuses_a_state_of_another_shape_unchanged(graph, pair):
+    """A state whose tensors do not fit (here a 0-d ridge) was a raw IndexError."""
+    lrn = evo.Learner(graph, memory=20, strategy="evo", progress=False)
+    lrn.learn(class_incremental(pair, increments=2, seed=0)[0])
+    snap = _snapshot(lrn)
+    with pytest.raises(ConfigError, match="does not load"):
+        lrn.load_state_dict({**lrn.state_dict(), "strategy.ridge": torch.tensor(1.0)}, lrn.graph_)
+    assert _same(lrn, snap)
+
+
+def test_from_arrays_takes_integer_labels_held_as_objects():
+    s = ImageSet.from_arrays(np.zeros((4, 8, 8, 3), np.uint8), np.array([0, 1, 0, 1], dtype=object), ["a", "b"])
+    assert s.labels.dtype == np.int64 and s.labels.tolist() == [0, 1, 0, 1]
+    with pytest.raises(DataError, match="integers"):
+        ImageSet.from_arrays(np.zeros((2, 8, 8, 3), np.uint8), np.array(["x", None], dtype=object), ["a", "b"])

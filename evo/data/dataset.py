@@ -7,6 +7,7 @@ between increments without anyone changing it under another's feet.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,7 +90,7 @@ class ImageSet:
             raise DataError(f"ImageSet.labels must be integers; got dtype {labels.dtype}")
         if isinstance(self.classes, (str, bytes)) or not isinstance(self.classes, Iterable):
             raise DataError(f"ImageSet.classes must be a list of class names (label i means classes[i]); got "
-                            f"{type(self.classes).__name__} {self.classes!r}")
+                            f"{type(self.classes).__name__} {reprlib.repr(self.classes)}")
         classes = [str(c) for c in self.classes]
         if len(set(classes)) != len(classes):
             dup = sorted({c for c in classes if classes.count(c) > 1})
@@ -119,6 +120,12 @@ class ImageSet:
     ) -> ImageSet:
         """Build a set from grayscale, RGB or RGBA uint8 arrays (converted to RGB)."""
         lab = _array(labels, "labels")
+        if lab.dtype == object:  # e.g. pandas' nullable Int64 as numpy: integers if they convert unchanged
+            try:
+                as_int = lab.astype(np.int64)
+                lab = as_int if (as_int == lab).all() else lab
+            except (TypeError, ValueError, OverflowError):
+                pass
         integral = np.issubdtype(lab.dtype, np.integer) or lab.dtype == np.bool_ or (
             np.issubdtype(lab.dtype, np.floating) and np.isfinite(lab).all() and (lab == np.round(lab)).all())
         if lab.size and not integral:
@@ -126,7 +133,7 @@ class ImageSet:
                             f"{lab.ravel()[:3].tolist()}")
         if isinstance(classes, (str, bytes)) or not isinstance(classes, Iterable):
             raise DataError(f"classes must be a list of class names (label i means classes[i]); got "
-                            f"{type(classes).__name__} {classes!r}")
+                            f"{type(classes).__name__} {reprlib.repr(classes)}")
         return cls(to_rgb(images), lab.astype(np.int64), list(classes))
 
     def __len__(self) -> int:
@@ -169,7 +176,7 @@ class ImageSet:
     def select_classes(self, names: Sequence[str]) -> ImageSet:
         """Only the samples of `names`, relabelled so that label i means `names[i]`."""
         if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
-            raise ConfigError(f"select_classes takes a list of class names; got {type(names).__name__} {names!r}")
+            raise ConfigError(f"select_classes takes a list of class names; got {type(names).__name__} {reprlib.repr(names)}")
         names = list(names)
         self._check_known(names)
         if set(names) >= set(self.present_classes()):

@@ -12,6 +12,7 @@ changing a cap such as `per_class_test` never changes the class order.
 from __future__ import annotations
 
 import os
+import reprlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
@@ -120,7 +121,7 @@ def _load(source: Source, source_opts: Mapping[str, Any] | None) -> tuple[ImageS
         return source
     if source_opts is not None and not isinstance(source_opts, Mapping):
         raise ConfigError(f"source_opts must be a mapping of option name to value (e.g. {{'size': 32}}); got "
-                          f"{type(source_opts).__name__} {source_opts!r}")
+                          f"{type(source_opts).__name__} {reprlib.repr(source_opts)}")
     return load_source(source, **(source_opts or {}))
 
 
@@ -143,7 +144,7 @@ def _order(classes: list[str], order: Sequence[str] | None, rng: np.random.Gener
     if order is None:
         return [classes[i] for i in rng.permutation(len(classes))]
     if isinstance(order, (str, bytes)) or not isinstance(order, Iterable):
-        raise ConfigError(f"order must be a list of class names; got {type(order).__name__} {order!r}")
+        raise ConfigError(f"order must be a list of class names; got {type(order).__name__} {reprlib.repr(order)}")
     order = [str(c) for c in order]
     unknown = [c for c in order if c not in classes]
     if unknown:
@@ -324,11 +325,11 @@ def domain_incremental(
     _check_limits(per_class_train, per_class_test)
     if isinstance(sources, (str, os.PathLike, tuple)) or not isinstance(sources, Sequence) or len(sources) < 1:
         raise ConfigError("domain_incremental takes a list of sources, e.g. ['fashion-mnist', 'digits']; got "
-                          f"{type(sources).__name__} {sources!r}")
+                          f"{type(sources).__name__} {reprlib.repr(sources)}")
     if source_opts is not None and (isinstance(source_opts, (str, bytes, Mapping))
                                     or not isinstance(source_opts, Sequence)):
         raise ConfigError(f"domain_incremental source_opts is a list with one mapping (or None) per source; got "
-                          f"{type(source_opts).__name__} {source_opts!r}")
+                          f"{type(source_opts).__name__} {reprlib.repr(source_opts)}")
     if size is not None:
         size = check_size(size, "domain_incremental size")
     opts = list(source_opts) if source_opts is not None else [None] * len(sources)

@@ -72,9 +72,9 @@ class EvoNet(nn.Module):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim != len(shape) + 1 \
                 or (len(shape) > 1 and x.shape[1] != shape[0]):
             got = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-            raise DataError(f"this network takes a float tensor of shape (N, {', '.join(map(str, shape))}) (preprocessed "
-                            f"images); got a {got}. Preprocess uint8 images with the version's Preprocess, or call "
-                            "Learner.predict")
+            want = f"(N, {shape[0]}, H, W)" if len(shape) == 3 else f"(N, {', '.join(map(str, shape))})"
+            raise DataError(f"this network takes a float tensor of shape {want} (preprocessed images); got a {got}. "
+                            "Preprocess uint8 images with the version's Preprocess, or call Learner.predict")
 
     def _run(self, x: torch.Tensor, stop: str | None) -> dict[str, torch.Tensor]:
         self._check_input(x)

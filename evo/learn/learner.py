@@ -427,12 +427,17 @@ class Learner:
                                   "Was the state saved by Learner.state_dict()?")
             first_index = int(n.flatten()[0])
         memory = ExemplarMemory(self.memory, self.selector, self.seed) if self.strategy.uses_memory else None
-        if memory is not None:
-            mem = {k: v.numpy() for k, v in sub_state("memory", state).items()}
-            if mem:
-                memory.load_state_dict(mem)
-        strategy = self.strategy.clone()  # loaded on a copy: a state that fails to load changes nothing
-        strategy.load_state_dict(sub_state("strategy", state))
+        strategy = self.strategy.clone()  # loaded on copies: a state that fails to load changes nothing
+        try:
+            if memory is not None:
+                mem = {k: v.numpy() for k, v in sub_state("memory", state).items()}
+                if mem:
+                    memory.load_state_dict(mem)
+            strategy.load_state_dict(sub_state("strategy", state))
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            raise ConfigError(f"load_state_dict: the state does not load into this {self.strategy.name!r} learner "
+                              f"({type(e).__name__}: {e}); pass the state_dict() of a learner with the same "
+                              "strategy and memory") from None
         self._reset()
         self.strategy, self.memory_ = strategy, memory
         self.graph_, self.classes_ = graph, list(graph.classes)

@@ -37,5 +37,5 @@ def check_odd_kernel(kernel_size: Any) -> None:
 
 def check_seed(seed: Any) -> None:
     check_int("seed", seed, 0)
-    if seed >= 2**63:  # beyond torch.Generator.manual_seed's range
-        raise ConfigError(f"seed must be an integer < 2**63 (torch's generator range); got {seed!r}")
+    if seed >= 2**63:  # evo's seeds are non-negative int64s, as the run files store them
+        raise ConfigError(f"seed must be an integer in [0, 2**63); got {seed!r}")

@@ -80,7 +80,7 @@ class Widen(GrowthOp):
         if merged["init"] not in INITS:
             raise ConfigError(f"widen init must be one of {list(INITS)} (copy: Net2Wider copies of old units; fresh: "
                               f"new random units whose outputs start at weight 0), got {merged['init']!r}")
-        if not _int(merged["seed"]) or not 0 <= merged["seed"] < 2**63:  # torch.Generator's range
+        if not _int(merged["seed"]) or not 0 <= merged["seed"] < 2**63:  # as every operator's seed (ops._util.check_seed)
             raise ConfigError(f"widen seed must be an integer in [0, 2**63), got {merged['seed']!r}")
         return merged
 

@@ -208,8 +208,10 @@ class Backend:
     def _annotated(self, action: str, conn: Connection, pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
         """Every image and label is checked before the model changes. A bulk (more than `FETCH_CHUNK`
         annotations, e.g. an import of annotated tasks) is fetched twice, a chunk at a time, to bound
-        memory; if an image fails only on the second fetch, the annotations before it stay applied, and
-        Label Studio's retry replaces them with the same corrections (each is keyed by its annotation)."""
+        memory, and each chunk is applied under the update lock once fetched: predictions meanwhile see
+        whole annotations, never half of one. If an image fails only on the second fetch, the chunks
+        before it stay applied (the reply names the error); sending the bulk again replaces them with
+        the same corrections, since each is keyed by its annotation."""
         where = f"/webhook {action}"
         parsed = [P.parse_annotation(a, conn.config, where) for a, _ in pairs]
         todo = [(ann, P.parse_task(t, conn.config, f"{where}: task of annotation {ann.id}"))
@@ -225,14 +227,16 @@ class Backend:
             images = []
         t1 = time.perf_counter()
         done: list[dict[str, Any]] = []
-        with self._update:  # everything is validated: now change the model, one reference swap each
+        with self._update:
             for ann in parsed:
                 if ann.label is None and (cid := self.engine.find(external_id(conn.project, ann.id))) is not None:
                     self.engine.undo(cid)
                     done.append({"annotation": ann.id, "undone": cid, "reason": ann.reason})
-            for chunk in chunks:
-                if len(chunks) > 1:  # a bulk is fetched again a chunk at a time: it never sits decoded in memory
-                    images = self._fetch_all(conn, [t.image_url for _, t in chunk])
+            version = self.engine.model_version
+        for chunk in chunks:
+            if len(chunks) > 1:  # a bulk is fetched again, outside the lock: it never sits decoded in memory
+                images = self._fetch_all(conn, [t.image_url for _, t in chunk])
+            with self._update:  # validated and fetched: change the model, one reference swap each
                 for (ann, _), image in zip(chunk, images, strict=True):
                     ext = external_id(conn.project, ann.id)
                     old = self.engine.find(ext)
@@ -241,7 +245,7 @@ class Backend:
                     r = self.engine.correct(image, ann.label, source="labelstudio", external_id=ext)
                     done.append({"annotation": ann.id, "correction": r.id, "label": r.label, "previous": r.previous,
                                  "replaced": old, "holds": r.holds, "seconds": r.seconds})
-            version = self.engine.model_version
+                version = self.engine.model_version
         for d in done:
             log.info("%s project %d annotation %d: %s (fetch %.3fs, update %.3fs, %s)", action, conn.project,
                      d["annotation"], f"{d.get('previous')} -> {d['label']}" if "label" in d else "undone",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import reprlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -53,10 +54,10 @@ def resolve(spec: str | os.PathLike, input_size: int | None = None, pretrained: 
 
     if not isinstance(spec, (str, os.PathLike)):
         raise ConfigError(f"a model is a zoo name ({', '.join(list_models())}) or a saved model folder; got "
-                          f"{type(spec).__name__} {spec!r}")
+                          f"a {type(spec).__name__}")
     if options is not None and not isinstance(options, Mapping):
         raise ConfigError(f"model options must be a mapping of option name to value (e.g. {{'width': 4}}); got "
-                          f"{type(options).__name__} {options!r}")
+                          f"{type(options).__name__} {reprlib.repr(options)}")
     reserved = sorted(set(options or {}) & {"pretrained", "input_size"})
     if reserved:
         raise ConfigError(f"model options {reserved} are set as model.pretrained / model.input_size, not under "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def check_source(source: str | os.PathLike, names: bool = True) -> str | Path:
     builtins = ", ".join(BUILTIN + n for n in builtin_names())
     if not isinstance(source, (str, os.PathLike)):
         raise ConfigError(f"a data source is a built-in dataset name ({builtins}) or the path of an image folder or "
-                          f"CSV manifest (a str or os.PathLike); got {type(source).__name__} {source!r}")
+                          f"CSV manifest (a str or os.PathLike); got {type(source).__name__} {reprlib.repr(source)}")
     if isinstance(source, str) and source.startswith(BUILTIN):
         name = source[len(BUILTIN):]
         if name not in SOURCES or _takes_path(name):
