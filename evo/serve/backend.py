@@ -126,17 +126,20 @@ class Backend:
             config = parse_label_config(doc["label_config"])  # the project's config may have changed
             conn = Connection(pid, config, conn.source)
         tasks = P.parse_tasks(doc, conn.config)
-        t0 = time.perf_counter()
+        fetching = computing = 0.0
         feats = []
         for i in range(0, len(tasks), FETCH_CHUNK):  # a chunk's decoded images at a time, each shrunk to features
+            t0 = time.perf_counter()
             images = self._fetch_all(conn, [t.image_url for t in tasks[i:i + FETCH_CHUNK]])
+            t1 = time.perf_counter()
             feats.append(self.engine.features(images))
             del images
+            fetching, computing = fetching + t1 - t0, computing + time.perf_counter() - t1
         t1 = time.perf_counter()
         with self._update:  # the features do not change with corrections; the head is read once, here
             preds, version = self.engine.predict_features(torch.cat(feats)), self.engine.model_version
-        log.info("predict project %d: %d task(s), fetch and features %.3fs, predict %.3fs (%s)", pid, len(tasks),
-                 t1 - t0, time.perf_counter() - t1, version)
+        log.info("predict project %d: %d task(s), fetch %.3fs, predict %.3fs (%s)", pid, len(tasks), fetching,
+                 computing + time.perf_counter() - t1, version)
         return {"results": [self._result(conn.config, p, version) for p in preds], "model_version": version}
 
     @staticmethod
