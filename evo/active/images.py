@@ -69,11 +69,6 @@ def image_items(images: Any) -> list[Any] | np.ndarray:
     return items
 
 
-def as_images(images: Any) -> list[np.ndarray]:
-    """`image_items(images)` decoded: a list of uint8 (H, W, 3) images."""
-    return [as_image(x) for x in image_items(images)]
-
-
 def image_files(paths: list[str | os.PathLike]) -> list[Path]:
     """Image files named directly or found (recursively, natural order) under folders."""
     out: list[Path] = []
