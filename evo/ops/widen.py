@@ -50,6 +50,7 @@ import torch
 from evo.errors import ConfigError, InvalidSiteError
 from evo.graph.archgraph import ArchGraph
 from evo.ops._channels import ChannelSpaces
+from evo.ops._util import check_seed
 from evo.ops.base import GrowthOp, Site, register
 
 INITS = ("copy", "fresh")  # how new units start: Net2Wider copies, or random rows with zero outgoing weights
@@ -80,8 +81,7 @@ class Widen(GrowthOp):
         if merged["init"] not in INITS:
             raise ConfigError(f"widen init must be one of {list(INITS)} (copy: Net2Wider copies of old units; fresh: "
                               f"new random units whose outputs start at weight 0), got {merged['init']!r}")
-        if not _int(merged["seed"]) or not 0 <= merged["seed"] < 2**63:  # as every operator's seed (ops._util.check_seed)
-            raise ConfigError(f"widen seed must be an integer in [0, 2**63), got {merged['seed']!r}")
+        check_seed(merged["seed"])
         return merged
 
     def check_site(self, graph: ArchGraph, site: Site) -> Site:

@@ -92,11 +92,6 @@ def _lists_videos(path: Path) -> bool:
     return False
 
 
-def _size(size: Any) -> tuple[int, int]:
-    """`size` as (height, width): one positive int is a square side, as a model's input_size is."""
-    return check_size(size, "data source option size")
-
-
 def load_source(source: str | os.PathLike, names: bool = True, **options: Any) -> Split:
     """(train, test) ImageSets from `builtin:NAME`, an image folder or a CSV manifest (a path that exists
     always wins). `names=True` also accepts a bare built-in name such as `digits` (search spaces);
@@ -111,7 +106,7 @@ def load_source(source: str | os.PathLike, names: bool = True, **options: Any) -
     fn = SOURCES.get(name)
     kwargs = {**implied, **options}
     if "size" in kwargs and kwargs["size"] is not None:
-        kwargs["size"] = _size(kwargs["size"])
+        kwargs["size"] = check_size(kwargs["size"], "data source option size")
     params = inspect.signature(fn).parameters
     size = kwargs.pop("size", None) if "size" not in params else None  # resized here when the source does not
     permute = kwargs.pop("permute", None)

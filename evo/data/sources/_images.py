@@ -15,8 +15,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-from evo.data.dataset import ImageSet
-from evo.errors import ConfigError, DataError
+from evo.data.dataset import ImageSet, check_size
+from evo.errors import DataError
 
 log = logging.getLogger("evo.data")
 
@@ -53,12 +53,7 @@ def inside(root: Path, path: str | Path) -> Path:
 
 def parse_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
     """None, an int (square) or (height, width)."""
-    if size is None:
-        return None
-    hw = (size, size) if isinstance(size, int) else tuple(size)
-    if len(hw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw):
-        raise ConfigError(f"size must be a positive int or (height, width); got {size!r}")
-    return hw  # type: ignore[return-value]
+    return None if size is None else check_size(size)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
