@@ -73,3 +73,35 @@ def test_the_worker_runs_on_the_cpu_unless_ray_assigned_a_gpu() -> None:
     graph = evo.zoo.load("small_cnn")
     learner, fresh = make_learner(graph, {}, {}, 50, {"strategy": "evo", "epochs": 1}, device="cpu")
     assert fresh and learner.device == torch.device("cpu")
+
+
+def test_cpu_feature_passes_run_in_cache_sized_batches_with_the_same_outputs(monkeypatch) -> None:
+    """Forward-only passes on the CPU ran at the caller's batch (256): Lite0 at 128 px held 1.6 MiB of
+    activation per image, 400 MiB a batch, and ran 2.3x slower than at 8 (BENCHMARKS.md). The batch is
+    now sized by the net's largest activation; eval-mode outputs do not depend on it."""
+    import evo.learn.device as dev
+    from evo.data.transforms import Preprocess
+    from evo.learn.train import run_batches
+
+    g = evo.zoo.resolve("efficientnet_lite0", 128)
+    net = g.to_module().eval()
+    assert 1.2 * 2**20 < net.activation_bytes < 2 * 2**20  # 96 channels x 64 x 64 floats
+    cpu = torch.device("cpu")
+    assert dev.feature_batch(net, 256, cpu) == 8 and dev.feature_batch(net, 4, cpu) == 4
+    small = evo.zoo.resolve("small_cnn").to_module()
+    assert dev.feature_batch(small, 256, cpu) == 256  # small activations: the caller's batch
+    assert dev.feature_batch(torch.nn.Linear(2, 2), 256, cpu) == 256  # unknown activations: unchanged
+    if torch.cuda.is_available():
+        assert dev.feature_batch(net, 256, torch.device("cuda")) == 256
+
+    seen = []
+    fn = lambda m, x: seen.append(len(x)) or m.forward_features(x)  # noqa: E731
+    images = np.random.default_rng(0).integers(0, 256, (20, 40, 40, 3), dtype=np.uint8)
+    pre = Preprocess.imagenet(128)
+    split = run_batches(net, images, pre, fn, batch_size=256, progress=False)
+    assert seen == [8, 8, 4]
+    monkeypatch.setattr(dev, "CPU_CACHE_BYTES", 0)  # off: the caller's batch, as before
+    seen.clear()
+    whole = run_batches(net, images, pre, fn, batch_size=256, progress=False)
+    assert seen == [20]
+    assert torch.allclose(split, whole, rtol=1e-5, atol=1e-5 * float(whole.abs().max()))

@@ -7,13 +7,14 @@ flat precomputed plan that frees each intermediate tensor after its last use.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.fx
 from torch import nn
 
-from evo.errors import DataError
+from evo.errors import DataError, GraphError
 from evo.graph.layers import KINDS
 
 _INPLACE_KINDS = {"relu", "relu6", "silu", "hardswish", "hardsigmoid"}
@@ -25,6 +26,15 @@ def build_module(op: str, attrs: dict[str, Any], device: str | torch.device | No
         with torch.device("meta"):
             return KINDS.get(op).make(attrs)
     return KINDS.get(op).make(attrs)
+
+
+def _largest_activation(graph, order: list[str]) -> int:
+    """Bytes of the largest per-image fp32 tensor the net computes (from the inferred shapes; 0 if
+    unknown): what sizes a batch that stays in the CPU's cache (`evo.learn.device.feature_batch`)."""
+    try:
+        return 4 * max(math.prod(graph.shape(n)) for n in order)
+    except (GraphError, TypeError, ValueError):
+        return 0
 
 
 class EvoNet(nn.Module):
@@ -60,6 +70,7 @@ class EvoNet(nn.Module):
             plan.append((n, args, freed))
         self._plan = plan
         self._output_src = graph.inputs_of(graph.output)[0]
+        self.activation_bytes = _largest_activation(graph, order)
         if device not in (None, "meta"):
             self.to(device)
 

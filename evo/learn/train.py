@@ -26,7 +26,7 @@ from evo.checks import check_int
 from evo.errors import ConfigError, DataError
 from evo.graph.taps import blocks
 from evo.learn.cost import CostMeter, forward_flops, train_flops
-from evo.learn.device import autocast, batch_to, grad_scaler
+from evo.learn.device import autocast, batch_to, feature_batch, grad_scaler
 
 LossFn = Callable[[nn.Module, Tensor, Tensor, np.ndarray], Tensor]
 OPTIMIZERS = ("sgd", "adamw")
@@ -318,8 +318,9 @@ def run_batches(
     net.to(device).eval()
     outs = []
     bar = tqdm(total=len(images), desc=desc, disable=not progress, leave=False, unit="img")
-    for start in range(0, len(images), batch_size):
-        x = batch_to(preprocess, images[start : start + batch_size], device)
+    step = feature_batch(net, batch_size, device)
+    for start in range(0, len(images), step):
+        x = batch_to(preprocess, images[start : start + step], device)
         with autocast(device):
             out = fn(net, x).float()
         if not torch.isfinite(out).all():
