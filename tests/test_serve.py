@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import socket
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -496,17 +497,22 @@ def test_a_large_predict_request_decodes_a_bounded_number_of_images(served, monk
     client, eng = served
     live = LiveImages(served_images.decode_image)
     monkeypatch.setattr(served_images, "decode_image", live)
+    batches = []
+    forward = eng._forward  # noqa: SLF001
+    monkeypatch.setattr(eng, "_forward", lambda inputs: batches.append(len(inputs)) or forward(inputs))
     imgs = fashion().images[:3 * FETCH_CHUNK + 1]
     tasks = [{"id": i, "data": {"image": data_uri(im)}} for i, im in enumerate(imgs)]  # data URIs: never cached
     r = client.post("/predict", json={"tasks": tasks, "project": "1.1"})
     assert r.status_code == 200, r.text
+    assert batches == [len(imgs)]  # the chunks feed one forward batch (the engine's size), not one each
     assert [label_of(x) for x in r.json()["results"]] == [p.label for p in eng.predict(imgs)]
     assert len(live.refs) == len(imgs) and live.most < FETCH_CHUNK
 
 
-def test_a_bulk_of_annotations_is_checked_whole_and_decoded_a_chunk_at_a_time(served, monkeypatch):
-    """ANNOTATIONS_CREATED of an import decoded every task's image at once; now a chunk at a time,
-    twice (checked, then applied), and one bad image still refuses the whole bulk before any change."""
+def test_a_bulk_of_annotations_is_checked_whole_and_decoded_a_chunk_at_a_time(served, monkeypatch, tmp_path):
+    """ANNOTATIONS_CREATED of an import decoded every task's image at once; now a chunk at a time, once:
+    checked and spooled to disk, then applied from there (a second fetch could fail half-way through and
+    leave the bulk half applied). One bad image still refuses the whole bulk before any change."""
     import evo.serve.images as served_images
     from evo.serve.backend import FETCH_CHUNK
 
@@ -521,11 +527,18 @@ def test_a_bulk_of_annotations_is_checked_whole_and_decoded_a_chunk_at_a_time(se
     assert r.status_code == 422 and _unchanged(eng) == before
     live = LiveImages(served_images.decode_image)
     monkeypatch.setattr(served_images, "decode_image", live)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))  # nowhere to spool: refused whole
+    r = client.post("/webhook", json={"action": "ANNOTATIONS_CREATED", "project": {"id": 1}, "annotation": anns,
+                                      "task": tasks})
+    assert r.status_code == 507 and "TMPDIR" in r.json()["error"] and _unchanged(eng) == before
+    live.refs.clear()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     r = client.post("/webhook", json={"action": "ANNOTATIONS_CREATED", "project": {"id": 1}, "annotation": anns,
                                       "task": tasks})
     assert r.status_code == 200, r.text
     assert [c["label"] for c in r.json()["corrections"]] == ["Bag"] * len(imgs)
-    assert len(live.refs) == 2 * len(imgs) and live.most < 2 * FETCH_CHUNK
+    assert len(live.refs) == len(imgs) and live.most < FETCH_CHUNK  # fetched once, a chunk at a time
+    assert not list(tmp_path.iterdir())  # the spool is gone
     assert all(eng.find(f"labelstudio:1/{1500 + i}") is not None for i in range(len(imgs)))
     r = client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "project": {"id": 1},
                                       "annotations": [{"id": 1500 + i} for i in range(len(imgs))]})

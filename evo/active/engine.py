@@ -25,7 +25,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from evo.active.rounds import META_KEY, SIZE_KEY, learned_image
 from evo.checks import check_int
 from evo.data.transforms import Preprocess
 from evo.graph.archgraph import ArchGraph
+from evo.learn.device import feature_batch
 from evo.learn.strategies.base import sub_state
 from evo.learn.tracked import apply_map, from_meta, head_map, head_taps
 from evo.runs import STATE_FILE, Run, RunError
@@ -278,18 +279,31 @@ class Corrections:
         """The head's input features (n, d), float32, of images (arrays or paths), with the version's preprocessing.
 
         Each image is decoded and shrunk to the input size before the next is read, so a folder of large
-        photos needs one decoded photo of memory. The network is fixed for the engine's life (corrections
+        photos needs one decoded photo of memory. `images` may also be an iterator, read as it goes. The network is fixed for the engine's life (corrections
         change only the head), so features may be computed outside any lock and given to `predict_features`."""
-        items = image_items(images)
-        outs = []
+        items = images if isinstance(images, Iterator) else image_items(images)
+        size = feature_batch(self._net, self.options.batch_size, torch.device("cpu"))
+        batch: list[Tensor] = []
+        outs: list[Tensor] = []
         with torch.inference_mode():
-            for i in range(0, len(items), self.options.batch_size):
-                x = torch.cat([self.preprocess(as_image(im)[None]) for im in items[i:i + self.options.batch_size]])
-                out = self._net.forward_features(x.contiguous(memory_format=torch.channels_last)).float()
-                if not torch.isfinite(out).all():
-                    raise CorrectionError("the model produced NaN/inf features for these images; its weights are broken")
-                outs.append(out)
+            for im in items:  # an iterator is read lazily: a caller's fetch feeds full batches, not its chunks
+                batch.append(self.preprocess(as_image(im)[None]))
+                del im  # decoded images are not held while the iterator produces the next
+                if len(batch) == size:
+                    outs.append(self._forward(batch))
+                    batch = []
+            if batch:
+                outs.append(self._forward(batch))
+        if not outs:
+            raise CorrectionError("no images given; pass at least one image")
         return torch.cat(outs)
+
+    def _forward(self, inputs: list[Tensor]) -> Tensor:
+        x = torch.cat(inputs).contiguous(memory_format=torch.channels_last)
+        out = self._net.forward_features(x).float()
+        if not torch.isfinite(out).all():
+            raise CorrectionError("the model produced NaN/inf features for these images; its weights are broken")
+        return out
 
     def logits(self, feats: Tensor, state: _State | None = None) -> Tensor:
         """Calibrated logits (n, C), float64, from features (n, d)."""

@@ -8,11 +8,14 @@ replaced annotation half-way (undone but not yet re-corrected).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +23,12 @@ from typing import Any
 
 import httpx
 import numpy as np
-import torch
 
 from evo.active.images import as_image, check_label
 from evo.errors import EvoError
 from evo.runs import write_json_atomic
 from evo.serve import protocol as P
-from evo.serve.errors import BadRequest, NotConnected
+from evo.serve.errors import BadRequest, NotConnected, SpoolError
 from evo.serve.images import LabelStudioSource
 from evo.serve.labelconfig import ImageChoices, parse_label_config
 
@@ -126,20 +128,23 @@ class Backend:
             config = parse_label_config(doc["label_config"])  # the project's config may have changed
             conn = Connection(pid, config, conn.source)
         tasks = P.parse_tasks(doc, conn.config)
-        fetching = computing = 0.0
-        feats = []
-        for i in range(0, len(tasks), FETCH_CHUNK):  # a chunk's decoded images at a time, each shrunk to features
-            t0 = time.perf_counter()
-            images = self._fetch_all(conn, [t.image_url for t in tasks[i:i + FETCH_CHUNK]])
-            t1 = time.perf_counter()
-            feats.append(self.engine.features(images))
-            del images
-            fetching, computing = fetching + t1 - t0, computing + time.perf_counter() - t1
-        t1 = time.perf_counter()
+        fetching = 0.0
+
+        def fetched() -> Iterator[np.ndarray]:  # a chunk's decoded images at a time, each let go once read
+            nonlocal fetching
+            for i in range(0, len(tasks), FETCH_CHUNK):
+                t0 = time.perf_counter()
+                chunk = self._fetch_all(conn, [t.image_url for t in tasks[i:i + FETCH_CHUNK]])
+                fetching += time.perf_counter() - t0
+                while chunk:
+                    yield chunk.pop(0)
+
+        t0 = time.perf_counter()
+        feats = self.engine.features(fetched())  # forward passes in full batches, across the chunks
         with self._update:  # the features do not change with corrections; the head is read once, here
-            preds, version = self.engine.predict_features(torch.cat(feats)), self.engine.model_version
+            preds, version = self.engine.predict_features(feats), self.engine.model_version
         log.info("predict project %d: %d task(s), fetch %.3fs, predict %.3fs (%s)", pid, len(tasks), fetching,
-                 computing + time.perf_counter() - t1, version)
+                 time.perf_counter() - t0 - fetching, version)
         return {"results": [self._result(conn.config, p, version) for p in preds], "model_version": version}
 
     @staticmethod
@@ -209,46 +214,49 @@ class Backend:
         return self._annotated(action, conn, pairs)
 
     def _annotated(self, action: str, conn: Connection, pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
-        """Every image and label is checked before the model changes. A bulk (more than `FETCH_CHUNK`
-        annotations, e.g. an import of annotated tasks) is fetched twice, a chunk at a time, to bound
-        memory, and each chunk is applied under the update lock once fetched: predictions meanwhile see
-        whole annotations, never half of one. If an image fails only on the second fetch, the chunks
-        before it stay applied (the reply names the error); sending the bulk again replaces them with
-        the same corrections, since each is keyed by its annotation."""
+        """Every image and label is fetched and checked before the model changes, so one bad image refuses
+        the whole request. A bulk (more than `FETCH_CHUNK` annotations, e.g. an import of annotated tasks)
+        is fetched a chunk at a time and spooled to a temporary folder (the log keeps a copy of every image
+        anyway), then applied from there a chunk at a time, under the update lock: memory holds a chunk, a
+        later network failure cannot leave the bulk half applied, and predictions meanwhile see whole
+        annotations, never half of one."""
         where = f"/webhook {action}"
         parsed = [P.parse_annotation(a, conn.config, where) for a, _ in pairs]
         todo = [(ann, P.parse_task(t, conn.config, f"{where}: task of annotation {ann.id}"))
                 for ann, (_, t) in zip(parsed, pairs, strict=True) if ann.label is not None]
-        t0 = time.perf_counter()
         chunks = [todo[i:i + FETCH_CHUNK] for i in range(0, len(todo), FETCH_CHUNK)]
-        images: list[np.ndarray] = []
-        for chunk in chunks:  # the engine's own checks on every image and label, before anything changes
-            images = self._fetch_all(conn, [t.image_url for _, t in chunk])
-            for (ann, _), image in zip(chunk, images, strict=True):
-                as_image(image), check_label(ann.label)
-        if len(chunks) > 1:
-            images = []
-        t1 = time.perf_counter()
-        done: list[dict[str, Any]] = []
-        with self._update:
-            for ann in parsed:
-                if ann.label is None and (cid := self.engine.find(external_id(conn.project, ann.id))) is not None:
-                    self.engine.undo(cid)
-                    done.append({"annotation": ann.id, "undone": cid, "reason": ann.reason})
-            version = self.engine.model_version
-        for chunk in chunks:
-            if len(chunks) > 1:  # a bulk is fetched again, outside the lock: it never sits decoded in memory
-                images = self._fetch_all(conn, [t.image_url for _, t in chunk])
-            with self._update:  # validated and fetched: change the model, one reference swap each
-                for (ann, _), image in zip(chunk, images, strict=True):
-                    ext = external_id(conn.project, ann.id)
-                    old = self.engine.find(ext)
-                    if old is not None:  # replaced: its weight must not prop up the new label's
-                        self.engine.undo(old)
-                    r = self.engine.correct(image, ann.label, source="labelstudio", external_id=ext)
-                    done.append({"annotation": ann.id, "correction": r.id, "label": r.label, "previous": r.previous,
-                                 "replaced": old, "holds": r.holds, "seconds": r.seconds})
+        with contextlib.ExitStack() as stack:
+            spool = _spool_dir(stack) if len(chunks) > 1 else None
+            t0 = time.perf_counter()
+            images: list[np.ndarray] = []
+            for k, chunk in enumerate(chunks):  # the engine's own checks on every image and label, before any change
+                images = [as_image(im) for im in self._fetch_all(conn, [t.image_url for _, t in chunk])]
+                for ann, _ in chunk:
+                    check_label(ann.label)
+                if spool is not None:
+                    _spool(spool, k, images)
+                    images = []
+            t1 = time.perf_counter()
+            done: list[dict[str, Any]] = []
+            with self._update:
+                for ann in parsed:
+                    if ann.label is None and (cid := self.engine.find(external_id(conn.project, ann.id))) is not None:
+                        self.engine.undo(cid)
+                        done.append({"annotation": ann.id, "undone": cid, "reason": ann.reason})
                 version = self.engine.model_version
+            for k, chunk in enumerate(chunks):
+                if spool is not None:
+                    images = _unspool(spool, k, len(chunk))
+                with self._update:  # validated and fetched: change the model, one reference swap each
+                    for (ann, _), image in zip(chunk, images, strict=True):
+                        ext = external_id(conn.project, ann.id)
+                        old = self.engine.find(ext)
+                        if old is not None:  # replaced: its weight must not prop up the new label's
+                            self.engine.undo(old)
+                        r = self.engine.correct(image, ann.label, source="labelstudio", external_id=ext)
+                        done.append({"annotation": ann.id, "correction": r.id, "label": r.label,
+                                     "previous": r.previous, "replaced": old, "holds": r.holds, "seconds": r.seconds})
+                    version = self.engine.model_version
         for d in done:
             log.info("%s project %d annotation %d: %s (fetch %.3fs, update %.3fs, %s)", action, conn.project,
                      d["annotation"], f"{d.get('previous')} -> {d['label']}" if "label" in d else "undone",
@@ -267,3 +275,29 @@ class Backend:
             version = self.engine.model_version
         log.info("ANNOTATIONS_DELETED project %d: %s undone (%s)", pid, [u["annotation"] for u in undone], version)
         return {"status": "ok", "action": "ANNOTATIONS_DELETED", "undone": undone, "model_version": version}
+
+
+def _spool_error(where: str | Path, e: OSError) -> SpoolError:
+    return SpoolError(f"the bulk of annotations could not be spooled to {where} ({e.strerror or e}); nothing was "
+                      "applied: free space there (or set TMPDIR to another folder) and send it again")
+
+
+def _spool_dir(stack: contextlib.ExitStack) -> Path:
+    """A temporary folder for a bulk's checked images, removed when `stack` closes."""
+    try:
+        return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="evo-bulk-")))
+    except OSError as e:
+        raise _spool_error(tempfile.gettempdir(), e) from None
+
+
+def _spool(folder: Path, chunk: int, images: list[np.ndarray]) -> None:
+    """Checked images of a bulk, kept on disk until applied (raw .npy: lossless, no pickle)."""
+    try:
+        for j, image in enumerate(images):
+            np.save(folder / f"{chunk}-{j}.npy", image, allow_pickle=False)
+    except OSError as e:
+        raise _spool_error(folder, e) from None
+
+
+def _unspool(folder: Path, chunk: int, n: int) -> list[np.ndarray]:
+    return [np.load(folder / f"{chunk}-{j}.npy", allow_pickle=False) for j in range(n)]

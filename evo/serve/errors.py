@@ -33,3 +33,9 @@ class ImageFetchError(ServeError):
     """An image URL that cannot be fetched or decoded."""
 
     status = 422
+
+
+class SpoolError(ServeError):
+    """A bulk of annotations that cannot be held on disk until it is applied (e.g. the disk is full)."""
+
+    status = 507
