@@ -36,3 +36,7 @@ class WeightsError(EvoError, ValueError):
 
 class DataError(EvoError, ValueError):
     """Input data is missing, unreadable, empty or mislabelled."""
+
+
+class OutOfRangeError(EvoError, IndexError):
+    """An index past the end of an evo sequence (a stream's increments); an IndexError, as for a list."""

@@ -10,7 +10,7 @@ import pytest
 import evo.data
 from evo.data import ImageSet, class_incremental, data_incremental, domain_incremental, mixed
 from evo.data.sources import fashion_mnist as fm
-from evo.errors import ConfigError, DataError
+from evo.errors import ConfigError, DataError, OutOfRangeError
 
 
 def ids_set(per_class: int, n_classes: int, start: int, size: int = 4, prefix: str = "c") -> ImageSet:
@@ -88,8 +88,14 @@ def test_class_incremental_options(pair):
     a = [inc.new_classes for inc in class_incremental(pair, seed=3, per_class_test=2)]
     assert a == [inc.new_classes for inc in class_incremental(pair, seed=3)]  # caps never change the order
     assert len(s[0:2]) == 2 and s[-1].index == 2
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError):  # a list's convention, and an evo error naming the valid range
         s[3]
+    with pytest.raises(OutOfRangeError, match=r"increment -4 is out of range .* \(0\.\.2"):
+        s[-4]
+    assert s[np.int64(1)].index == 1
+    for bad in ("1", 1.0, True, None):
+        with pytest.raises(DataError, match="integer or a slice"):
+            s[bad]
 
 
 def test_errors(pair):

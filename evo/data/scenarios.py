@@ -11,6 +11,7 @@ changing a cap such as `per_class_test` never changes the class order.
 
 from __future__ import annotations
 
+import operator
 import os
 import reprlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -21,7 +22,7 @@ import numpy as np
 
 from evo.data.dataset import ImageSet, check_size, concat
 from evo.data.sources import load_source
-from evo.errors import ConfigError, DataError
+from evo.errors import ConfigError, DataError, OutOfRangeError
 
 Source = str | os.PathLike | tuple[ImageSet, ImageSet]
 
@@ -84,8 +85,16 @@ class Stream(Sequence[Increment]):
     def __getitem__(self, i: int | slice) -> Increment | list[Increment]:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
+        try:
+            k = operator.index(i) if not isinstance(i, bool) else None
+        except TypeError:
+            k = None
+        if k is None:
+            raise DataError(f"a stream is indexed by an integer or a slice; got {type(i).__name__} {i!r}")
+        i = k
         if not -len(self) <= i < len(self):
-            raise IndexError(f"increment {i} out of range for a stream of {len(self)}")
+            raise OutOfRangeError(f"increment {i} is out of range for a stream of {len(self)} "
+                                  f"(0..{len(self) - 1}, or negative from the end)")
         return self._build(i % len(self))
 
     def __iter__(self) -> Iterator[Increment]:
