@@ -137,3 +137,23 @@ def remove_evo_temps(folder: Path) -> list[str]:
             p.unlink(missing_ok=True)
         removed.append(str(p))
     return removed
+
+
+def mark_folder(folder: Path, marker: str, by: str) -> None:
+    """Write `folder/marker` listing every file now in `folder`: the proof that evo wrote them all, which
+    `marked_folder` checks before evo replaces the folder."""
+    names = sorted(p.name for p in folder.iterdir() if p.name != marker)
+    (folder / marker).write_text(json.dumps({"written_by": by, "files": names}))
+
+
+def marked_folder(folder: Path, marker: str) -> bool | None:
+    """Whether `folder` holds exactly the plain files its marker lists (so evo may replace it whole);
+    None where there is no readable marker (the caller decides about folders older than markers)."""
+    try:
+        listed = json.loads((folder / marker).read_text()).get("files")
+        if not isinstance(listed, list) or not all(isinstance(f, str) for f in listed):
+            return False
+        return {p.name for p in folder.iterdir()} == {marker, *listed} \
+            and all((folder / f).is_file() and not (folder / f).is_symlink() for f in listed)
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 import shutil
 import tempfile
@@ -23,6 +22,7 @@ import pandas as pd
 
 from evo import analysis
 from evo.errors import EvoError
+from evo.fsutil import mark_folder, marked_folder
 
 try:
     from evo import plots
@@ -71,8 +71,7 @@ def write_report(run: str | os.PathLike, out: str | os.PathLike | None = None, p
         try:
             (staging / "index.html").write_text(_html(r.path.name, sections, summary, staging))
             (staging / "summary.md").write_text(_markdown(r.path.name, summary, sections))
-            written = sorted(p.name for p in staging.iterdir())
-            (staging / REPORT_MARKER).write_text(json.dumps({"written_by": "evo report", "files": written}))
+            mark_folder(staging, REPORT_MARKER, "evo report")
             _swap(staging, out, legacy_ok)
         except OSError as e:
             raise _unwritable(out, e) from None
@@ -272,13 +271,9 @@ def _check_replaceable(out: Path, legacy_ok: bool = False, shown: Path | None = 
         return
     if not out.is_dir():
         raise ReportError(f"{shown or out} is a file; pass --out to a new folder")
-    files = {p.name for p in out.iterdir()}
-    try:
-        listed = json.loads((out / REPORT_MARKER).read_text()).get("files")
-        ours = isinstance(listed, list) and files == {REPORT_MARKER, *listed} \
-            and all((out / f).is_file() and not (out / f).is_symlink() for f in listed)
-    except (OSError, ValueError, AttributeError, TypeError):
-        ours = legacy_ok and {"index.html", "summary.md"} <= files \
+    ours = marked_folder(out, REPORT_MARKER)
+    if ours is None:
+        ours = legacy_ok and {"index.html", "summary.md"} <= {p.name for p in out.iterdir()} \
             and all(p.is_file() and not p.is_symlink() and p.suffix in _OURS for p in out.iterdir())
     if not ours:
         raise ReportError(f"{shown or out} exists and is not an evo report folder (or holds files evo did not write there); "

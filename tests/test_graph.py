@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,6 +87,36 @@ def test_save_replaces_existing_folder_atomically(tmp_path):
     with torch.no_grad():
         assert torch.equal(eg.load(tmp_path / "m").to_module().eval()(x), b.to_module().eval()(x))
     assert sorted(os.listdir(tmp_path)) == ["m"]
+
+
+def test_save_never_replaces_a_folder_evo_did_not_write(tmp_path):
+    """save swaps a folder in whole: over a user's folder it deleted everything there (a thesis beside a
+    model, a home directory). It now replaces only an empty folder or one its marker vouches for."""
+    g = evo.zoo.load("small_cnn")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("precious")
+    with pytest.raises(GraphError, match="files evo did not write"):
+        eg.save(g, mine)
+    assert sorted(os.listdir(mine)) == ["thesis.txt"] and sorted(os.listdir(tmp_path)) == ["mine"]
+    eg.save(g, tmp_path / "m")
+    (tmp_path / "m" / "notes.json").write_text("{}")  # a user's file added to a saved model
+    with pytest.raises(GraphError, match="files evo did not write"):
+        eg.save(g, tmp_path / "m")
+    assert (tmp_path / "m" / "notes.json").exists()
+    (tmp_path / "m" / "notes.json").unlink()
+    eg.save(g, tmp_path / "m")  # evo's own folder: replaced
+    legacy = tmp_path / "legacy"  # saved before markers: only the files evo writes
+    eg.save(g, legacy)
+    (legacy / eg.io.MODEL_MARKER).unlink()
+    eg.save(g, legacy)
+    (tmp_path / "empty").mkdir()
+    eg.save(g, tmp_path / "empty")
+    (tmp_path / "f").write_text("x")
+    for target, match in ((tmp_path / "f", "is a file"), (Path("/proc/evo-x"), "cannot save")):
+        with pytest.raises(GraphError, match=match):
+            eg.save(g, target)
+    assert (tmp_path / "f").read_text() == "x"
 
 
 # ---- bad input ---------------------------------------------------------------------------------

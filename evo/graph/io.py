@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from evo.errors import EvoError, GraphError, WeightsError
-from evo.fsutil import swap_dir, temp_dir
+from evo.fsutil import mark_folder, marked_folder, swap_dir, temp_dir
 from evo.graph.archgraph import ArchGraph
 from evo.graph.taps import LEGACY_TAP_SOURCE, TAP_ROLE
 
@@ -25,6 +25,8 @@ FORMAT = "evo.archgraph"
 VERSION = 1
 GRAPH_FILE = "graph.json"
 WEIGHTS_FILE = "weights.safetensors"
+MODEL_MARKER = ".evo-model.json"  # lists the files `save` wrote: all that a later save may replace
+_LEGACY_FILES = {GRAPH_FILE, WEIGHTS_FILE, "meta.json", "report.json", "state.safetensors"}  # before markers
 
 
 def graph_to_json(graph: ArchGraph) -> dict[str, Any]:
@@ -94,19 +96,47 @@ def save(graph: ArchGraph, directory: str | os.PathLike, extra_files: dict[str, 
     _check_dir(directory, "save")
     graph.validate()
     target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(target.parent, target.name)
+    try:
+        tmp = temp_dir(target.parent, target.name)
+    except OSError as e:
+        raise _unwritable(target, e) from None
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in graph.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
         (tmp / GRAPH_FILE).write_text(json.dumps(graph_to_json(graph), indent=1))
         for fname, doc in (extra_files or {}).items():
             (tmp / fname).write_text(json.dumps(doc, indent=1))
+        mark_folder(tmp, MODEL_MARKER, "evo.graph.save")
+        _check_replaceable(target)
         swap_dir(tmp, target)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _unwritable(target, e) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _check_replaceable(target: Path) -> None:
+    """`save` replaces a folder whole, so an existing one must be empty or evo's: its marker lists exactly
+    the files it holds. Folders saved before markers existed hold only the files evo writes there."""
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise GraphError(f"cannot save the model to {target}: it is a file or a link; pass a folder path")
+    if not target.exists() or not any(target.iterdir()):
+        return
+    ours = marked_folder(target, MODEL_MARKER)
+    if ours is None:
+        ours = GRAPH_FILE in {p.name for p in target.iterdir()} and all(
+            p.name in _LEGACY_FILES and p.is_file() and not p.is_symlink() for p in target.iterdir())
+    if not ours:
+        raise GraphError(f"cannot save the model to {target}: that folder holds files evo did not write there, and "
+                         "saving replaces the folder whole; pass a new (or empty) folder, or move them away")
+
+
+def _unwritable(target: Path, e: OSError) -> GraphError:
+    return GraphError(f"cannot save the model to {target} ({e.strerror or e}); choose a writable folder path "
+                      "(any existing folder there is replaced whole, atomically)")
 
 
 def _check_dir(directory: Any, what: str) -> None:
