@@ -396,6 +396,7 @@ def predictions(run: str | os.PathLike | Run, versions_: list[int] | None = None
     import torch
 
     from evo.data.transforms import Preprocess
+    from evo.learn.device import feature_batch
 
     run = open_run(run)
     test, how = test_split(run)
@@ -412,10 +413,11 @@ def predictions(run: str | os.PathLike | Run, versions_: list[int] | None = None
         preprocess = Preprocess.from_dict(pre) if pre else Preprocess(int(graph.input_shape[1]), (0.5,) * 3,
                                                                       (0.5,) * 3)
         net = graph.to_module().eval()
+        step = feature_batch(net, batch_size, torch.device("cpu"))
         out = []
         with torch.no_grad():
-            for i in range(0, len(test), batch_size):
-                out.append(net(preprocess(test.images[i:i + batch_size])).argmax(dim=1).numpy())
+            for i in range(0, len(test), step):
+                out.append(net(preprocess(test.images[i:i + step])).argmax(dim=1).numpy())
         pred = classes[np.concatenate(out)] if out else np.empty(0, dtype=str)
         frames.append(pd.DataFrame({"version": n, "image": np.arange(len(test)), "truth": truth, "predicted": pred}))
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)), how

@@ -34,6 +34,7 @@ from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
 from evo.graph.taps import Tap, tap_graph
 from evo.learn.cost import matmul_flops, ridge_flops
+from evo.learn.device import feature_batch
 from evo.learn.head import RidgeHead
 from evo.learn.latent import LatentRows, LatentStore, check_layout, merge_above, split
 from evo.learn.strategies.base import Context, Result, Workload, register_strategy
@@ -223,7 +224,7 @@ class EvoLatent(Evo):
         calib[extra] = True
         net = (above if layout == head else tap_graph(above, layout)).to_module().eval()
         fpi = net_flops(above if layout == head else tap_graph(above, layout))
-        bs = self.options.batch_size
+        bs = feature_batch(net, self.options.batch_size, torch.device("cpu"))  # the rows and net are on the CPU
         tail = []
         for start in range(0, len(rows), bs):
             idx = np.arange(start, min(start + bs, len(rows)))
