@@ -279,8 +279,9 @@ class Corrections:
         """The head's input features (n, d), float32, of images (arrays or paths), with the version's preprocessing.
 
         Each image is decoded and shrunk to the input size before the next is read, so a folder of large
-        photos needs one decoded photo of memory. `images` may also be an iterator, read as it goes. The network is fixed for the engine's life (corrections
-        change only the head), so features may be computed outside any lock and given to `predict_features`."""
+        photos needs one decoded photo of memory; `images` may also be an iterator, read as it goes. The
+        network is fixed for the engine's life (corrections change only the head), so features may be
+        computed outside any lock and given to `predict_features`."""
         items = images if isinstance(images, Iterator) else image_items(images)
         size = feature_batch(self._net, self.options.batch_size, torch.device("cpu"))
         batch: list[Tensor] = []

@@ -135,8 +135,8 @@ def _check_replaceable(target: Path) -> None:
 
 
 def _unwritable(target: Path, e: OSError) -> GraphError:
-    return GraphError(f"cannot save the model to {target} ({e.strerror or e}); choose a writable folder path "
-                      "(any existing folder there is replaced whole, atomically)")
+    return GraphError(f"cannot save the model to {target} ({e.strerror or e}); choose a folder path where "
+                      "evo can write")
 
 
 def _check_dir(directory: Any, what: str) -> None:
