@@ -7,13 +7,13 @@ import contextlib
 import io
 import json
 import socket
-import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+import torch
 from active_helpers import LiveImages
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -509,11 +509,14 @@ def test_a_large_predict_request_decodes_a_bounded_number_of_images(served, monk
     assert len(live.refs) == len(imgs) and live.most < FETCH_CHUNK
 
 
-def test_a_bulk_of_annotations_is_checked_whole_and_decoded_a_chunk_at_a_time(served, monkeypatch, tmp_path):
+def test_a_bulk_of_annotations_is_checked_whole_and_decoded_a_chunk_at_a_time(served, run_dir, monkeypatch):
     """ANNOTATIONS_CREATED of an import decoded every task's image at once; now a chunk at a time, once:
-    checked and spooled to disk, then applied from there (a second fetch could fail half-way through and
-    leave the bulk half applied). One bad image still refuses the whole bulk before any change."""
+    checked and spooled (PNG, in the run folder under evo's temporary prefix), then applied from there:
+    a second fetch could fail half-way through and leave the bulk half applied. One bad image, or a
+    spool that fails on a later chunk (disk full), still refuses the whole bulk before any change."""
+    import evo.serve.backend as backend
     import evo.serve.images as served_images
+    from evo.fsutil import TMP_PREFIX
     from evo.serve.backend import FETCH_CHUNK
 
     client, eng = served
@@ -525,21 +528,50 @@ def test_a_bulk_of_annotations_is_checked_whole_and_decoded_a_chunk_at_a_time(se
     r = client.post("/webhook", json={"action": "ANNOTATIONS_CREATED", "project": {"id": 1}, "annotation": anns,
                                       "task": bad})
     assert r.status_code == 422 and _unchanged(eng) == before
-    live = LiveImages(served_images.decode_image)
-    monkeypatch.setattr(served_images, "decode_image", live)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))  # nowhere to spool: refused whole
+    spooled, to_png = [], backend.to_png
+
+    def disk_full(image):
+        spooled.append(image)
+        if len(spooled) > FETCH_CHUNK + 2:  # part-way through the second chunk
+            raise OSError(28, "No space left on device")
+        return to_png(image)
+
+    monkeypatch.setattr(backend, "to_png", disk_full)
     r = client.post("/webhook", json={"action": "ANNOTATIONS_CREATED", "project": {"id": 1}, "annotation": anns,
                                       "task": tasks})
-    assert r.status_code == 507 and "TMPDIR" in r.json()["error"] and _unchanged(eng) == before
-    live.refs.clear()
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert r.status_code == 507 and "No space left" in r.json()["error"] and _unchanged(eng) == before
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(TMP_PREFIX)]  # the spool is gone
+    monkeypatch.setattr(backend, "to_png", to_png)
+    live = LiveImages(served_images.decode_image)
+    monkeypatch.setattr(served_images, "decode_image", live)
+    where, unspool = [], backend._unspool  # noqa: SLF001
+    monkeypatch.setattr(backend, "_unspool", lambda folder, *a: where.append(folder) or unspool(folder, *a))
     r = client.post("/webhook", json={"action": "ANNOTATIONS_CREATED", "project": {"id": 1}, "annotation": anns,
                                       "task": tasks})
     assert r.status_code == 200, r.text
     assert [c["label"] for c in r.json()["corrections"]] == ["Bag"] * len(imgs)
     assert len(live.refs) == len(imgs) and live.most < FETCH_CHUNK  # fetched once, a chunk at a time
-    assert not list(tmp_path.iterdir())  # the spool is gone
+    assert len(where) == 3 and all(f.parent == run_dir and f.name.startswith(TMP_PREFIX) for f in where)
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(TMP_PREFIX)]  # the spool is gone
     assert all(eng.find(f"labelstudio:1/{1500 + i}") is not None for i in range(len(imgs)))
     r = client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "project": {"id": 1},
                                       "annotations": [{"id": 1500 + i} for i in range(len(imgs))]})
     assert r.status_code == 200 and len(r.json()["undone"]) == len(imgs)
+
+
+def test_the_engines_features_do_not_depend_on_the_cpu_batch(served, monkeypatch):
+    """The engine's forward runs at the cache-sized CPU batch (evo.learn.device.feature_batch): one image
+    at a time gives the features of one batch of all, to float rounding."""
+    import evo.learn.device as dev
+
+    _, eng = served
+    imgs = fashion().images[:20]
+    monkeypatch.setattr(dev, "CPU_CACHE_BYTES", 0)
+    whole = eng.features(imgs)
+    monkeypatch.setattr(dev, "CPU_CACHE_BYTES", 1)  # batch 1
+    batches = []
+    forward = eng._forward  # noqa: SLF001
+    monkeypatch.setattr(eng, "_forward", lambda inputs: batches.append(len(inputs)) or forward(inputs))
+    split = eng.features(imgs)
+    assert batches == [1] * len(imgs)
+    assert torch.allclose(split, whole, rtol=1e-5, atol=1e-5 * float(whole.abs().max()))

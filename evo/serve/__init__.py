@@ -31,7 +31,7 @@ def open_backend(run_dir: str | os.PathLike, ls_url: str | None = None, ls_key: 
     source = LabelStudioSource(ls_url, ls_key) if ls_url else None
     engine = Corrections.open(run_dir, write=True, command="serve")  # other writers are told who holds it
     try:
-        return Backend(engine, source, projects_file=Path(run_dir) / PROJECTS_FILE)
+        return Backend(engine, source, projects_file=Path(run_dir) / PROJECTS_FILE, spool_parent=Path(run_dir))
     except BaseException:
         engine.close()
         raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -24,8 +25,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from evo.active.images import as_image, check_label
+from evo.active.images import as_image, check_label, from_png, to_png
 from evo.errors import EvoError
+from evo.fsutil import temp_dir
 from evo.runs import write_json_atomic
 from evo.serve import protocol as P
 from evo.serve.errors import BadRequest, NotConnected, SpoolError
@@ -56,8 +58,9 @@ class Backend:
     """
 
     def __init__(self, engine: Any, source: LabelStudioSource | None = None, fetch_workers: int = 8,
-                 projects_file: Path | None = None) -> None:
+                 projects_file: Path | None = None, spool_parent: Path | None = None) -> None:
         self.engine, self.source, self.projects_file = engine, source, projects_file
+        self.spool_parent = spool_parent  # where a bulk of annotations waits (None: the system's temp folder)
         self.connections: dict[int, Connection] = self._load_projects()
         self._update = threading.Lock()
         self._http = httpx.Client(follow_redirects=False)
@@ -214,25 +217,28 @@ class Backend:
         return self._annotated(action, conn, pairs)
 
     def _annotated(self, action: str, conn: Connection, pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
-        """Every image and label is fetched and checked before the model changes, so one bad image refuses
-        the whole request. A bulk (more than `FETCH_CHUNK` annotations, e.g. an import of annotated tasks)
-        is fetched a chunk at a time and spooled to a temporary folder (the log keeps a copy of every image
-        anyway), then applied from there a chunk at a time, under the update lock: memory holds a chunk, a
-        later network failure cannot leave the bulk half applied, and predictions meanwhile see whole
-        annotations, never half of one."""
+        """Every image and label is fetched and checked, and its features computed, before the model
+        changes, so one bad image refuses the whole request. A bulk (more than `FETCH_CHUNK` annotations,
+        e.g. an import of annotated tasks) is fetched a chunk at a time and its checked images spooled as
+        PNG to a temporary folder (in the run folder, with evo's temporary prefix: the log keeps the same
+        PNG of each anyway), then applied from there a chunk at a time, under the update lock: memory holds
+        a chunk, a network failure cannot leave the bulk half applied, and predictions meanwhile see whole
+        annotations, never half of one. The lock covers no forward pass: the network never changes."""
         where = f"/webhook {action}"
         parsed = [P.parse_annotation(a, conn.config, where) for a, _ in pairs]
         todo = [(ann, P.parse_task(t, conn.config, f"{where}: task of annotation {ann.id}"))
                 for ann, (_, t) in zip(parsed, pairs, strict=True) if ann.label is not None]
         chunks = [todo[i:i + FETCH_CHUNK] for i in range(0, len(todo), FETCH_CHUNK)]
+        feats: list[Any] = []  # each chunk's features (n, d)
         with contextlib.ExitStack() as stack:
-            spool = _spool_dir(stack) if len(chunks) > 1 else None
+            spool = self._spool_dir(stack) if len(chunks) > 1 else None
             t0 = time.perf_counter()
             images: list[np.ndarray] = []
             for k, chunk in enumerate(chunks):  # the engine's own checks on every image and label, before any change
                 images = [as_image(im) for im in self._fetch_all(conn, [t.image_url for _, t in chunk])]
                 for ann, _ in chunk:
                     check_label(ann.label)
+                feats.append(self.engine.features(images))
                 if spool is not None:
                     _spool(spool, k, images)
                     images = []
@@ -248,12 +254,12 @@ class Backend:
                 if spool is not None:
                     images = _unspool(spool, k, len(chunk))
                 with self._update:  # validated and fetched: change the model, one reference swap each
-                    for (ann, _), image in zip(chunk, images, strict=True):
+                    for (ann, _), image, x in zip(chunk, images, feats[k], strict=True):
                         ext = external_id(conn.project, ann.id)
                         old = self.engine.find(ext)
                         if old is not None:  # replaced: its weight must not prop up the new label's
                             self.engine.undo(old)
-                        r = self.engine.correct(image, ann.label, source="labelstudio", external_id=ext)
+                        r = self.engine.correct(image, ann.label, source="labelstudio", external_id=ext, features=x)
                         done.append({"annotation": ann.id, "correction": r.id, "label": r.label,
                                      "previous": r.previous, "replaced": old, "holds": r.holds, "seconds": r.seconds})
                     version = self.engine.model_version
@@ -263,6 +269,16 @@ class Backend:
                      t1 - t0, time.perf_counter() - t1, version)
         return {"status": "ok", "action": action, "corrections": done, "model_version": version,
                 "ignored": [{"annotation": a.id, "reason": a.reason} for a in parsed if a.label is None]}
+
+    def _spool_dir(self, stack: contextlib.ExitStack) -> Path:
+        """A temporary folder for a bulk's checked images, removed when `stack` closes (or, after a kill,
+        by the run's next writer: it carries evo's temporary prefix)."""
+        try:
+            path = temp_dir(self.spool_parent, "bulk") if self.spool_parent else Path(tempfile.mkdtemp(prefix="evo-bulk-"))
+        except OSError as e:
+            raise _spool_error(self.spool_parent or tempfile.gettempdir(), e) from None
+        stack.callback(shutil.rmtree, path, True)
+        return path
 
     def _deleted(self, pid: int, ids: list[int]) -> dict[str, Any]:
         undone = []
@@ -279,25 +295,17 @@ class Backend:
 
 def _spool_error(where: str | Path, e: OSError) -> SpoolError:
     return SpoolError(f"the bulk of annotations could not be spooled to {where} ({e.strerror or e}); nothing was "
-                      "applied: free space there (or set TMPDIR to another folder) and send it again")
-
-
-def _spool_dir(stack: contextlib.ExitStack) -> Path:
-    """A temporary folder for a bulk's checked images, removed when `stack` closes."""
-    try:
-        return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="evo-bulk-")))
-    except OSError as e:
-        raise _spool_error(tempfile.gettempdir(), e) from None
+                      "applied: free space there and send it again")
 
 
 def _spool(folder: Path, chunk: int, images: list[np.ndarray]) -> None:
-    """Checked images of a bulk, kept on disk until applied (raw .npy: lossless, no pickle)."""
+    """Checked images of a bulk, kept on disk until applied (PNG: lossless, no pickle)."""
     try:
         for j, image in enumerate(images):
-            np.save(folder / f"{chunk}-{j}.npy", image, allow_pickle=False)
+            (folder / f"{chunk}-{j}.png").write_bytes(to_png(image))
     except OSError as e:
         raise _spool_error(folder, e) from None
 
 
 def _unspool(folder: Path, chunk: int, n: int) -> list[np.ndarray]:
-    return [np.load(folder / f"{chunk}-{j}.npy", allow_pickle=False) for j in range(n)]
+    return [from_png((folder / f"{chunk}-{j}.png").read_bytes()) for j in range(n)]
