@@ -82,7 +82,7 @@ def end_to_end(reps: int, per_class: int, size: int) -> dict:
     med = {arm: statistics.median(r["seconds"] for r in v) for arm, v in runs.items()}
     return {"model": "efficientnet_lite0", "input": size, "train_images": 10 * per_class, "test_images": len(test),
             "runs": runs, "median_seconds": med, "speedup": med["off"] / med["on"],
-            "accuracy_difference": max(abs(a["accuracy"] - b["accuracy"]) for a, b in zip(runs["off"], runs["on"]))}
+            "accuracy_difference": max(abs(a["accuracy"] - b["accuracy"]) for a, b in zip(runs["off"], runs["on"], strict=True))}
 
 
 def main() -> None:
@@ -95,7 +95,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
-           f"{torch.get_num_threads()} threads", "cpu_cache_bytes": dev.CPU_CACHE_BYTES,
+           f"{torch.get_num_threads()} threads", "cpu_cache_bytes": dev.cpu_cache_bytes(),
            "throughput": throughput(a.reps), "end_to_end": end_to_end(a.e2e_reps, a.per_class, a.size)}
     print(json.dumps(out["end_to_end"]["median_seconds"]), "speedup", round(out["end_to_end"]["speedup"], 2))
     if a.out:

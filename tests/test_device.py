@@ -105,3 +105,9 @@ def test_cpu_feature_passes_run_in_cache_sized_batches_with_the_same_outputs(mon
     whole = run_batches(net, images, pre, fn, batch_size=256, progress=False)
     assert seen == [20]
     assert torch.allclose(split, whole, rtol=1e-5, atol=1e-5 * float(whole.abs().max()))
+    monkeypatch.setattr(dev, "CPU_CACHE_BYTES", None)  # from the environment
+    monkeypatch.setenv("EVO_CPU_CACHE_BYTES", str(4 * 2**20))
+    assert dev.feature_batch(net, 256, cpu) == 2
+    monkeypatch.setenv("EVO_CPU_CACHE_BYTES", "lots")
+    with pytest.raises(ConfigError, match="EVO_CPU_CACHE_BYTES"):
+        dev.feature_batch(net, 256, cpu)

@@ -96,6 +96,7 @@ def save(graph: ArchGraph, directory: str | os.PathLike, extra_files: dict[str, 
     _check_dir(directory, "save")
     graph.validate()
     target = Path(directory)
+    _check_replaceable(target)  # before writing anything; again just before the swap
     try:
         tmp = temp_dir(target.parent, target.name)
     except OSError as e:
@@ -130,8 +131,9 @@ def _check_replaceable(target: Path) -> None:
         ours = GRAPH_FILE in {p.name for p in target.iterdir()} and all(
             p.name in _LEGACY_FILES and p.is_file() and not p.is_symlink() for p in target.iterdir())
     if not ours:
-        raise GraphError(f"cannot save the model to {target}: that folder holds files evo did not write there, and "
-                         "saving replaces the folder whole; pass a new (or empty) folder, or move them away")
+        raise GraphError(f"cannot save the model to {target}: that folder holds more than a model evo.graph.save "
+                         "wrote there (another program's files, files added since, or a run's version), and saving "
+                         "replaces the folder whole; pass a new (or empty) folder, or move its files away")
 
 
 def _unwritable(target: Path, e: OSError) -> GraphError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -20,8 +21,21 @@ from evo.errors import ConfigError
 
 # Forward-only passes on the CPU run fastest when a batch's largest activation fits in cache: measured
 # on the 2-core EPYC VM (32 MiB L3), Lite0 gave 1,049 img/s at batch 32 against 607 at 256 (64 px) and
-# 313 against 139 (128 px; BENCHMARKS.md "CPU feature batches"). 0 turns the splitting off.
-CPU_CACHE_BYTES = 16 * 2**20
+# 313 against 139 (128 px; BENCHMARKS.md "CPU feature batches"). Other machines may prefer another size.
+DEFAULT_CPU_CACHE_BYTES = 16 * 2**20
+CPU_CACHE_BYTES: int | None = None  # None: $EVO_CPU_CACHE_BYTES, else the default; 0 turns the splitting off
+
+
+def cpu_cache_bytes() -> int:
+    """The activation bytes a CPU batch is sized to (`feature_batch`)."""
+    if CPU_CACHE_BYTES is not None:
+        return CPU_CACHE_BYTES
+    raw = os.environ.get("EVO_CPU_CACHE_BYTES", "").strip()
+    if not raw:
+        return DEFAULT_CPU_CACHE_BYTES
+    if not raw.isdigit():
+        raise ConfigError(f"EVO_CPU_CACHE_BYTES must be a whole number of bytes >= 0 (0: no splitting); got {raw!r}")
+    return int(raw)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -79,10 +93,13 @@ def batch_to(preprocess, images: np.ndarray, device: torch.device, channels_last
 
 def feature_batch(net: torch.nn.Module, batch_size: int, device: torch.device) -> int:
     """The batch a forward-only pass of `net` should run at: `batch_size` on a GPU; on the CPU the power
-    of two nearest to CPU_CACHE_BYTES / the net's largest per-image activation, at most `batch_size`.
+    of two nearest to `cpu_cache_bytes()` / the net's largest per-image activation, at most `batch_size`.
 
     Eval-mode layers treat every image alone, so the outputs are the same up to float rounding."""
     act = getattr(net, "activation_bytes", 0)
-    if device.type != "cpu" or not act or not CPU_CACHE_BYTES:
+    if device.type != "cpu" or not act:
         return batch_size
-    return max(1, min(batch_size, 2 ** round(math.log2(max(CPU_CACHE_BYTES / act, 1)))))
+    cache = cpu_cache_bytes()
+    if not cache:
+        return batch_size
+    return max(1, min(batch_size, 2 ** round(math.log2(max(cache / act, 1)))))
