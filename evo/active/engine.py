@@ -347,11 +347,12 @@ class Corrections:
 
     # ---- correcting -----------------------------------------------------------------------------
     def correct(self, image: Any, label: str, *, source: str = "python", external_id: str | None = None,
-                features: Tensor | None = None) -> CorrectionResult:
+                features: Tensor | None = None, png: bytes | None = None) -> CorrectionResult:
         """Record that `image` is a `label` and update the model so it predicts it (see the module doc).
 
         A label that is not a class yet adds it (`add_classes`). Returns once the correction is
-        committed to the log. `features` (the image's, precomputed) skips the forward pass.
+        committed to the log. `features` (the image's, precomputed) skips the forward pass, and `png`
+        (`to_png(image)`, precomputed) the encoding of the log's lossless copy.
         """
         t0 = time.perf_counter()
         img = as_image(image)
@@ -363,7 +364,8 @@ class Corrections:
             previous = st.classes[int(self.logits(x[None], st)[0].argmax())]
             cid = self._log.next_id() if self._log is not None else self._next_id
             st, ops, broken, conflicts = self._apply_new(st, cid, x, label, sha256(img))
-            row = {"id": cid, "sha256": sha256(img), "png": to_png(img), "previous": previous, "label": label,
+            row = {"id": cid, "sha256": sha256(img), "png": to_png(img) if png is None else png, "previous": previous,
+                   "label": label,
                    "source": str(source), "external_id": None if external_id is None else str(external_id)}
             st = self._commit(st, row, [(cid, x.numpy())], ops)
             self._next_id = cid + 1

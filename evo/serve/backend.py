@@ -251,15 +251,18 @@ class Backend:
                         done.append({"annotation": ann.id, "undone": cid, "reason": ann.reason})
                 version = self.engine.model_version
             for k, chunk in enumerate(chunks):
+                pngs: list[bytes | None] = [None] * len(chunk)
                 if spool is not None:
-                    images = _unspool(spool, k, len(chunk))
+                    pngs = _unspool(spool, k, len(chunk))
+                    images = [from_png(b) for b in pngs]
                 with self._update:  # validated and fetched: change the model, one reference swap each
-                    for (ann, _), image, x in zip(chunk, images, feats[k], strict=True):
+                    for (ann, _), image, x, png in zip(chunk, images, feats[k], pngs, strict=True):
                         ext = external_id(conn.project, ann.id)
                         old = self.engine.find(ext)
                         if old is not None:  # replaced: its weight must not prop up the new label's
                             self.engine.undo(old)
-                        r = self.engine.correct(image, ann.label, source="labelstudio", external_id=ext, features=x)
+                        r = self.engine.correct(image, ann.label, source="labelstudio", external_id=ext, features=x,
+                                                png=png)  # the spooled PNG is the log's copy: encoded once
                         done.append({"annotation": ann.id, "correction": r.id, "label": r.label,
                                      "previous": r.previous, "replaced": old, "holds": r.holds, "seconds": r.seconds})
                     version = self.engine.model_version
@@ -307,5 +310,5 @@ def _spool(folder: Path, chunk: int, images: list[np.ndarray]) -> None:
         raise _spool_error(folder, e) from None
 
 
-def _unspool(folder: Path, chunk: int, n: int) -> list[np.ndarray]:
-    return [from_png((folder / f"{chunk}-{j}.png").read_bytes()) for j in range(n)]
+def _unspool(folder: Path, chunk: int, n: int) -> list[bytes]:
+    return [(folder / f"{chunk}-{j}.png").read_bytes() for j in range(n)]
