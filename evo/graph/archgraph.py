@@ -17,7 +17,7 @@ import networkx as nx
 import torch
 
 from evo.errors import GraphError, UnknownNameError
-from evo.graph.layers import KINDS
+from evo.graph.layers import BUFFERS, KINDS
 
 Shape = tuple[int, ...]
 
@@ -237,8 +237,7 @@ class ArchGraph:
 
     def num_params(self) -> int:
         """Trainable parameters (buffers such as BN running statistics excluded)."""
-        return sum(t.numel() for k, t in self.state_dict().items()
-                   if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+        return sum(t.numel() for k, t in self.state_dict().items() if not k.endswith(BUFFERS))
 
     def flops(self, batch: int = 1, backward: bool = False, trainable: Collection[str] | None = None) -> int:
         """FLOPs of a forward (or training step) at `batch`; `trainable` limits which nodes train."""

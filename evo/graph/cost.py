@@ -15,6 +15,8 @@ from collections.abc import Collection
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from evo.graph.layers import BUFFERS
+
 
 def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
                          _out_pad, _groups, output_mask, **_kwargs) -> int:
@@ -56,7 +58,8 @@ def count_flops(graph, batch: int = 1, backward: bool = False, per_node: bool = 
     for n in graph.nodes():
         ins = graph.inputs_of(n)
         grad_in = any(needs_grad[i] for i in ins)
-        has_params = any(t.is_floating_point() for t in graph.params(n).values()) and graph.op(n) != "output"
+        has_params = graph.op(n) != "output" and any(t.is_floating_point() for k, t in graph.params(n).items()
+                                                      if k not in BUFFERS)
         trains = has_params and (trainable is None or n in trainable)
         needs_grad[n] = grad_in or trains
         fwd = _forward_flops(graph, n, batch)
@@ -75,6 +78,8 @@ def _forward_flops(graph, n: str, batch: int) -> int:
         out = graph.shape(n)
         kh, kw = (a["kernel_size"], a["kernel_size"]) if isinstance(a["kernel_size"], int) else a["kernel_size"]
         return 2 * batch * math.prod(out) * (a["in_channels"] // a.get("groups", 1)) * kh * kw
+    if op == "random_features":  # x · W on the standardised input
+        return 2 * batch * a["in_features"] * a["out_features"]
     if op == "linear":  # on every position of a (..., in_features) tensor, e.g. ConvNeXt's channels-last MLP
         return 2 * batch * math.prod(graph.shape(n)[:-1]) * a["in_features"] * a["out_features"]
     return 0
@@ -116,7 +121,7 @@ def summary(graph) -> str:
     rows = [("node", "kind", "output shape", "params", "MFLOPs")]
     for n in graph.nodes():
         params = sum(t.numel() for k, t in graph.params(n).items()
-                     if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+                     if not k.endswith(BUFFERS))
         rows.append((n, graph.op(n), "x".join(map(str, graph.shape(n))), f"{params:,}",
                      f"{per_node.get(n, 0) / 1e6:.2f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -6,6 +6,8 @@ Building every kind as a module keeps compile, shape inference and FLOP counting
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,6 +123,47 @@ class Scale(nn.Module):
         return x * self.weight
 
 
+@functools.lru_cache(maxsize=4)
+def random_matrix(rows: int, cols: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """A (rows, cols) matrix of N(0, 1/rows) entries, regenerated from `seed` (torch's CPU generator, drawn
+    in float64 then cast), so a graph or a head stores the seed, never the matrix. Cached and shared:
+    callers must not write to it."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    w = torch.randn(rows, cols, generator=gen, dtype=torch.float64) / math.sqrt(rows)
+    return w.to(dtype)
+
+
+def standardisation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-column mean and 1/std of x (n, d): what `RandomFeatures` subtracts and multiplies by. A constant
+    column is scaled like the rest (its std floored at 1e-3 of the mean std), never by 1/0."""
+    std = x.std(0, correction=0)
+    return x.mean(0), 1.0 / std.clamp_min(max(float(std.mean()) * 1e-3, 1e-12))
+
+
+class RandomFeatures(nn.Module):
+    """[x, relu(((x − mean) · scale) W)]: x with `out_features` random ReLU features of it appended.
+
+    RanPAC's random expansion (McDonnell et al. 2023) kept beside the features it expands, so that a
+    linear head on the output can still read x as it was. W ~ N(0, 1/in) is regenerated from `seed`
+    (`random_matrix`); the standardisation (`feature_mean`, `feature_scale`) is fitted once, by the
+    strategy that adds the node, and is a buffer: nothing here trains.
+    """
+
+    def __init__(self, in_features: int, out_features: int, seed: int = 0) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.seed = in_features, out_features, seed
+        self.register_buffer("feature_mean", torch.zeros(in_features))
+        self.register_buffer("feature_scale", torch.ones(in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = random_matrix(self.in_features, self.out_features, self.seed, x.dtype).to(x.device)
+        return torch.cat([x, torch.relu(((x - self.feature_mean) * self.feature_scale) @ w)], 1)
+
+
+BUFFERS = ("running_mean", "running_var", "num_batches_tracked", "feature_mean", "feature_scale")
+"""Tensor names that are state, not trainable parameters."""
+
+
 @dataclass(frozen=True)
 class LayerKind:
     """One node kind: its builder, how many inputs it takes, and its required attributes."""
@@ -211,6 +254,7 @@ _kind("slice", Slice, required=("dim", "start", "end"))
 _kind("add", Add, arity=(2, -1))
 _kind("mul", Mul, arity=(2, 2))
 _kind("cat", Cat, arity=(2, -1), defaults={"dim": 1})
+_kind("random_features", RandomFeatures, required=("in_features", "out_features"), defaults={"seed": 0})
 
 
 def is_depthwise(attrs: dict[str, Any]) -> bool:

@@ -24,6 +24,7 @@ from evo.errors import ConfigError, GraphError
 from evo.graph.archgraph import ArchGraph
 
 TAP_ROLE = "tap"
+EXPANSION = "random_features"  # the node kind of a head's random ReLU expansion
 LEGACY_TAP_SOURCE = "evo_taps"  # how graphs saved before node roles marked tap nodes
 
 
@@ -61,7 +62,7 @@ def blocks(graph: ArchGraph) -> list[tuple[str, list[str]]]:
     order: list[str] = []
     members: dict[str, list[str]] = {}
     for n in graph.nodes():
-        if n == graph.head or not graph.params(n):
+        if n == graph.head or not graph.params(n) or is_tap_node(graph, n):
             continue
         key = _block_key(graph.node(n)["source"])
         if key not in members:
@@ -135,11 +136,13 @@ def tap_width(graph: ArchGraph, tap: Tap) -> int:
     return shape[0] if len(shape) == 1 else shape[0] * tap.grid * tap.grid
 
 
-def tap_graph(graph: ArchGraph, taps: Sequence[Tap]) -> ArchGraph:
+def tap_graph(graph: ArchGraph, taps: Sequence[Tap], expand: int = 0, seed: int = 0) -> ArchGraph:
     """A copy whose head reads the pooled, concatenated `taps`; the head's weights become zeros.
 
     The head keeps its node name and classes (its rows are refitted by the caller). Nodes that no
     longer lead to the output are removed, so the compiled network stops after the deepest tap.
+    `expand` > 0 puts a `random_features` node (role "tap") between the taps and the head: the head
+    then reads the taps and `expand` random ReLU features of them (its standardisation is left to fit).
     """
     head = graph.head
     if head is None:
@@ -156,12 +159,37 @@ def tap_graph(graph: ArchGraph, taps: Sequence[Tap]) -> ArchGraph:
         src = tap_cat(g)
         for i, p in enumerate(parts):
             g.add_edge(p, src, index=i)
+    if expand:
+        src = expansion(g, src, width, expand, seed)
+        width += expand
     out = g.attrs(head)["out_features"]
     g.node(head)["attrs"] = {**g.attrs(head), "in_features": width, "bias": True}
     g.node(head)["params"] = {"weight": torch.zeros(out, width), "bias": torch.zeros(out)}
     g.add_edge(src, head)
     prune(g)
     return g.validate()
+
+
+def expansion(g: ArchGraph, src: str, width: int, expand: int, seed: int) -> str:
+    """Add `src → random_features(expand)` to `g` (unfitted: attrs fitted=False); returns the new node."""
+    from evo.checks import check_int
+
+    check_int("random features (expand)", expand, 1)
+    check_int("random features seed", seed, 0, 2**63)
+    n = g.add_node(g.fresh_name("taps_random_features"), EXPANSION,
+                   {"in_features": width, "out_features": expand, "seed": seed, "fitted": False},
+                   source="taps.random_features", role=TAP_ROLE)
+    g.node(n)["params"] = {"feature_mean": torch.zeros(width), "feature_scale": torch.ones(width)}
+    g.add_edge(src, n)
+    return n
+
+
+def head_expansion(graph: ArchGraph) -> str | None:
+    """The `random_features` node the head reads (`tap_graph(..., expand=)`), or None."""
+    if graph.head is None:
+        return None
+    src = graph.inputs_of(graph.head)[0]
+    return src if graph.op(src) == EXPANSION else None
 
 
 def tap_cat(g: ArchGraph) -> str:

@@ -8,7 +8,8 @@ mid-level features it ignored before (BENCHMARKS.md, "Incremental learning", has
 A gradient strategy trains the new columns like any head weight.
 
 Sites are the backbone's block outputs (`evo.graph.taps.backbone_outputs`) with a spatial map
-that the head does not already read, upstream of the head.
+that the head does not already read, upstream of the head; none where the head reads random features
+of its taps (`tap_graph(..., expand=)`): a tap added beside them would not feed their expansion.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
-from evo.graph.taps import Tap, backbone_outputs, is_tap_node, pooled_tap, tap_cat
+from evo.graph.taps import Tap, backbone_outputs, head_expansion, is_tap_node, pooled_tap, tap_cat
 from evo.ops.base import GrowthOp, Site, register
 
 
@@ -37,8 +38,8 @@ class AddTap(GrowthOp):
 
     def sites(self, graph: ArchGraph) -> list[Site]:
         head = graph.head
-        if head is None or len(graph.shape(graph.inputs_of(head)[0])) != 1:
-            return []
+        if head is None or len(graph.shape(graph.inputs_of(head)[0])) != 1 or head_expansion(graph):
+            return []  # a new tap beside random features of the others would not be one of their inputs
         upstream = nx.ancestors(graph.g, head)
         tapped = {n for n in upstream if any(is_tap_node(graph, c) and graph.op(c) == "adaptiveavgpool2d"
                                              for c in graph.consumers(n))}
