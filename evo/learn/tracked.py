@@ -21,7 +21,7 @@ from torch import Tensor
 
 from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
-from evo.graph.taps import Tap, backbone_outputs, is_tap_node, tap_width
+from evo.graph.taps import EXPANSION, Tap, backbone_outputs, head_expansion, is_tap_node, tap_width
 
 LAYOUT_KEY = "ridge_layout"
 
@@ -29,6 +29,8 @@ LAYOUT_KEY = "ridge_layout"
 def head_taps(graph: ArchGraph) -> list[Tap]:
     """The taps the head reads, in column order (a head reading one flat vector: that node, grid 1)."""
     src = graph.inputs_of(graph.head)[0]
+    if graph.op(src) == EXPANSION:  # random features of the taps: the head reads those taps too (first)
+        src = graph.inputs_of(src)[0]
     parts = graph.inputs_of(src) if graph.op(src) == "cat" and is_tap_node(graph, src) else [src]
     taps = []
     for p in parts:
@@ -57,7 +59,11 @@ def spare_taps(graph: ArchGraph, levels: Sequence[tuple[int, int]], head: Sequen
 
 
 def layout_width(graph: ArchGraph, layout: Sequence[Tap]) -> int:
-    return sum(tap_width(graph, t) for t in layout)
+    """Columns of the features the statistics cover: the taps', plus the random features of a head that
+    expands them when the layout is the head's own."""
+    width = sum(tap_width(graph, t) for t in layout)
+    rf = head_expansion(graph)
+    return width + graph.attrs(rf)["out_features"] if rf and list(layout) == head_taps(graph) else width
 
 
 def to_meta(layout: Sequence[Tap]) -> list[dict[str, object]]:

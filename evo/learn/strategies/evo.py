@@ -36,7 +36,8 @@ from evo.checks import check_int
 from evo.data.transforms import Preprocess
 from evo.errors import ConfigError
 from evo.graph.archgraph import ArchGraph
-from evo.graph.taps import Tap, is_tapped, tap_graph
+from evo.graph.layers import standardisation
+from evo.graph.taps import Tap, head_expansion, is_tapped, tap_graph
 from evo.learn.cost import CostMeter, matmul_flops, ridge_flops
 from evo.learn.features import DEFAULT_LEVELS, parse_taps
 from evo.learn.head import GCV_MAX_EVALS, RidgeHead
@@ -81,12 +82,19 @@ class Evo(Strategy):
         onto them later (`add_tap`) stays exact: 'none', 'auto' (the first block output at the
         finest of `levels`), or (stride, grid) levels, each naming the first block at that stride.
         They cost statistics work on every increment (Gram size grows with the square of the width).
+        `expand`: the number of random ReLU features of the taps the head reads besides the taps
+        themselves (RanPAC's expansion, McDonnell et al. 2023, kept beside its input); 0 = none. It is
+        fixed when the graph is first tapped: a `random_features` node between the taps and the head,
+        its matrix regenerated from a seed, its standardisation fitted on the first increment. It buys
+        accuracy where there is much data (BENCHMARKS.md, "Random features") at a Gram of (taps +
+        expand)²; spare taps and `add_tap` do not apply to an expanded head.
         `batch_size`: images per forward batch during feature extraction."""
 
         taps: Any = "auto"
         levels: Sequence[tuple[int, int]] = DEFAULT_LEVELS
         ridge: float | str = "gcv"
         spare: Any = "none"
+        expand: int = 0
         batch_size: int = 256
 
         def __post_init__(self) -> None:
@@ -106,6 +114,7 @@ class Evo(Strategy):
                 raise ConfigError(f"evo option spare must be 'none', 'auto' or (stride, grid) pairs of ints >= 1; "
                                   f"got {sp!r}")
             check_int("evo option batch_size", self.batch_size)
+            check_int("evo option expand (random features)", self.expand, 0)
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -117,7 +126,7 @@ class Evo(Strategy):
     def prepare(self, graph: ArchGraph) -> ArchGraph:
         if is_tapped(graph):
             return graph
-        return tap_graph(graph, parse_taps(graph, self.options.taps, self.options.levels))
+        return tap_graph(graph, parse_taps(graph, self.options.taps, self.options.levels), expand=self.options.expand)
 
     def learn(self, ctx: Context) -> Result:
         graph = ctx.graph
@@ -130,6 +139,7 @@ class Evo(Strategy):
             )
         self.head_.to(ctx.device)  # statistics in fp64 on the learner's device (state_dict is CPU)
         head = head_taps(graph)
+        graph = self._fit_expansion(graph, head, ctx)
         # exact_head: the head is the joint solve over everything seen, not a refit that lost images
         info: dict[str, Any] = {"feature_dim": None, "rebuilt_from_memory": False, "exact_head": True}
         seen_before = int(self.head_.n_samples_ or 0)
@@ -218,7 +228,9 @@ class Evo(Strategy):
         fwd = g.flops(batch=1) + head_growth_flops(g, work.n_classes)
         d = max(g.attrs(g.head)["in_features"], self.statistics_width(g))
         rebuilt = 2 * work.n_memory + 2 * VERIFY_IMAGES if work.grown else 0
-        return int(fwd * (work.n_train + work.n_forget + rebuilt) + self._solve_price(work, d))
+        rf = head_expansion(g)
+        fitting = min(work.n_train, STANDARDISE_IMAGES) if rf and not g.attrs(rf).get("fitted") else 0
+        return int(fwd * (work.n_train + work.n_forget + rebuilt + fitting) + self._solve_price(work, d))
 
     def _solve_price(self, work: Workload, d: int) -> int:
         """The statistics and the solve: the GCV walk at its cap, or none at a fixed λ."""
@@ -230,7 +242,7 @@ class Evo(Strategy):
     def spare(self, graph: ArchGraph, head: list[Tap]) -> list[Tap]:
         """The spare taps this strategy keeps statistics for on `graph` (none by default)."""
         sp = self.options.spare
-        if sp == "none":
+        if sp == "none" or head_expansion(graph):  # the statistics of spare taps cannot be read through the ReLU
             return []
         return spare_taps(graph, self.options.levels[:1] if sp == "auto" else sp, head)
 
@@ -273,7 +285,8 @@ class Evo(Strategy):
             info["statistics_kept"] = same
             if not same:
                 return None
-        if not readable(graph, head, layout):  # the head reads a tap the statistics never covered
+        if not readable(graph, head, layout) or (head_expansion(graph) and layout != head):
+            # the head reads a tap the statistics never covered, or random features of taps they covered
             info["statistics_kept"] = False
             return None
         return layout
@@ -312,6 +325,24 @@ class Evo(Strategy):
 
     # -- pieces -------------------------------------------------------------------------------
 
+    def _fit_expansion(self, graph: ArchGraph, head: list[Tap], ctx: Context) -> ArchGraph:
+        """`graph` with its random features' standardisation fitted, if it has an unfitted one: the
+        mean and standard deviation of each tapped feature on up to STANDARDISE_IMAGES images of this
+        increment, spread over it (a forward of those images up to the taps, charged to the meter)."""
+        rf = head_expansion(graph)
+        if rf is None or graph.attrs(rf).get("fitted"):
+            return graph
+        net = tap_graph(graph, head).to_module().eval()
+        fpi = forward_flops_per_image(net, tuple(graph.input_shape), features_only=True)
+        idx = np.unique(np.linspace(0, len(ctx.images) - 1, min(len(ctx.images), STANDARDISE_IMAGES)).astype(int))
+        x = run_batches(net, ctx.images[idx], ctx.preprocess, _features, ctx.meter, self.options.batch_size, fpi,
+                        False, device=ctx.device).double()
+        mean, scale = standardisation(x)
+        out = graph.copy()
+        out.set_params(rf, feature_mean=mean.float(), feature_scale=scale.float())
+        out.node(rf)["attrs"] = {**graph.attrs(rf), "fitted": True}
+        return out
+
     def _absorb(self, feats: Tensor, labels: Any, n_classes: int, ctx: Context, sign: int = 1) -> None:
         """Add (or, sign=-1, take out) a batch of the ridge statistics; matmuls counted by torch's FLOP counter."""
         labels = torch.as_tensor(np.array(labels), dtype=torch.int64)  # a copy: the source may be read-only
@@ -348,6 +379,7 @@ def _features(net: torch.nn.Module, x: Tensor) -> Tensor:
 
 
 VERIFY_IMAGES = 64  # exemplars on which old and new features are compared after growth
+STANDARDISE_IMAGES = 512  # images of the first increment that fit the random features' standardisation
 
 
 def _present(graph: ArchGraph, layout: list[Tap]) -> bool:
