@@ -47,7 +47,8 @@ CLOSED_TAPS = tuple(m + TAPS for m in CLOSED)
 AVALANCHE = ("Naive", "Replay", "EWC", "LwF", "iCaRL", "GDumb", "DER")
 FAMILY = {**{m: "closed-form" for m in CLOSED}, **{m: "avalanche" for m in AVALANCHE},
           **{m: "closed-form" for m in CLOSED_TAPS},
-          "evo": "evo", "evo-search": "evo", "joint": "joint"}
+          "evo": "evo", "evo-search": "evo", "joint": "joint", "evo+rf": "evo", "evo-search+rf": "evo"}
+RF = "+rf"  # suffix: evo with `--expand` random ReLU features of its taps (the `evo` strategy's `expand`)
 DEFAULT_METHODS = ("evo", *CLOSED, *AVALANCHE, "joint")
 AVALANCHE_PY = HERE / ".venv-avalanche" / "bin" / "python"
 MACHINE = "shared 2-core VM, no GPU"
@@ -57,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
-                   choices=[*DEFAULT_METHODS, *CLOSED_TAPS, "evo-search"], metavar="METHOD",
+                   choices=[*DEFAULT_METHODS, *CLOSED_TAPS, "evo-search", "evo+rf", "evo-search+rf"], metavar="METHOD",
                    help=f"default: {' '.join(DEFAULT_METHODS)}; also evo-search, and each closed-form "
                         f"method on evo's multi-layer features (e.g. RanPAC{TAPS}; see --taps-peers)")
     p.add_argument("--taps-peers", action="store_true",
@@ -70,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64, help="SGD batch size (Avalanche and joint)")
     p.add_argument("--ranpac-dim", type=int, default=10000, help="RanPAC's random projection width M (paper: 10000)")
     p.add_argument("--acil-buffer", type=int, default=8192, help="ACIL's buffer width (authors' default 8192)")
+    p.add_argument("--expand", type=int, default=2000,
+                   help=f"evo{RF}, evo-search{RF}: random ReLU features of the taps (the evo strategy's `expand`)")
     p.add_argument("--search-trials", type=int, default=None, help="evo-search: trials per round (default: the space's)")
     p.add_argument("--search-budget", type=float, default=None,
                    help="evo-search: budget as a fraction of joint (default: the space's; small subsets need more)")
@@ -95,7 +98,8 @@ def setting(args) -> dict:
             "per_class_train": args.per_class or 6000, "per_class_test": args.per_class_test or 1000,
             "seeds": args.seeds, "memory": 500, "avalanche_epochs": args.epochs, "joint_epochs": args.joint_epochs,
             "batch_size": args.batch_size, "ranpac_dim": args.ranpac_dim, "acil_buffer": args.acil_buffer,
-            "search_trials": args.search_trials, "search_budget": args.search_budget, "threads": args.threads}
+            "search_trials": args.search_trials, "search_budget": args.search_budget, "threads": args.threads,
+            "expand": args.expand}
 
 
 def _run(cmd: list[str], log: Path, python: str | None = None) -> str | None:
@@ -182,12 +186,12 @@ def main(argv=None) -> int:
                 elif method == "joint":
                     cmd = ["worker.py", "joint", "--epochs", str(args.joint_epochs), "--batch-size",
                            str(args.batch_size), *common_args]
-                elif method == "evo-search":
-                    cmd = ["worker.py", method, *common_args]
+                elif method.startswith("evo"):
+                    cmd = ["worker.py", method.removesuffix(RF), *common_args]
+                    cmd += ["--expand", str(args.expand)] if method.endswith(RF) else []
+                if method.startswith("evo-search"):
                     cmd += ["--trials", str(args.search_trials)] if args.search_trials else []
                     cmd += ["--budget-fraction", str(args.search_budget)] if args.search_budget else []
-                else:
-                    cmd = ["worker.py", method, *common_args]
                 t0 = time.perf_counter()
                 err = _run(cmd, log, python)
                 row = _error_row(method, seed, err) if err else json.loads(out.read_text())
@@ -205,7 +209,7 @@ def main(argv=None) -> int:
     return 0
 
 
-SEARCH_KEYS = ("search_trials", "search_budget", "seeds", "joint_epochs")  # rows carry their seed and epochs
+SEARCH_KEYS = ("search_trials", "search_budget", "seeds", "joint_epochs", "expand")  # rows carry their seed and epochs
 
 
 def _comparable(a: dict, b: dict) -> bool:

@@ -98,7 +98,8 @@ def _closed(args) -> dict:
 def _evo(args) -> dict:
     import evo
 
-    learner = evo.Learner(common.backbone_graph(), memory=common.MEMORY, strategy="evo", progress=False)
+    learner = evo.Learner(common.backbone_graph(), memory=common.MEMORY, strategy="evo", progress=False,
+                          expand=args.expand or 0)
     return _learn_stream(learner, args)
 
 
@@ -131,6 +132,8 @@ def _search(args) -> dict:
         doc["trials"] = args.trials
     if args.budget_fraction:
         doc["budget"]["fraction_of_joint"] = args.budget_fraction
+    if args.expand is not None:  # spare taps do not apply to an expanded head
+        doc["training"] = {k: v for k, v in doc["training"].items() if k != "spare"} | {"expand": args.expand}
     connect(num_cpus=max(2, args.threads))
     with tempfile.TemporaryDirectory(prefix="evo-peers-search-") as tmp:
         space = Path(tmp) / "space.yaml"
@@ -187,6 +190,7 @@ def main(argv=None) -> int:
     p.add_argument("--space", type=Path, default=common.ROOT / "search_spaces" / "fashion_cil.yaml")
     p.add_argument("--trials", type=int, default=None)
     p.add_argument("--budget-fraction", type=float, default=None)
+    p.add_argument("--expand", type=int, default=None, help="evo, evo-search: the evo strategy's random features")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
