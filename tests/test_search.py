@@ -78,6 +78,8 @@ def test_shipped_spaces_parse(name):
     (lambda d: d["training"].update(epochs=[1, -1]), "training.epochs:.*epochs"),
     (lambda d: d["training"].update(strategy="evo", epochs=1), "training.epochs: no strategy of this space \\(evo\\)"),
     (lambda d: d.update(training={"strategy": "lwf", "temperature": 0}), "training.temperature:.*> 0"),
+    (lambda d: d["training"].update(expand=[0, 2000]), "training.expand is fixed when the first increment taps"),
+    (lambda d: d["training"].update(expand=-5), "training.expand.*expand"),
     # found by a bad-input sweep: each used to be accepted, or to fail only once the run had begun
     (lambda d: d["budget"].update(joint_epochs="x"), "budget.joint_epochs"),
     (lambda d: d["budget"].update(joint_epochs=-1), "budget.joint_epochs"),

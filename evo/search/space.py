@@ -298,6 +298,9 @@ def parse_space(doc: Any, source: str = "search space") -> SearchSpace:
     )
 
 
+FIXED_KNOBS = ("expand",)  # training knobs that shape the head's features for the whole run
+
+
 def _training(training_doc: Any) -> dict[str, Range]:
     """The training ranges, checked against the options of the strategies the space can pick: a key
     none of them has is an error naming it, and each strategy judges its keys' values together
@@ -319,6 +322,9 @@ def _training(training_doc: Any) -> dict[str, Range]:
             accepted = sorted({k for name in names for k in option_defaults(name)})
             raise SpaceError(f"training.{key}: no strategy of this space ({', '.join(names)}) has an option "
                              f"{key!r}; their options: {', '.join(accepted)}")
+        if key in FIXED_KNOBS and (training[key].choices is None or len(training[key].values()) != 1):
+            raise SpaceError(f"training.{key} is fixed when the first increment taps the graph, so every candidate "
+                             f"of a run shares it; give one value (e.g. `{key}: 2000`)")
     for name in names:
         check_training(name, {k: r for k, r in training.items() if k in option_defaults(name)})
     return training
