@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from evo.checks import check_int
 from evo.errors import ConfigError, DataError
+from evo.graph.layers import random_matrix
 
 ArrayLike = Tensor | np.ndarray
 
@@ -88,8 +89,8 @@ def _solve_psd(a: Tensor, rhs: Tensor) -> Tensor:
 class RandomProjection:
     """Fixed feature map h = act(x W / sqrt(in_dim)), W ~ N(0, 1) drawn from `seed`.
 
-    Only the dims and the seed are stored: W is regenerated deterministically (torch.Generator on
-    CPU, float64), so a saved head carries no matrix. The 1/sqrt(in_dim) scale keeps the projected
+    Only the dims and the seed are stored: W is regenerated deterministically
+    (`evo.graph.layers.random_matrix`), so a saved head carries no matrix. The 1/sqrt(in_dim) scale keeps the projected
     features' magnitude, and so the useful ridge range, independent of the input width.
     """
 
@@ -109,10 +110,8 @@ class RandomProjection:
 
     @cached_property
     def weight(self) -> Tensor:
-        """The (in_dim, out_dim) float64 matrix, regenerated from the seed on first use."""
-        gen = torch.Generator(device="cpu").manual_seed(self.seed)
-        w = torch.randn(self.in_dim, self.out_dim, generator=gen, dtype=torch.float64)
-        return w / math.sqrt(self.in_dim)
+        """The (in_dim, out_dim) float64 matrix, regenerated from the seed on first use (shared: read only)."""
+        return random_matrix(self.in_dim, self.out_dim, self.seed)
 
     def __call__(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_dim:
