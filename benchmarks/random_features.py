@@ -19,7 +19,6 @@ The features come from the peer benchmark's extractor (the same images and taps)
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from torch import Tensor
 
 from evo.graph.layers import random_matrix, standardisation
 from evo.learn.head import RidgeHead
+from evo.runs import write_json_atomic
 
 Map = Callable[[Tensor], Tensor]
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
            "n_test": len(test), "machine": f"{platform.node()}, {args.threads} threads, no GPU",
            "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
     if args.out:
-        args.out.write_text(json.dumps(doc, indent=1))
+        write_json_atomic(args.out, doc)
     return 0
 
 

@@ -146,3 +146,49 @@ def test_corrections_work_on_an_expanded_head():
     assert r.holds and eng.predict(img[None])[0].label == other
     eng.undo(r.id)
     assert eng.predict(img[None])[0].label == before
+
+
+def test_statistics_match_the_graph_after_evo_latent_and_a_plain_evo_step():
+    """`evo_latent` fits the expansion as `evo` does, so a version it commits and an `evo` step after it keep
+    statistics that are exactly those of the graph's own features (found by review: an unfitted node once
+    got its standardisation refitted under statistics summed through the identity)."""
+    from test_latent_store import _data
+
+    from evo.learn.latent import StoreConfig
+
+    classes = ["a", "b", "c", "d", "e", "f"]
+    incs = [_data(12, classes[:2], 0), _data(12, classes[2:4], 1), _data(12, classes[4:], 2)]
+    g = evo.zoo.load("small_cnn")
+    latent = Learner(g, memory=30, strategy="evo_latent", progress=False, epochs=1, lr=1e-3, expand=16,
+                     latents=StoreConfig(cut=1, codec="fp32"))
+    for inc in incs[:2]:
+        latent.learn(inc)
+    rf = head_expansion(latent.graph_)
+    assert latent.graph_.attrs(rf)["fitted"] is True
+    assert not torch.allclose(latent.graph_.params(rf)["feature_scale"], torch.ones(1))
+    plain = Learner(g, memory=30, strategy="evo", progress=False, expand=16).load_state_dict(
+        latent.state_dict(), latent.graph_)
+    report = plain.learn(incs[2])
+    assert report.info["exact_head"] is True
+    assert torch.equal(plain.graph_.params(rf)["feature_scale"], latent.graph_.params(rf)["feature_scale"])
+    net = plain.graph_.to_module().eval()
+    fresh = RidgeHead(1.0)
+    for inc in incs:
+        names = [inc.classes[i] for i in inc.labels]
+        with torch.inference_mode():
+            feats = net.forward_features(plain.preprocess(inc.images))
+        fresh.partial_fit(feats, torch.tensor([plain.classes_.index(c) for c in names]), len(classes))
+    scale = float(fresh.gram_.abs().max())
+    assert float((plain.strategy.head_.gram_ - fresh.gram_).abs().max()) <= 1e-5 * scale
+
+
+def test_expand_on_a_graph_tapped_without_it_is_refused_and_one_image_standardises_safely():
+    from evo.graph.layers import standardisation
+
+    plain = Learner(model(), memory=10, strategy="evo", progress=False)
+    plain.learn(digits_stream(ORDER_A)[0])
+    with pytest.raises(ConfigError, match="already reads its taps without them"):
+        Learner(plain.graph_, strategy="evo", progress=False, expand=8, head="keep").learn(
+            digits_stream(ORDER_A)[1])
+    mean, scale = standardisation(torch.randn(1, 5, dtype=torch.float64))
+    assert torch.equal(scale, torch.ones(5, dtype=torch.float64))

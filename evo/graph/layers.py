@@ -137,7 +137,10 @@ def standardisation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-column mean and 1/std of x (n, d): what `RandomFeatures` subtracts and multiplies by. A constant
     column is scaled like the rest (its std floored at 1e-3 of the mean std), never by 1/0."""
     std = x.std(0, correction=0)
-    return x.mean(0), 1.0 / std.clamp_min(max(float(std.mean()) * 1e-3, 1e-12))
+    floor = float(std.mean()) * 1e-3
+    if not floor > 0:  # one sample, or identical ones: nothing to scale by
+        return x.mean(0), torch.ones_like(std)
+    return x.mean(0), 1.0 / std.clamp_min(floor)
 
 
 class RandomFeatures(nn.Module):
@@ -154,10 +157,15 @@ class RandomFeatures(nn.Module):
         self.in_features, self.out_features, self.seed = in_features, out_features, seed
         self.register_buffer("feature_mean", torch.zeros(in_features))
         self.register_buffer("feature_scale", torch.ones(in_features))
+        # not saved, and moved with the module: built on the first forward, on the input's device
+        self.register_buffer("weight", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = random_matrix(self.in_features, self.out_features, self.seed, x.dtype).to(x.device)
-        return torch.cat([x, torch.relu(((x - self.feature_mean) * self.feature_scale) @ w)], 1)
+        z = (x - self.feature_mean) * self.feature_scale
+        if self.weight is None or self.weight.device != z.device:
+            self.weight = random_matrix(self.in_features, self.out_features, self.seed, torch.float32).to(z.device)
+        w = self.weight if self.weight.dtype == z.dtype else self.weight.to(z.dtype)
+        return torch.cat([x, torch.relu(z @ w)], 1)
 
 
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked", "feature_mean", "feature_scale")

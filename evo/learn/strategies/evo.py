@@ -125,6 +125,10 @@ class Evo(Strategy):
 
     def prepare(self, graph: ArchGraph) -> ArchGraph:
         if is_tapped(graph):
+            if self.options.expand and head_expansion(graph) is None:
+                raise ConfigError(f"expand={self.options.expand} adds random features when a graph is first tapped, "
+                                  "but this graph's head already reads its taps without them; start from the "
+                                  "untapped model, or drop expand")
             return graph
         return tap_graph(graph, parse_taps(graph, self.options.taps, self.options.levels), expand=self.options.expand)
 
@@ -228,9 +232,15 @@ class Evo(Strategy):
         fwd = g.flops(batch=1) + head_growth_flops(g, work.n_classes)
         d = max(g.attrs(g.head)["in_features"], self.statistics_width(g))
         rebuilt = 2 * work.n_memory + 2 * VERIFY_IMAGES if work.grown else 0
+        return int(fwd * (work.n_train + work.n_forget + rebuilt) + self._solve_price(work, d)
+                   + self._expansion_price(g, work))
+
+    def _expansion_price(self, g: ArchGraph, work: Workload) -> int:
+        """The forward that fits an unfitted expansion's standardisation (`_fit_expansion`), else 0."""
         rf = head_expansion(g)
-        fitting = min(work.n_train, STANDARDISE_IMAGES) if rf and not g.attrs(rf).get("fitted") else 0
-        return int(fwd * (work.n_train + work.n_forget + rebuilt + fitting) + self._solve_price(work, d))
+        if rf is None or g.attrs(rf).get("fitted"):
+            return 0
+        return g.flops(batch=1) * min(work.n_train, STANDARDISE_IMAGES)
 
     def _solve_price(self, work: Workload, d: int) -> int:
         """The statistics and the solve: the GCV walk at its cap, or none at a fixed λ."""
@@ -328,10 +338,15 @@ class Evo(Strategy):
     def _fit_expansion(self, graph: ArchGraph, head: list[Tap], ctx: Context) -> ArchGraph:
         """`graph` with its random features' standardisation fitted, if it has an unfitted one: the
         mean and standard deviation of each tapped feature on up to STANDARDISE_IMAGES images of this
-        increment, spread over it (a forward of those images up to the taps, charged to the meter)."""
+        increment, spread over it (a forward of those images up to the taps, charged to the meter).
+        Statistics in hand were summed through the node as it is, so then it is only marked fitted."""
         rf = head_expansion(graph)
         if rf is None or graph.attrs(rf).get("fitted"):
             return graph
+        if self.head_.gram_ is not None:
+            out = graph.copy()
+            out.node(rf)["attrs"] = {**graph.attrs(rf), "fitted": True}
+            return out
         net = tap_graph(graph, head).to_module().eval()
         fpi = forward_flops_per_image(net, tuple(graph.input_shape), features_only=True)
         idx = np.unique(np.linspace(0, len(ctx.images) - 1, min(len(ctx.images), STANDARDISE_IMAGES)).astype(int))
@@ -406,8 +421,8 @@ def features_agree(old: ArchGraph, new: ArchGraph, layout: list[Tap], images: np
                               for t in layout):
         return False
     outs = []
-    for g in (old, new):
-        net = tap_graph(g, layout).to_module().eval()
+    for g in (old, new):  # the head's own input where the layout is it: random features of the taps included
+        net = (g if is_tapped(g) and list(layout) == head_taps(g) else tap_graph(g, layout)).to_module().eval()
         fpi = forward_flops_per_image(net, tuple(g.input_shape), features_only=True)
         outs.append(run_batches(net, images, preprocess, _features, meter, batch_size, fpi, False,
                                 device=torch.device(device)))

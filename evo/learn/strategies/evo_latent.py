@@ -130,6 +130,7 @@ class EvoLatent(Evo):
                               "(Learner(..., latents=StoreConfig(...))) or add `latents:` to the search space")
         graph, cut = ctx.graph, store.cut
         head = head_taps(graph)
+        graph = self._fit_expansion(graph, head, ctx)
         layout = head + self.spare(graph, head)
         check_layout(graph, cut, layout)
         _, above = split(graph, cut)
@@ -289,7 +290,7 @@ class EvoLatent(Evo):
         solves = (ridge_flops(n + r, d, work.n_classes, 0)
                   + ridge_flops(n + stored, d, work.n_classes, self.options.gcv_evals))
         memory = g.flops(batch=1) * work.n_memory
-        return int(fwd * (provisional + n + stored) + train + solves + memory)
+        return int(fwd * (provisional + n + stored) + train + solves + memory + self._expansion_price(g, work))
 
 
 def _random_head(graph: ArchGraph, seed: int, n_classes: int) -> ArchGraph:
