@@ -88,12 +88,9 @@ def _all_train(stream) -> ImageSet:
     return evo.data.concat(sets)
 
 
-@pytest.mark.parametrize("order", [ORDER_A, ORDER_B], ids=["order-a", "order-b"])
-def test_evo_head_equals_joint_solve_for_any_class_order(order):
-    stream = digits_stream(order)
-    learner = Learner(model(), memory=40, strategy="evo", progress=False)
-    reports = [learner.learn(inc) for inc in stream]
-    # joint: one ridge solve on the same network's features of all the training data at once
+def joint_solve(learner: Learner, stream, ridge: float) -> tuple[np.ndarray, RidgeHead, torch.Tensor]:
+    """One ridge solve (at `ridge`) on the learner's finished network's features of all the stream's training
+    data at once: its [weight | bias] rows, the head, and the features."""
     data = _all_train(stream)
     net = learner.graph_.to_module().eval().to(memory_format=torch.channels_last)
     pre = learner.preprocess
@@ -101,9 +98,17 @@ def test_evo_head_equals_joint_solve_for_any_class_order(order):
         feats = torch.cat([net.forward_features(pre(data.images[i : i + 256]).contiguous(
             memory_format=torch.channels_last)) for i in range(0, len(data), 256)])
     labels = torch.as_tensor([learner.classes_.index(data.classes[y]) for y in data.labels])
-    joint = RidgeHead(reports[-1].info["ridge"]).fit(feats, labels, len(learner.classes_))
+    joint = RidgeHead(ridge).fit(feats, labels, len(learner.classes_))
     w, b = joint.solve()
-    want = torch.cat([w, b[:, None]], 1).numpy()
+    return torch.cat([w, b[:, None]], 1).numpy(), joint, feats
+
+
+@pytest.mark.parametrize("order", [ORDER_A, ORDER_B], ids=["order-a", "order-b"])
+def test_evo_head_equals_joint_solve_for_any_class_order(order):
+    stream = digits_stream(order)
+    learner = Learner(model(), memory=40, strategy="evo", progress=False)
+    reports = [learner.learn(inc) for inc in stream]
+    want, joint, _ = joint_solve(learner, stream, reports[-1].info["ridge"])
     got = _head_solution(learner)
     for i, c in enumerate(learner.classes_):
         rel = np.linalg.norm(got[c] - want[i]) / np.linalg.norm(want[i])

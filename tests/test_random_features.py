@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from ophelpers import assert_exact, logits
-from test_learner import ORDER_A, _all_train, _head_solution, digits_stream, model
+from test_learner import ORDER_A, _head_solution, digits_stream, joint_solve, model
 
 import evo.data
 import evo.zoo
@@ -49,16 +49,8 @@ def test_the_expanded_head_is_the_joint_ridge_solve(expanded):
     assert taps == head_taps(plain.graph_)  # the same taps, read as they are, with features of them beside
     scale = g.params(rf)["feature_scale"]
     assert not torch.allclose(scale, torch.ones_like(scale))  # standardised on the first increment
-    # joint: one ridge solve on the finished network's features of all the training data at once
-    data = _all_train(stream)
-    net = g.to_module().eval()
-    with torch.inference_mode():
-        feats = net.forward_features(learner.preprocess(data.images))
+    want, joint, feats = joint_solve(learner, stream, reports[-1].info["ridge"])
     assert feats.shape[1] == g.attrs(g.head)["in_features"]
-    labels = torch.as_tensor([learner.classes_.index(data.classes[y]) for y in data.labels])
-    joint = RidgeHead(reports[-1].info["ridge"]).fit(feats, labels, len(learner.classes_))
-    w, b = joint.solve()
-    want = torch.cat([w, b[:, None]], 1).numpy()
     got = _head_solution(learner)
     # (fp32 features: x·W's rounding depends on the batch it ran in; a refit that lost data is off by 1e-2)
     for i, c in enumerate(learner.classes_):
