@@ -268,3 +268,28 @@ def test_partial_fit_takes_a_batch_back_out_exactly():
     assert full.n_samples_ == ref.n_samples_ == 26
     with pytest.raises(ConfigError, match="sign"):
         full.partial_fit(x[:1], y[:1], 3, sign=2)
+
+
+@pytest.mark.parametrize("d", [5, 1024, 1025, 1600])
+def test_the_gram_from_its_upper_block_triangle_is_the_full_product_at_the_flops_charged(d) -> None:
+    """Wide heads compute ΦᵀΦ from its upper block triangle (about half the FLOPs): the same matrix
+    to rounding, exactly symmetric, charged by `gram_flops` as torch's counter counts it, and a wide
+    head's incremental statistics still equal the joint ones."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from evo.learn.cost import gram_blocks, gram_flops
+    from evo.learn.head import symmetric_gram
+
+    phi = torch.randn(40, d, dtype=torch.float64, generator=torch.Generator().manual_seed(d))
+    with FlopCounterMode(display=False) as counter:
+        g = symmetric_gram(phi)
+    full = phi.T @ phi
+    assert _rel(g, full) < 1e-14 and torch.equal(g, g.T)
+    assert counter.get_total_flops() == gram_flops(40, d, 0)
+    blocked = len(gram_blocks(d)) > 1
+    assert blocked == (d > 1024)  # narrow heads keep the one product
+    assert (gram_flops(40, d, 0) < 0.7 * 2 * 40 * d * d) == (d >= 1600)
+    x, y = _data(d, n=40, d=d)
+    inc = RidgeHead().partial_fit(x[:25], y[:25], C).partial_fit(x[25:], y[25:], C)
+    joint = RidgeHead().fit(x, y, C)
+    assert _rel(inc.gram_, joint.gram_) < 1e-13 and torch.equal(inc.gram_, inc.gram_.T)

@@ -117,9 +117,22 @@ def gcv_eval_flops(d: int, c: int) -> int:
     return int(2 * d**3 // 3 + 8 * d * d * c)
 
 
+GRAM_BLOCK = 512  # columns per block of ΦᵀΦ's upper block triangle (benchmarks/gram.py)
+
+
+def gram_blocks(d: int, block: int | None = None) -> list[tuple[int, int]]:
+    """The column blocks [j, e) of a d-column Gram: block j computes rows 0..e of columns j..e, the
+    upper block triangle; the rest is its mirror. One block (the full product) when d ≤ 2·block
+    (`block` defaults to GRAM_BLOCK, read at the call)."""
+    block = GRAM_BLOCK if block is None else block
+    if d <= 2 * block:
+        return [(0, d)]
+    return [(j, min(j + block, d)) for j in range(0, d, block)]
+
+
 def gram_flops(n: int, d: int, c: int) -> int:
-    """ΦᵀΦ and ΦᵀY over n rows (d columns with the bias, c targets)."""
-    return int(2 * n * d * (d + c))
+    """ΦᵀΦ (its upper block triangle, `gram_blocks`) and ΦᵀY over n rows (d columns with the bias, c targets)."""
+    return int(sum(2 * n * e * (e - j) for j, e in gram_blocks(d)) + 2 * n * d * c)
 
 
 def matmul_flops(n: int, k: int, m: int) -> int:

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from evo.checks import check_int
 from evo.errors import ConfigError, DataError
 from evo.graph.layers import random_matrix
+from evo.learn.cost import gram_blocks
 
 ArrayLike = Tensor | np.ndarray
 
@@ -53,6 +54,18 @@ def as_features(features: ArrayLike, name: str = "features") -> Tensor:
         bad = int((~torch.isfinite(x)).any(dim=1).nonzero()[0, 0])
         raise DataError(f"{name} holds NaN or inf (first at sample {bad}); clean or drop those samples")
     return x
+
+
+def symmetric_gram(phi: Tensor) -> Tensor:
+    """ΦᵀΦ from its upper block triangle and the mirror of it: about half the multiply-adds of the
+    full product, which dominates the head's cost on wide features (`evo.learn.cost.gram_flops`)."""
+    g = torch.empty(phi.shape[1], phi.shape[1], dtype=phi.dtype, device=phi.device)
+    for j, e in gram_blocks(phi.shape[1]):
+        part = phi[:, :e].T @ phi[:, j:e]  # rows 0..e of columns j..e
+        g[:e, j:e] = part
+        g[j:e, :j] = part[:j].T
+        g[j:e, j:e] = torch.triu(part[j:]) + torch.triu(part[j:], 1).T  # exactly symmetric, as the mirror
+    return g
 
 
 def as_labels(labels: ArrayLike, n: int, n_classes: int | None = None) -> Tensor:
@@ -224,7 +237,7 @@ class RidgeHead:
             self.gram_ = torch.zeros(phi.shape[1], phi.shape[1], dtype=torch.float64, device=dev)
             self.xty_ = torch.zeros(phi.shape[1], 0, dtype=torch.float64, device=dev)
         self._grow_classes(c)
-        self.gram_ += sign * (phi.T @ phi)
+        self.gram_ += sign * symmetric_gram(phi)
         self.xty_ += sign * (phi.T @ onehot)
         self.n_samples_ += sign * phi.shape[0]
         self.n_features_in_ = x.shape[1]
