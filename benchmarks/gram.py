@@ -1,0 +1,133 @@
+"""The head's Gram ΦᵀΦ as one product against its upper block triangle (`evo.learn.head.symmetric_gram`).
+
+The closed-form head's statistics cost 2·n·d² FLOPs as one product; on the wide heads of `expand` that is
+most of a round (BENCHMARKS.md, "Random features"). The upper block triangle and its mirror need about
+n·d·(d + block). Two measurements, the arms interleaved so that the shared VM's drift hits both alike:
+1. the product alone on n rows at the head widths evo builds (2,433: the default taps; 4,433 and 7,433:
+   `expand: 2000` and `5000`), for a few block sizes: median seconds, FLOPs (torch's counter), and the
+   largest difference from the full product;
+2. the fast path end to end with `expand: 2000` (a Learner on two increments of Fashion-MNIST at 64 px):
+   FLOPs, seconds and test accuracy with the blocks off (one product) and on.
+
+    .venv/bin/python benchmarks/gram.py --out benchmarks/results/gram.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import evo.learn.cost as cost
+import evo.zoo
+from evo.data import ImageSet, load_source
+from evo.learn import Learner
+from evo.learn.head import symmetric_gram
+
+FULL = 10**9  # a block this wide makes `gram_blocks` one block: the full product
+DEFAULT = cost.GRAM_BLOCK
+
+
+def product(rows: int, widths: list[int], blocks: list[int], reps: int) -> list[dict]:
+    out = []
+    gen = torch.Generator().manual_seed(0)
+    for d in widths:
+        phi = torch.randn(rows, d, dtype=torch.float64, generator=gen)
+        ref = phi.T @ phi
+        arms = [FULL, *blocks]
+        times: dict[int, list[float]] = {b: [] for b in arms}
+        flops, diff = {}, {}
+        for b in arms:
+            cost.GRAM_BLOCK = b
+            with FlopCounterMode(display=False) as counter:
+                g = symmetric_gram(phi)
+            flops[b] = int(counter.get_total_flops())
+            diff[b] = float((g - ref).abs().max() / ref.abs().max())
+        for _ in range(reps):
+            for b in arms:
+                cost.GRAM_BLOCK = b
+                t = time.perf_counter()
+                symmetric_gram(phi)
+                times[b].append(time.perf_counter() - t)
+        med = {b: statistics.median(v) for b, v in times.items()}
+        for b in arms:
+            row = {"rows": rows, "width": d, "block": None if b == FULL else b, "median_seconds": med[b],
+                   "seconds": times[b], "flops": flops[b], "flops_ratio": flops[b] / flops[FULL],
+                   "seconds_ratio": med[b] / med[FULL], "max_relative_difference": diff[b]}
+            out.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "seconds"}), flush=True)
+    cost.GRAM_BLOCK = DEFAULT
+    return out
+
+
+def subset(data: ImageSet, classes: list[int], per_class: int, rng: np.random.Generator) -> ImageSet:
+    idx = np.concatenate([rng.choice(np.flatnonzero(data.labels == c), per_class, replace=False) for c in classes])
+    return data.subset(idx)
+
+
+def learn_once(increments: list[ImageSet], expand: int) -> Learner:
+    learner = Learner(evo.zoo.resolve("efficientnet_lite0", 64), memory=500, expand=expand, progress=False)
+    for inc in increments:
+        learner.learn(inc)
+    return learner
+
+
+def end_to_end(reps: int, per_class: int, expand: int) -> dict:
+    train, test = load_source("fashion-mnist")
+    rng = np.random.default_rng(0)
+    increments = [subset(train, [0, 1, 2, 3, 4], per_class, rng), subset(train, [5, 6, 7, 8, 9], per_class, rng)]
+    test = subset(test, list(range(10)), 300, rng)
+    runs: dict[str, list[dict]] = {"one product": [], "blocks": []}
+    learn_once(increments, expand)  # warm-up: the first run pays for loading the weights and data
+    for _ in range(reps):
+        for arm in runs:
+            cost.GRAM_BLOCK = FULL if arm == "one product" else DEFAULT
+            t = time.perf_counter()
+            learner = learn_once(increments, expand)
+            seconds = time.perf_counter() - t
+            runs[arm].append({"seconds": seconds, "flops": learner.cost_.flops, "accuracy": learner.score(test)})
+            print(arm, json.dumps(runs[arm][-1]), flush=True)
+    cost.GRAM_BLOCK = DEFAULT
+    med = {arm: statistics.median(r["seconds"] for r in v) for arm, v in runs.items()}
+    return {"model": "efficientnet_lite0", "input": 64, "expand": expand, "train_images": 10 * per_class,
+            "test_images": len(test), "runs": runs, "median_seconds": med,
+            "seconds_ratio": med["blocks"] / med["one product"],
+            "flops_ratio": runs["blocks"][0]["flops"] / runs["one product"][0]["flops"],
+            "accuracy_difference": max(abs(a["accuracy"] - b["accuracy"])
+                                       for a, b in zip(runs["one product"], runs["blocks"], strict=True))}
+
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=12000, help="one increment of Split Fashion-MNIST")
+    ap.add_argument("--widths", type=int, nargs="+", default=[2433, 4433, 7433])
+    ap.add_argument("--blocks", type=int, nargs="+", default=[512, 1024])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--e2e-reps", type=int, default=3)
+    ap.add_argument("--per-class", type=int, default=1000)
+    ap.add_argument("--expand", type=int, default=2000)
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args()
+    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.processor() or platform.machine()}, "
+           f"{torch.get_num_threads()} threads", "gram_block": DEFAULT,
+           "product": product(a.rows, a.widths, a.blocks, a.reps),
+           "end_to_end": end_to_end(a.e2e_reps, a.per_class, a.expand) if a.e2e_reps else None}
+    if out["end_to_end"]:
+        e = out["end_to_end"]
+        print("end to end: seconds ratio", round(e["seconds_ratio"], 3), "FLOPs ratio", round(e["flops_ratio"], 3),
+              "accuracy difference", e["accuracy_difference"])
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
