@@ -21,13 +21,12 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import evo.learn.cost as cost
 import evo.zoo
-from evo.data import ImageSet, load_source
+from evo.data import class_incremental
 from evo.learn import Learner
 from evo.learn.head import symmetric_gram
 
@@ -67,30 +66,23 @@ def product(rows: int, widths: list[int], blocks: list[int], reps: int) -> list[
     return out
 
 
-def subset(data: ImageSet, classes: list[int], per_class: int, rng: np.random.Generator) -> ImageSet:
-    idx = np.concatenate([rng.choice(np.flatnonzero(data.labels == c), per_class, replace=False) for c in classes])
-    return data.subset(idx)
-
-
-def learn_once(increments: list[ImageSet], expand: int) -> Learner:
+def learn_once(stream, expand: int) -> Learner:
     learner = Learner(evo.zoo.resolve("efficientnet_lite0", 64), memory=500, expand=expand, progress=False)
-    for inc in increments:
+    for inc in stream:
         learner.learn(inc)
     return learner
 
 
 def end_to_end(reps: int, per_class: int, expand: int) -> dict:
-    train, test = load_source("fashion-mnist")
-    rng = np.random.default_rng(0)
-    increments = [subset(train, [0, 1, 2, 3, 4], per_class, rng), subset(train, [5, 6, 7, 8, 9], per_class, rng)]
-    test = subset(test, list(range(10)), 300, rng)
+    stream = class_incremental("fashion-mnist", increments=2, per_class_train=per_class, per_class_test=300)
+    test = stream[-1].test
     runs: dict[str, list[dict]] = {"one product": [], "blocks": []}
-    learn_once(increments, expand)  # warm-up: the first run pays for loading the weights and data
+    learn_once(stream, expand)  # warm-up: the first run pays for loading the weights and data
     for _ in range(reps):
         for arm in runs:
             cost.GRAM_BLOCK = FULL if arm == "one product" else DEFAULT
             t = time.perf_counter()
-            learner = learn_once(increments, expand)
+            learner = learn_once(stream, expand)
             seconds = time.perf_counter() - t
             runs[arm].append({"seconds": seconds, "flops": learner.cost_.flops, "accuracy": learner.score(test)})
             print(arm, json.dumps(runs[arm][-1]), flush=True)
