@@ -270,11 +270,12 @@ def test_partial_fit_takes_a_batch_back_out_exactly():
         full.partial_fit(x[:1], y[:1], 3, sign=2)
 
 
-@pytest.mark.parametrize("d", [5, 1024, 1025, 1600])
+@pytest.mark.parametrize("d", [5, 512, 513, 1025, 1600])
 def test_the_gram_from_its_upper_block_triangle_is_the_full_product_at_the_flops_charged(d) -> None:
-    """Wide heads compute ΦᵀΦ from its upper block triangle (about half the FLOPs): the same matrix
-    to rounding, exactly symmetric, charged by `gram_flops` as torch's counter counts it, and a wide
-    head's incremental statistics still equal the joint ones."""
+    """Heads wider than a block add ΦᵀΦ from its upper block triangle (about half the FLOPs): the same
+    matrix to rounding, exactly symmetric, charged by `gram_flops` as torch's counter counts it (the
+    products are written in place), and a wide head's incremental statistics, a batch taken back out
+    included, still equal the joint ones."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from evo.learn.cost import gram_blocks, gram_flops
@@ -286,10 +287,13 @@ def test_the_gram_from_its_upper_block_triangle_is_the_full_product_at_the_flops
     full = phi.T @ phi
     assert _rel(g, full) < 1e-14 and torch.equal(g, g.T)
     assert counter.get_total_flops() == gram_flops(40, d, 0)
-    blocked = len(gram_blocks(d)) > 1
-    assert blocked == (d > 1024)  # narrow heads keep the one product
+    assert (len(gram_blocks(d)) > 1) == (d > 512)  # narrow heads keep the one product
     assert (gram_flops(40, d, 0) < 0.7 * 2 * 40 * d * d) == (d >= 1600)
+    counts = [gram_flops(1, w, 0) for w in range(1, 1600)]
+    assert all(a < b for a, b in zip(counts, counts[1:], strict=False))  # prices read a width as a bound
     x, y = _data(d, n=40, d=d)
     inc = RidgeHead().partial_fit(x[:25], y[:25], C).partial_fit(x[25:], y[25:], C)
     joint = RidgeHead().fit(x, y, C)
     assert _rel(inc.gram_, joint.gram_) < 1e-13 and torch.equal(inc.gram_, inc.gram_.T)
+    inc.partial_fit(x[:5], y[:5], C, sign=-1)  # taken back out, in place
+    assert _rel(inc.gram_, RidgeHead().fit(x[5:], y[5:], C).gram_) < 1e-13 and torch.equal(inc.gram_, inc.gram_.T)

@@ -14,7 +14,7 @@ import evo.zoo
 from evo.data import ImageSet, Preprocess
 from evo.errors import ConfigError, DataError, EvoError, UnknownNameError
 from evo.learn import IncrementReport, Learner, RidgeHead
-from evo.learn.cost import forward_flops, gcv_eval_flops
+from evo.learn.cost import forward_flops, gcv_eval_flops, gram_flops
 from evo.learn.train import forward_flops_per_image
 
 SIZE = 16
@@ -186,7 +186,7 @@ def test_evo_cost_is_feature_pass_plus_statistics(evo_run):
     d = learner.graph_.attrs(learner.graph_.head)["in_features"] + 1
     for inc, r in zip(stream, reports, strict=True):
         n = len(inc.train)
-        assert r.cost.flops >= n * fpi + 2 * n * d * d  # forward + Gram update at least
+        assert r.cost.flops >= n * fpi + gram_flops(n, d, 0)  # forward + Gram update at least
         assert r.cost.flops < n * fpi + 2 * n * d * (d + 10) + 20 * d**3 + 10**7
 
 
@@ -197,7 +197,7 @@ def test_evo_cost_is_exactly_the_priced_work_with_a_fixed_ridge():
     n, c = len(stream[0].train), len(learner.classes_)
     d = learner.graph_.attrs(learner.graph_.head)["in_features"]
     fpi = forward_flops_per_image(learner.graph_.to_module(), (3, SIZE, SIZE), features_only=True)
-    stats = 2 * n * (d + 1) * (d + 1 + c)  # G += ΦᵀΦ and B += ΦᵀY, counted by torch's FLOP counter
+    stats = gram_flops(n, d + 1, c)  # G += ΦᵀΦ (its upper block triangle) and B += ΦᵀY, as torch's counter counts them
     solve = (d + 1) ** 3 // 3 + 4 * (d + 1) ** 2 * c
     calibration = 2 * n * c * d
     assert r.cost.flops == n * fpi + stats + solve + calibration

@@ -122,11 +122,10 @@ GRAM_BLOCK = 512  # columns per block of ΦᵀΦ's upper block triangle (benchma
 
 def gram_blocks(d: int, block: int | None = None) -> list[tuple[int, int]]:
     """The column blocks [j, e) of a d-column Gram: block j computes rows 0..e of columns j..e, the
-    upper block triangle; the rest is its mirror. One block (the full product) when d ≤ 2·block
-    (`block` defaults to GRAM_BLOCK, read at the call)."""
+    upper block triangle; the rest is its mirror. One block (the full product) when d ≤ block, so
+    that the count never falls as d grows: prices take a width as an upper bound (`block` defaults to
+    GRAM_BLOCK, read at the call)."""
     block = GRAM_BLOCK if block is None else block
-    if d <= 2 * block:
-        return [(0, d)]
     return [(j, min(j + block, d)) for j in range(0, d, block)]
 
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from evo.checks import check_int
 from evo.errors import ConfigError, DataError
 from evo.graph.layers import random_matrix
-from evo.learn.cost import gram_blocks
+from evo.learn.cost import cholesky_flops, gcv_eval_flops, gram_blocks, ridge_solve_flops
 
 ArrayLike = Tensor | np.ndarray
 
@@ -56,15 +56,24 @@ def as_features(features: ArrayLike, name: str = "features") -> Tensor:
     return x
 
 
+def add_gram(g: Tensor, phi: Tensor, sign: int = 1) -> None:
+    """g += sign·ΦᵀΦ in place, from its upper block triangle (`evo.learn.cost.gram_blocks`: about half
+    the multiply-adds of the full product, which dominates the head's cost on wide features), mirrored
+    after: g stays exactly symmetric, and no d×d temporary is made."""
+    blocks = gram_blocks(phi.shape[1])
+    for j, e in blocks:
+        part = g[:e, j:e]  # rows 0..e of columns j..e; `out=` (not addmm_) so that torch's counter sees it
+        torch.addmm(part, phi[:, :e].T, phi[:, j:e], alpha=sign, out=part)
+    for j, e in blocks:
+        g[j:e, :j] = g[:j, j:e].T
+        diag = g[j:e, j:e]
+        diag.copy_(torch.triu(diag) + torch.triu(diag, 1).T)
+
+
 def symmetric_gram(phi: Tensor) -> Tensor:
-    """ΦᵀΦ from its upper block triangle and the mirror of it: about half the multiply-adds of the
-    full product, which dominates the head's cost on wide features (`evo.learn.cost.gram_flops`)."""
-    g = torch.empty(phi.shape[1], phi.shape[1], dtype=phi.dtype, device=phi.device)
-    for j, e in gram_blocks(phi.shape[1]):
-        part = phi[:, :e].T @ phi[:, j:e]  # rows 0..e of columns j..e
-        g[:e, j:e] = part
-        g[j:e, :j] = part[:j].T
-        g[j:e, j:e] = torch.triu(part[j:]) + torch.triu(part[j:], 1).T  # exactly symmetric, as the mirror
+    """ΦᵀΦ as `add_gram` computes it."""
+    g = torch.zeros(phi.shape[1], phi.shape[1], dtype=phi.dtype, device=phi.device)
+    add_gram(g, phi)
     return g
 
 
@@ -237,8 +246,8 @@ class RidgeHead:
             self.gram_ = torch.zeros(phi.shape[1], phi.shape[1], dtype=torch.float64, device=dev)
             self.xty_ = torch.zeros(phi.shape[1], 0, dtype=torch.float64, device=dev)
         self._grow_classes(c)
-        self.gram_ += sign * symmetric_gram(phi)
-        self.xty_ += sign * (phi.T @ onehot)
+        add_gram(self.gram_, phi, sign)
+        self.xty_.add_(phi.T @ onehot, alpha=sign)
         self.n_samples_ += sign * phi.shape[0]
         self.n_features_in_ = x.shape[1]
         self.coef_ = self.intercept_ = None  # stale
@@ -301,8 +310,6 @@ class RidgeHead:
     def solve_flops(self, ridge: float) -> int:
         """What `solve(ridge)` costs now: nothing where a GCV evaluation on these statistics already
         solved at λ (the walk's choice always was), else a Cholesky solve (`evo.learn.cost`)."""
-        from evo.learn.cost import ridge_solve_flops
-
         self._require_fitted()
         return 0 if self._walked(ridge) is not None else ridge_solve_flops(self.gram_.shape[0], self.xty_.shape[1])
 
@@ -389,8 +396,6 @@ class RidgeHead:
         two candidates whose features agreed to 1e-7 scored 0.240 and 0.200 at λ = 0.27 with n − df =
         0.13, and their walks ended at λ = 270 and 0.27).
         """
-        from evo.learn.cost import cholesky_flops, gcv_eval_flops
-
         a = self._system(ridge)
         d, c = a.shape[0], self.xty_.shape[1]
         chol, info = torch.linalg.cholesky_ex(a)

@@ -243,9 +243,10 @@ class Evo(Strategy):
         return g.flops(batch=1) * min(work.n_train, STANDARDISE_IMAGES)
 
     def _solve_price(self, work: Workload, d: int) -> int:
-        """The statistics and the solve: the GCV walk at its cap, or none at a fixed λ."""
+        """The statistics (the forgotten rows are taken out by a product of their own) and the solve:
+        the GCV walk at its cap, or none at a fixed λ."""
         evals = GCV_MAX_EVALS if self.options.ridge == "gcv" else 0
-        return ridge_flops(work.n_train + work.n_memory, d, work.n_classes, evals)
+        return ridge_flops(work.n_train + work.n_memory + work.n_forget, d, work.n_classes, evals)
 
     # -- the statistics' layout ---------------------------------------------------------------
 
