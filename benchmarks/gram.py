@@ -1,13 +1,13 @@
-"""The head's Gram ΦᵀΦ as one product against its upper block triangle (`evo.learn.head.symmetric_gram`).
+"""The head's Gram ΦᵀΦ as one product against its upper block triangle (`evo.learn.head.add_gram`).
 
 The closed-form head's statistics cost 2·n·d² FLOPs as one product; on the wide heads of `expand` that is
 most of a round (BENCHMARKS.md, "Random features"). The upper block triangle and its mirror need about
 n·d·(d + block). Two measurements, the arms interleaved so that the shared VM's drift hits both alike:
-1. the product alone on n rows at the head widths evo builds (2,433: the default taps; 4,433 and 7,433:
-   `expand: 2000` and `5000`), for a few block sizes: median seconds, FLOPs (torch's counter), and the
-   largest difference from the full product;
+1. the update G += ΦᵀΦ alone, on n rows at the head widths evo builds (2,433: the default taps; 4,433 and
+   7,433: `expand: 2000` and `5000`): the one product (what evo ran before) against the blocks, for a few
+   block sizes: median seconds, FLOPs (torch's counter), and the largest difference from ΦᵀΦ;
 2. the fast path end to end with `expand: 2000` (a Learner on two increments of Fashion-MNIST at 64 px):
-   FLOPs, seconds and test accuracy with the blocks off (one product) and on.
+   FLOPs, seconds and test accuracy with the head's Gram as one product and as blocks.
 
     .venv/bin/python benchmarks/gram.py --out benchmarks/results/gram.json
 """
@@ -19,19 +19,39 @@ import json
 import platform
 import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 import evo.learn.cost as cost
+import evo.learn.head as head
 import evo.zoo
 from evo.data import class_incremental
 from evo.learn import Learner
-from evo.learn.head import symmetric_gram
 
-FULL = 10**9  # a block this wide makes `gram_blocks` one block: the full product
-DEFAULT = cost.GRAM_BLOCK
+ONE = "one product"
+
+
+def one_product(g: Tensor, phi: Tensor, sign: int = 1) -> None:
+    """What `RidgeHead.partial_fit` did before: G += sign·ΦᵀΦ as one product."""
+    g += sign * (phi.T @ phi)
+
+
+@contextmanager
+def gram(arm: str | int):
+    """The head's Gram update for one arm: the one product, or blocks of `arm` columns."""
+    kept_fn, kept_block = head.add_gram, cost.GRAM_BLOCK
+    if arm == ONE:
+        head.add_gram = one_product
+    else:
+        cost.GRAM_BLOCK = int(arm)
+    try:
+        yield head.add_gram
+    finally:
+        head.add_gram, cost.GRAM_BLOCK = kept_fn, kept_block
 
 
 def product(rows: int, widths: list[int], blocks: list[int], reps: int) -> list[dict]:
@@ -40,29 +60,29 @@ def product(rows: int, widths: list[int], blocks: list[int], reps: int) -> list[
     for d in widths:
         phi = torch.randn(rows, d, dtype=torch.float64, generator=gen)
         ref = phi.T @ phi
-        arms = [FULL, *blocks]
-        times: dict[int, list[float]] = {b: [] for b in arms}
+        arms: list[str | int] = [ONE, *blocks]
+        times: dict[str | int, list[float]] = {b: [] for b in arms}
         flops, diff = {}, {}
         for b in arms:
-            cost.GRAM_BLOCK = b
-            with FlopCounterMode(display=False) as counter:
-                g = symmetric_gram(phi)
+            g = torch.zeros(d, d, dtype=torch.float64)
+            with gram(b) as update, FlopCounterMode(display=False) as counter:
+                update(g, phi)
             flops[b] = int(counter.get_total_flops())
             diff[b] = float((g - ref).abs().max() / ref.abs().max())
         for _ in range(reps):
             for b in arms:
-                cost.GRAM_BLOCK = b
-                t = time.perf_counter()
-                symmetric_gram(phi)
-                times[b].append(time.perf_counter() - t)
+                g.zero_()
+                with gram(b) as update:
+                    t = time.perf_counter()
+                    update(g, phi)
+                    times[b].append(time.perf_counter() - t)
         med = {b: statistics.median(v) for b, v in times.items()}
         for b in arms:
-            row = {"rows": rows, "width": d, "block": None if b == FULL else b, "median_seconds": med[b],
-                   "seconds": times[b], "flops": flops[b], "flops_ratio": flops[b] / flops[FULL],
-                   "seconds_ratio": med[b] / med[FULL], "max_relative_difference": diff[b]}
+            row = {"rows": rows, "width": d, "block": None if b == ONE else b, "median_seconds": med[b],
+                   "seconds": times[b], "flops": flops[b], "flops_ratio": flops[b] / flops[ONE],
+                   "seconds_ratio": med[b] / med[ONE], "max_relative_difference": diff[b]}
             out.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "seconds"}), flush=True)
-    cost.GRAM_BLOCK = DEFAULT
     return out
 
 
@@ -76,25 +96,23 @@ def learn_once(stream, expand: int) -> Learner:
 def end_to_end(reps: int, per_class: int, expand: int) -> dict:
     stream = class_incremental("fashion-mnist", increments=2, per_class_train=per_class, per_class_test=300)
     test = stream[-1].test
-    runs: dict[str, list[dict]] = {"one product": [], "blocks": []}
+    runs: dict[str, list[dict]] = {ONE: [], "blocks": []}
     learn_once(stream, expand)  # warm-up: the first run pays for loading the weights and data
     for _ in range(reps):
         for arm in runs:
-            cost.GRAM_BLOCK = FULL if arm == "one product" else DEFAULT
-            t = time.perf_counter()
-            learner = learn_once(stream, expand)
-            seconds = time.perf_counter() - t
+            with gram(ONE if arm == ONE else cost.GRAM_BLOCK):
+                t = time.perf_counter()
+                learner = learn_once(stream, expand)
+                seconds = time.perf_counter() - t
             runs[arm].append({"seconds": seconds, "flops": learner.cost_.flops, "accuracy": learner.score(test)})
             print(arm, json.dumps(runs[arm][-1]), flush=True)
-    cost.GRAM_BLOCK = DEFAULT
     med = {arm: statistics.median(r["seconds"] for r in v) for arm, v in runs.items()}
     return {"model": "efficientnet_lite0", "input": 64, "expand": expand, "train_images": 10 * per_class,
             "test_images": len(test), "runs": runs, "median_seconds": med,
-            "seconds_ratio": med["blocks"] / med["one product"],
-            "flops_ratio": runs["blocks"][0]["flops"] / runs["one product"][0]["flops"],
+            "seconds_ratio": med["blocks"] / med[ONE],
+            "flops_ratio": runs["blocks"][0]["flops"] / runs[ONE][0]["flops"],
             "accuracy_difference": max(abs(a["accuracy"] - b["accuracy"])
-                                       for a, b in zip(runs["one product"], runs["blocks"], strict=True))}
-
+                                       for a, b in zip(runs[ONE], runs["blocks"], strict=True))}
 
 
 def main() -> None:
@@ -109,7 +127,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     out = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.processor() or platform.machine()}, "
-           f"{torch.get_num_threads()} threads", "gram_block": DEFAULT,
+           f"{torch.get_num_threads()} threads", "gram_block": cost.GRAM_BLOCK,
            "product": product(a.rows, a.widths, a.blocks, a.reps),
            "end_to_end": end_to_end(a.e2e_reps, a.per_class, a.expand) if a.e2e_reps else None}
     if out["end_to_end"]:
