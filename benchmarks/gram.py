@@ -54,10 +54,10 @@ def gram(arm: str | int):
         head.add_gram, cost.GRAM_BLOCK = kept_fn, kept_block
 
 
-def product(rows: int, widths: list[int], blocks: list[int], reps: int) -> list[dict]:
+def product(rows_list: list[int], widths: list[int], blocks: list[int], reps: int) -> list[dict]:
     out = []
     gen = torch.Generator().manual_seed(0)
-    for d in widths:
+    for rows, d in ((r, w) for r in rows_list for w in widths):
         phi = torch.randn(rows, d, dtype=torch.float64, generator=gen)
         ref = phi.T @ phi
         arms: list[str | int] = [ONE, *blocks]
@@ -117,7 +117,8 @@ def end_to_end(reps: int, per_class: int, expand: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=12000, help="one increment of Split Fashion-MNIST")
+    ap.add_argument("--rows", type=int, nargs="+", default=[12000],
+                    help="rows per update: 12,000 is one increment of Split Fashion-MNIST, a few hundred a latent batch")
     ap.add_argument("--widths", type=int, nargs="+", default=[2433, 4433, 7433])
     ap.add_argument("--blocks", type=int, nargs="+", default=[512, 1024])
     ap.add_argument("--reps", type=int, default=3)
