@@ -120,13 +120,11 @@ def gcv_eval_flops(d: int, c: int) -> int:
 GRAM_BLOCK = 512  # columns per block of ΦᵀΦ's upper block triangle (benchmarks/gram.py)
 
 
-def gram_blocks(d: int, block: int | None = None) -> list[tuple[int, int]]:
+def gram_blocks(d: int) -> list[tuple[int, int]]:
     """The column blocks [j, e) of a d-column Gram: block j computes rows 0..e of columns j..e, the
-    upper block triangle; the rest is its mirror. One block (the full product) when d ≤ block, so
-    that the count never falls as d grows: prices take a width as an upper bound (`block` defaults to
-    GRAM_BLOCK, read at the call)."""
-    block = GRAM_BLOCK if block is None else block
-    return [(j, min(j + block, d)) for j in range(0, d, block)]
+    upper block triangle; the rest is its mirror. One block (the full product) when d ≤ GRAM_BLOCK
+    (read at the call), so that the count never falls as d grows: prices take a width as an upper bound."""
+    return [(j, min(j + GRAM_BLOCK, d)) for j in range(0, d, GRAM_BLOCK)]
 
 
 def gram_flops(n: int, d: int, c: int) -> int:

@@ -70,13 +70,6 @@ def add_gram(g: Tensor, phi: Tensor, sign: int = 1) -> None:
         diag.copy_(torch.triu(diag) + torch.triu(diag, 1).T)
 
 
-def symmetric_gram(phi: Tensor) -> Tensor:
-    """ΦᵀΦ as `add_gram` computes it."""
-    g = torch.zeros(phi.shape[1], phi.shape[1], dtype=phi.dtype, device=phi.device)
-    add_gram(g, phi)
-    return g
-
-
 def as_labels(labels: ArrayLike, n: int, n_classes: int | None = None) -> Tensor:
     """Return `labels` as an int64 tensor of length n with values in [0, n_classes), or raise DataError."""
     if not isinstance(labels, (Tensor, np.ndarray)):
